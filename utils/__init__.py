@@ -1,0 +1,19 @@
+"""Shared toolkit for reproducing *Analyzing Redundancy in Pretrained Transformer Models*.
+
+Start reading at ``activations`` (how a store of hidden states is made), then ``similarity`` and
+``clustering`` (general redundancy), ``probing`` and ``ranking`` (task-specific redundancy) and
+``selection`` (the efficient feature-based transfer pipeline). Data flows one way::
+
+    resources -> data -> models -> activations -> similarity / clustering -> probing -> ranking
+              -> selection -> plots
+
+Quantities and their shapes (scikit-learn's words):
+
+- ``activations``: array of shape (n_items, n_layers, hidden); one row per word (word-level tasks)
+  or per sentence (sentence-level tasks); layer 0 is the embedding output.
+- ``X``: array of shape (n_samples, n_features); activations flattened to
+  ``n_features = n_layers * hidden`` with neuron index ``layer * hidden + unit``.
+- ``y``: array of shape (n_samples,) of class labels.
+"""
+
+__version__ = "0.1.0"
