@@ -10,13 +10,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-if not os.environ.get("DISPLAY") and "ipykernel" not in os.environ.get("JPY_PARENT_PID", "ipykernel"):
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
 sns.set_theme(context="notebook", style="whitegrid")
 
