@@ -1,0 +1,186 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from utils import activations as act
+from utils.activations import ActivationStore, build_store, extract, get_activations
+from utils.data import Split, Task
+
+SENTENCES = [
+    ["Unbelievably,", "Pierre", "Vinken's", "nonexecutive", "directorship", "ended."],
+    ["The", "cat", "sat."],
+    ["Stocks", "of", "Elsevier", "N.V.", "tumbled", "12%", "yesterday", "in", "Amsterdam."],
+    ["Hi"],
+]
+
+
+def _reference_word_vectors(loaded, words, mode):
+    """Hand computation: one sentence alone, BERT's word_ids for the split words, then pick/average."""
+    enc = loaded.tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    with torch.inference_mode():
+        hs = loaded.model(**enc, output_hidden_states=True).hidden_states
+    hs = torch.stack(hs)[:, 0].numpy()  # (n_layers, n_tokens, hidden)
+    word_ids = enc.word_ids(0)
+    out = []
+    for w in range(len(words)):
+        toks = [i for i, wid in enumerate(word_ids) if wid == w]
+        piece = hs[:, toks]
+        out.append({"first": piece[:, 0], "last": piece[:, -1], "mean": piece.mean(axis=1)}[mode])
+    return np.stack(out)  # (n_words, n_layers, hidden)
+
+
+@pytest.mark.parametrize("mode", ["first", "last", "mean"])
+def test_word_aggregation_matches_hand_computation(minilm, mode):
+    got = extract(minilm, SENTENCES[:1], level="word", aggregation=mode, progress=False)
+    want = _reference_word_vectors(minilm, SENTENCES[0], mode)
+    assert got.shape == (len(SENTENCES[0]), 7, 384)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_first_last_mean_differ_for_multi_piece_words(minilm):
+    f, l = (extract(minilm, SENTENCES[:1], level="word", aggregation=m, progress=False) for m in ("first", "last"))
+    assert np.abs(f[0] - l[0]).max() > 1e-2  # "Unbelievably," has several pieces
+
+
+def test_every_word_gets_exactly_one_vector(minilm):
+    got = extract(minilm, SENTENCES, level="word", progress=False)
+    assert got.shape[0] == sum(len(s) for s in SENTENCES)
+    assert not np.all(got == 0, axis=(1, 2)).any()
+
+
+def test_batched_equals_one_sentence_at_a_time(minilm):
+    batched = extract(minilm, SENTENCES, level="word", batch_size=16, progress=False)
+    single = np.concatenate([extract(minilm, [s], level="word", batch_size=1, progress=False) for s in SENTENCES])
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+    texts = [" ".join(s) for s in SENTENCES]
+    b = extract(minilm, texts, level="sentence", batch_size=16, progress=False)
+    s = np.concatenate([extract(minilm, [t], level="sentence", progress=False) for t in texts])
+    np.testing.assert_allclose(b, s, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["cls", "mean"])
+def test_sentence_representation_matches_direct_forward(minilm, mode):
+    text = "A gorgeous, witty, seductive movie."
+    enc = minilm.tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        hs = torch.stack(minilm.model(**enc, output_hidden_states=True).hidden_states)[:, 0].numpy()
+    want = hs[:, 0] if mode == "cls" else hs.mean(axis=1)
+    got = extract(minilm, [text], level="sentence", aggregation=mode, progress=False)
+    np.testing.assert_allclose(got[0], want, atol=1e-5)
+
+
+def test_long_sentence_is_split_with_a_warning_and_keeps_every_word(minilm):
+    long = [f"word{i}" for i in range(400)]  # ~3 pieces a word: far past 512 tokens
+    with pytest.warns(UserWarning, match="1 sentence\\(s\\) were longer"):
+        got = extract(minilm, [long, ["short", "one"]], level="word", progress=False)
+    assert got.shape[0] == 402
+    assert not np.all(got == 0, axis=(1, 2)).any()
+
+
+def test_long_text_is_truncated_with_a_warning_and_count(minilm):
+    with pytest.warns(UserWarning, match="1 text\\(s\\) were longer than 512 tokens and were truncated"):
+        extract(minilm, ["word " * 2000, "short"], level="sentence", progress=False)
+
+
+def test_bad_aggregation_is_refused(minilm):
+    with pytest.raises(ValueError, match="aggregation 'cls' is not one of"):
+        extract(minilm, SENTENCES, level="word", aggregation="cls", progress=False)
+
+
+def _task():
+    labels = [["X"] * len(s) for s in SENTENCES]
+    split = Split(SENTENCES, labels)
+    return Task("toy", "word", split, split, split, classes=("X",))
+
+
+def test_store_is_reused_without_a_forward_pass(minilm, tmp_path, monkeypatch):
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    first = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert first.words == [w for s in SENTENCES for w in s]
+    assert list(first.labels) == ["X"] * len(first.words)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass ran although the store exists")
+
+    monkeypatch.setattr(act, "extract", no_forward)
+    again = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    np.testing.assert_array_equal(np.asarray(again.activations), np.asarray(first.activations))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "meta"])
+def test_corrupt_or_truncated_store_is_detected_and_rebuilt(minilm, tmp_path, monkeypatch, damage):
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    store = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    original = np.array(store.activations)
+    path = store.path / "activations.npy"
+    del store
+    if damage == "flip":
+        raw = bytearray(path.read_bytes())
+        raw[-100] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-4096])
+    else:
+        (path.parent / "meta.json").write_text("{not json")
+    with pytest.raises(act.StoreError):
+        ActivationStore.open(path.parent)
+    with pytest.warns(UserWarning, match="unusable.*recomputing"):
+        rebuilt = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    np.testing.assert_allclose(np.asarray(rebuilt.activations), original, atol=1e-6)
+
+
+def test_store_from_other_inputs_is_recomputed(minilm, tmp_path, monkeypatch):
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    changed = _task()
+    changed = Task("toy", "word", Split(SENTENCES, [["Y"] * len(s) for s in SENTENCES]), changed.dev, changed.test)
+    with pytest.warns(UserWarning, match="made from other inputs.*data_sha256"):
+        store = get_activations("minilm", changed, "train", root=tmp_path, device="cpu", progress=False)
+    assert set(store.labels) == {"Y"}
+
+
+def test_interrupted_extraction_resumes_where_it_stopped(minilm, tmp_path):
+    texts = [s for s in SENTENCES * 5]
+    split = Split(texts, [["X"] * len(s) for s in texts])
+    calls = {"n": 0}
+    real_forward = minilm.model.forward
+
+    def flaky_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_forward(*args, **kwargs)
+
+    path = tmp_path / "store"
+    minilm.model.forward = flaky_forward
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_store(minilm, split, path, level="word", batch_size=2, checkpoint_every=1, progress=False)
+        assert (tmp_path / "store.partial").exists() and not path.exists()
+        done_before = int(np.load(tmp_path / "store.partial" / "done.npy").sum())
+        assert done_before == 4  # two batches of two segments were checkpointed
+        calls["n"] = 100
+        store = build_store(minilm, split, path, level="word", batch_size=2, checkpoint_every=1, progress=False)
+    finally:
+        minilm.model.forward = real_forward
+    assert calls["n"] - 100 == (len(texts) - done_before + 1) // 2  # only the rest was run
+    fresh = extract(minilm, texts, level="word", progress=False)
+    np.testing.assert_allclose(np.asarray(store.activations), fresh, atol=1e-4)
+    assert not (tmp_path / "store.partial").exists()
+    assert json.loads((path / "meta.json").read_text())["complete"] is True
+
+
+def test_empty_split_is_refused(minilm, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        build_store(minilm, Split([], []), tmp_path / "s", level="word", progress=False)
+
+
+def test_float16_store(minilm, tmp_path):
+    split = Split(SENTENCES, [["X"] * len(s) for s in SENTENCES])
+    store = build_store(minilm, split, tmp_path / "h", level="word", dtype="float16", progress=False)
+    assert store.activations.dtype == np.float16
+    ref = extract(minilm, SENTENCES, level="word", progress=False)
+    np.testing.assert_allclose(np.asarray(store.activations, dtype=np.float32), ref, rtol=2e-3, atol=2e-3)
