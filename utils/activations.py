@@ -392,6 +392,26 @@ class StoreError(RuntimeError):
     """An activation store on disk is incomplete, corrupt or inconsistent."""
 
 
+def layer_norms(store: "ActivationStore", *, chunk_size: int = 4096) -> np.ndarray:
+    """Mean L2 norm of the item vectors at each layer, shape (n_layers,), in one pass over the store."""
+    total = np.zeros(store.n_layers, dtype=np.float64)
+    for chunk in store.iter_chunks(chunk_size):
+        total += np.linalg.norm(chunk.astype(np.float32), axis=2).sum(axis=0)
+    return total / len(store)
+
+
+def preview(store: "ActivationStore", *, rows: int = 8, layers: Sequence[int] = (0, -1), units: int = 3) -> "pd.DataFrame":
+    """First ``rows`` items of a store: word, label, and the first ``units`` neurons of some layers."""
+    import pandas as pd
+
+    table = {"word": store.words[:rows], "label": list(store.labels[:rows])}
+    for layer in layers:
+        ln = layer % store.n_layers
+        for u in range(units):
+            table[f"L{ln}[{u}]"] = np.asarray(store.activations[:rows, ln, u], dtype=np.float32)
+    return pd.DataFrame(table)
+
+
 def _texts_sha256(split: Split) -> str:
     """sha256 of a split's texts and labels (detects data that changed under a cached store)."""
     blob = json.dumps([split.texts, split.labels], ensure_ascii=False, default=str).encode()
@@ -591,3 +611,56 @@ def get_activations(
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
     return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
                        meta=meta, batch_size=batch_size, progress=progress)
+
+
+def task_stores(
+    model: str,
+    task: str,
+    *,
+    token_budget: int | None = None,
+    sentence_budget: int | None = None,
+    eval_budget: int | None = None,
+    seed: int = 0,
+    splits: Sequence[str] = ("train", "dev", "test"),
+    **kwargs: Any,
+) -> dict[str, ActivationStore]:
+    """Stores of several splits of one task under experiment-wide budgets (see ``data.budgets_for``).
+
+    Parameters
+    ----------
+    model, task : str
+    token_budget, sentence_budget, eval_budget : int, optional
+        Train tokens (word tasks), train sentences and dev/test sentences (sentence tasks).
+    seed : int
+    splits : sequence of str
+    **kwargs
+        Passed to ``get_activations`` (``aggregation``, ``dtype``, ``root``, ``device``, ``progress``).
+
+    Returns
+    -------
+    stores : dict of str to ActivationStore
+        Keyed by split name.
+    """
+    from .data import budgets_for
+
+    b = budgets_for(task, token_budget=token_budget, sentence_budget=sentence_budget, eval_budget=eval_budget)
+    task_obj = load_task(task, seed=seed, **b)
+    out = {}
+    for split in splits:
+        # the path is keyed on the budgets, so pass them although the Task already applied them
+        out[split] = get_activations(model, task_obj, split, seed=seed, **b, **kwargs)
+    return out
+
+
+def describe_norms(norms: "pd.DataFrame") -> str:
+    """A short reading of a (model, task, layer, mean_norm) table: where norms peak and how they change."""
+    lines = []
+    for (model, task), g in norms.groupby(["model", "task"], sort=False):
+        values = g["mean_norm"].to_numpy()
+        peak = int(g["layer"].to_numpy()[values.argmax()])
+        lines.append(
+            f"{model} · {task}: mean norm {values[0]:.2f} at the embeddings, peak {values.max():.2f} at layer "
+            f"{peak}, {values[-1]:.2f} at the last layer ({len(values)} layers; all finite: "
+            f"{bool(np.isfinite(values).all())})."
+        )
+    return "\n".join(lines)

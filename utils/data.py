@@ -286,6 +286,38 @@ def _load_hub(name: str, *, seed: int) -> tuple[Level, tuple[Split, Split, Split
     return ("word" if word_level else "sentence"), (train, dev, test), f"hub: {ds_name}/{config}"
 
 
+def task_level(name: str) -> Level:
+    """Level (``"word"`` or ``"sentence"``) of a named task, without loading it."""
+    if name in OFFLINE_TASKS:
+        return OFFLINE_TASKS[name].level
+    if name in HUB_TASKS:
+        return "word" if HUB_TASKS[name][2] == ("tokens",) else "sentence"
+    raise KeyError(f"unknown task {name!r}; known: {', '.join([*OFFLINE_TASKS, *HUB_TASKS])}")
+
+
+def budgets_for(name: str, *, token_budget: int | None, sentence_budget: int | None,
+                eval_budget: int | None) -> dict[str, int | None]:
+    """The ``budget`` / ``eval_budget`` arguments of ``load_task`` for a task, from experiment-wide caps.
+
+    Word-level tasks take ``token_budget`` train tokens and their whole dev/test splits (they are small
+    and per-token evaluation needs every tag); sentence-level tasks take ``sentence_budget`` train
+    sentences and ``eval_budget`` dev/test sentences.
+    """
+    if task_level(name) == "word":
+        return {"budget": token_budget, "eval_budget": None}
+    return {"budget": sentence_budget, "eval_budget": eval_budget}
+
+
+def describe(task: Task) -> dict:
+    """One row of facts about a task: level, classes, and items per split."""
+    return {
+        "task": task.name, "level": task.level, "classes": len(task.classes),
+        **{f"{s}_{'tokens' if task.level == 'word' else 'sentences'}": task.split(s).n_items
+           for s in ("train", "dev", "test")},
+        "source": task.source,
+    }
+
+
 def load_task(name: str, *, budget: int | None = None, eval_budget: int | None = None, seed: int = 0) -> Task:
     """Load a labelled task by name.
 

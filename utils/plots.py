@@ -61,14 +61,13 @@ def heatmap(
     return fig
 
 
-def layer_norms(norms: np.ndarray, *, labels: Sequence[str], title: str) -> plt.Figure:
-    """Plot mean activation norm per layer, one line per row of ``norms`` (n_series, n_layers)."""
-    norms = np.atleast_2d(norms)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for row, label in zip(norms, labels):
-        ax.plot(np.arange(len(row)), row, marker="o", label=label)
+def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+    """Plot ``mean_norm`` against ``layer``, one line per (model, task) of a tidy table."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for (model, task), group in table.groupby(["model", "task"], sort=False):
+        ax.plot(group["layer"], group["mean_norm"], marker="o", label=f"{model} · {task}")
     ax.set_title(title)
     ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("mean L2 norm of a word vector")
+    ax.set_ylabel("mean L2 norm of an item vector")
     ax.legend(fontsize=8)
     return fig

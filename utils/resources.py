@@ -263,3 +263,12 @@ def fetch(name: str) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def describe() -> list[dict]:
+    """One row per registry resource: name, kind, what it is, licence, archives (no fetching)."""
+    return [
+        {"name": r.name, "kind": r.kind, "what": r.description, "licence": r.licence,
+         "archives": " + ".join(a.spec for a in r.archives)}
+        for r in RESOURCES.values()
+    ]
