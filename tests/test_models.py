@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -26,3 +28,16 @@ def test_offline_models_give_documented_shapes(name, n_layers, hidden, kind):
 def test_unknown_model_offline_names_the_offline_models():
     with pytest.raises(OSError, match="Offline models: minilm, mpnet, smollm2"):
         load_model("surely-not-a-model-name-xyz", device="cpu")
+
+
+def test_truncated_model_reproduces_the_first_layers(minilm):
+    from utils.models import truncated
+
+    sentences = [["The", "cat", "sat", "on", "the", "mat."]]
+    full = extract(minilm, sentences, level="word", progress=False)
+    with truncated(minilm.model, 3):
+        short = extract(dataclasses.replace(minilm, n_layers=4), sentences, level="word", progress=False)
+    np.testing.assert_allclose(short, full[:, :4], atol=1e-5)
+    assert len(minilm.model.encoder.layer) == 6  # restored
+    with pytest.raises(ValueError, match="between 0 and 6"):
+        truncated(minilm.model, 9)

@@ -144,3 +144,50 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
         n_layers=config.num_hidden_layers + 1, hidden=config.hidden_size,
         kind=_kind_of(config), max_length=int(max_len), source_sha256=sha, device=device,
     )
+
+
+def _layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module holding the transformer blocks as a ModuleList, and that attribute's name."""
+    for owner_path, attr in (("encoder", "layer"), ("", "layers"), ("transformer", "layer"), ("", "h")):
+        owner = model.get_submodule(owner_path) if owner_path else model
+        if isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
+            return owner, attr
+    raise TypeError(f"cannot find the list of transformer blocks in {type(model).__name__}")
+
+
+class truncated:
+    """Context manager: run only the embeddings and the first ``n_blocks`` transformer blocks.
+
+    Inside the block, ``model(...).hidden_states`` has ``n_blocks + 1`` entries and entry ``i`` equals
+    entry ``i`` of the full model (a decoder's final norm is bypassed while truncated, so the last
+    entry is the raw block output, as in the full model's hidden states). The full model is restored
+    on exit, also after an exception.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    n_blocks : int
+        Blocks to keep, ``0 <= n_blocks <= total``; ``total`` leaves the model as it is.
+    """
+
+    def __init__(self, model: torch.nn.Module, n_blocks: int):
+        self.model = model
+        self.owner, self.attr = _layer_list(model)
+        self.full = getattr(self.owner, self.attr)
+        if not 0 <= n_blocks <= len(self.full):
+            raise ValueError(f"n_blocks must be between 0 and {len(self.full)}, got {n_blocks}")
+        self.n_blocks = n_blocks
+        self.norm = None
+
+    def __enter__(self) -> torch.nn.Module:
+        if self.n_blocks < len(self.full):
+            setattr(self.owner, self.attr, self.full[: self.n_blocks])
+            if isinstance(getattr(self.model, "norm", None), torch.nn.Module):  # decoders' final norm
+                self.norm = self.model.norm
+                self.model.norm = torch.nn.Identity()
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        setattr(self.owner, self.attr, self.full)
+        if self.norm is not None:
+            self.model.norm = self.norm
