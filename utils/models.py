@@ -149,8 +149,8 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
 def _layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     """The module holding the transformer blocks as a ModuleList, and that attribute's name."""
     for owner_path, attr in (("encoder", "layer"), ("", "layers"), ("transformer", "layer"), ("", "h")):
-        owner = model.get_submodule(owner_path) if owner_path else model
-        if isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
+        owner = getattr(model, owner_path, None) if owner_path else model
+        if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.ModuleList):
             return owner, attr
     raise TypeError(f"cannot find the list of transformer blocks in {type(model).__name__}")
 
