@@ -1,0 +1,520 @@
+"""Neuron-level redundancy: correlation of all neurons, average-linkage clusters, and summaries.
+
+Start reading at ``neuron_correlation`` (Pearson correlation of every pair of neurons of every layer,
+from the streaming Gram of ``similarity.GramAccumulator``), then ``cluster_neurons`` (the authors'
+agglomerative clustering on ``1 - |r|`` with average linkage, cut at a distance threshold, with one
+deterministic representative per cluster) and ``cluster_sweep`` (one linkage tree, cut at many
+thresholds). The summaries turn clusterings into tidy pandas tables for the figures, and
+``describe_general_redundancy`` writes the reading of those tables next to the paper's findings.
+
+Quantities and their shapes:
+
+- ``corr``: ndarray of shape (n_features, n_features), float32; ``n_features = n_layers * hidden``,
+  neuron index ``layer * hidden + unit``.
+- ``linkage``: ndarray of shape (n_features - 1, 4), scipy's linkage matrix.
+- ``NeuronClusters.labels``: ndarray of shape (n_features,), cluster ids ``0 .. n_clusters - 1``
+  numbered by each cluster's lowest neuron index; ``representatives``: ndarray of shape
+  (n_clusters,), sorted neuron indices.
+- ``layer x layer`` summaries: ndarray of shape (n_layers, n_layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage as scipy_linkage
+
+from .similarity import (
+    DEFAULT_CHUNK_SIZE,
+    ConstantFeatureWarning,
+    GramAccumulator,
+    adjacent_layer_summary,
+    gram_statistics,
+)
+
+__all__ = [
+    "ConstantFeatureWarning",
+    "neuron_correlation",
+    "linkage_tree",
+    "NeuronClusters",
+    "cluster_neurons",
+    "cluster_sweep",
+    "redundancy_by_threshold",
+    "layer_redundancy",
+    "cluster_layer_spans",
+    "layer_pair_counts",
+    "layer_duplication",
+    "describe_general_redundancy",
+    "PAPER_PCT_REDUNDANT",
+]
+
+PAPER_PCT_REDUNDANT = 85.0  # abstract: "85% of the neurons across the network are redundant"
+_ROW_BLOCK = 512  # rows of the correlation matrix handled at once by the band-wise helpers
+
+
+# ---------------------------------------------------------------------------------------------
+# correlation
+
+
+def neuron_correlation(
+    activations: Any,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compute_dtype: Any = np.float32,
+    progress: bool = True,
+) -> np.ndarray:
+    """Pearson correlation between all pairs of neurons of all layers, from one streaming pass.
+
+    Parameters
+    ----------
+    activations : array-like of shape (n_items, n_layers, hidden) or (n_samples, n_features)
+        Or an ``ActivationStore``, or a filled ``similarity.GramAccumulator`` (then no pass is made,
+        and the same statistics also give the layer CKA).
+    chunk_size : int, default=2048
+        Rows read at a time.
+    compute_dtype : {np.float32, np.float64}, default=np.float32
+        Precision of the per-chunk products (totals are float64).
+    progress : bool, default=True
+
+    Returns
+    -------
+    corr : ndarray of shape (n_features, n_features), float32
+        Symmetric, unit diagonal. A constant neuron gets correlation 0 with every other neuron, and a
+        ``ConstantFeatureWarning`` names how many and which.
+
+    Raises
+    ------
+    ValueError
+        If the activations contain NaN or infinity (the message names the rows), or have the wrong shape.
+    """
+    if isinstance(activations, GramAccumulator):
+        acc = activations
+    else:
+        acc = gram_statistics(activations, chunk_size=chunk_size, compute_dtype=compute_dtype, progress=progress)
+    return acc.correlation(dtype=np.float32)
+
+
+def _check_corr(corr: Any) -> np.ndarray:
+    """Return ``corr`` as a square float array or raise ValueError with what was expected."""
+    corr = np.asarray(corr)
+    if corr.ndim != 2 or corr.shape[0] != corr.shape[1]:
+        raise ValueError(
+            f"Expected a square correlation matrix of shape (n_features, n_features), got shape "
+            f"{corr.shape}. Compute it with neuron_correlation(activations)."
+        )
+    if corr.shape[0] < 2:
+        raise ValueError(f"Need at least 2 neurons to cluster, got {corr.shape[0]}.")
+    if not np.isfinite(corr).all():
+        raise ValueError("The correlation matrix contains NaN or infinity; neuron_correlation never does.")
+    return corr
+
+
+def _row_bands(n: int, size: int = _ROW_BLOCK):
+    """Yield (start, stop) row ranges covering 0..n."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _condensed_distance(corr: np.ndarray) -> np.ndarray:
+    """``1 - |r|`` for i < j in scipy's condensed order (float64), built band by band."""
+    n = corr.shape[0]
+    out = np.empty(n * (n - 1) // 2)
+    cols = np.arange(n)
+    pos = 0
+    for a, b in _row_bands(n):
+        mask = cols[None, :] > np.arange(a, b)[:, None]  # strict upper triangle of this band
+        vals = corr[a:b][mask]  # row-major: exactly the condensed order
+        out[pos : pos + len(vals)] = vals
+        pos += len(vals)
+    np.abs(out, out=out)
+    np.subtract(1.0, out, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def linkage_tree(corr: Any) -> np.ndarray:
+    """Average-linkage tree of the neurons on the distance ``1 - |r|`` (the authors' clustering).
+
+    Cut it at any number of thresholds with ``cluster_neurons(corr, t, linkage=tree)``.
+
+    Parameters
+    ----------
+    corr : array-like of shape (n_features, n_features)
+
+    Returns
+    -------
+    linkage : ndarray of shape (n_features - 1, 4)
+        ``scipy.cluster.hierarchy.linkage(1 - |r| condensed, method="average")``. Memory: the
+        condensed distances (float64, 4 n_features² bytes) and scipy's working copy of them.
+    """
+    corr = _check_corr(corr)
+    return scipy_linkage(_condensed_distance(corr), method="average")
+
+
+@dataclass(frozen=True)
+class NeuronClusters:
+    """Flat clusters of neurons at one distance threshold, with one representative each.
+
+    Attributes
+    ----------
+    threshold : float
+        Distance cut ``t``: merged clusters have average ``|r| >= 1 - t`` between their halves.
+    labels : ndarray of shape (n_features,)
+        Cluster of each neuron, ``0 .. n_clusters - 1``, numbered by each cluster's lowest neuron.
+    representatives : ndarray of shape (n_clusters,)
+        Sorted neuron indices, one per cluster: the member with the highest mean ``|r|`` to the other
+        members (ties go to the lowest index); a singleton represents itself.
+    """
+
+    threshold: float
+    labels: np.ndarray
+    representatives: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        return int(len(self.labels))
+
+    @property
+    def n_clusters(self) -> int:
+        return int(len(self.representatives))
+
+    def sizes(self) -> np.ndarray:
+        """Number of neurons in each cluster, ndarray of shape (n_clusters,)."""
+        return np.bincount(self.labels, minlength=self.n_clusters)
+
+    def redundant(self) -> np.ndarray:
+        """Boolean mask of shape (n_features,): neurons that are dropped (not a representative)."""
+        mask = np.ones(self.n_features, dtype=bool)
+        mask[self.representatives] = False
+        return mask
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster ids 0..k-1 in order of each cluster's lowest member index."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse]
+
+
+def _within_cluster_abs_sums(corr: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Σ_j |r_ij| over the members j of i's own cluster (self included), band by band (float64)."""
+    out = np.empty(len(labels))
+    for a, b in _row_bands(len(labels)):
+        same = labels[a:b, None] == labels[None, :]
+        out[a:b] = np.where(same, np.abs(corr[a:b], dtype=np.float64), 0.0).sum(axis=1)
+    return out
+
+
+def _representatives(corr: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per cluster, the member with the largest within-cluster Σ|r|; ties to the lowest index."""
+    score = _within_cluster_abs_sums(corr, labels)
+    order = np.lexsort((np.arange(len(labels)), -score, labels))
+    sorted_labels = labels[order]
+    first = np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]
+    return np.sort(order[first])
+
+
+def cluster_neurons(corr: Any, threshold: float, *, linkage: np.ndarray | None = None) -> NeuronClusters:
+    """Cluster neurons by correlation: average linkage on ``1 - |r|``, cut at ``threshold``.
+
+    The partition equals ``scipy.cluster.hierarchy.fcluster(linkage(d, "average"), threshold,
+    criterion="distance")`` with ``d`` the condensed ``1 - |r|``. Unlike the authors' code (a
+    random member), the representative is deterministic: the member with the highest mean ``|r|``
+    to its cluster, ties to the lowest index.
+
+    Parameters
+    ----------
+    corr : array-like of shape (n_features, n_features)
+        From ``neuron_correlation``.
+    threshold : float
+        Distance cut in [0, 1]; 0.3 keeps clusters whose halves correlate by >= 0.7 on average.
+    linkage : ndarray of shape (n_features - 1, 4), optional
+        A tree from ``linkage_tree(corr)``, to cut many thresholds without recomputing it.
+
+    Returns
+    -------
+    clusters : NeuronClusters
+    """
+    corr = _check_corr(corr)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold is a distance 1 - |r| and must lie in [0, 1], got {threshold}.")
+    n = corr.shape[0]
+    if linkage is None:
+        linkage = linkage_tree(corr)
+    elif linkage.shape != (n - 1, 4):
+        raise ValueError(f"linkage has shape {linkage.shape}, expected {(n - 1, 4)} for {n} neurons.")
+    labels = _relabel(fcluster(linkage, t=float(threshold), criterion="distance"))
+    return NeuronClusters(float(threshold), labels, _representatives(corr, labels))
+
+
+def cluster_sweep(corr: Any, thresholds: Sequence[float], *, linkage: np.ndarray | None = None) -> list[NeuronClusters]:
+    """``cluster_neurons`` at each threshold from one linkage tree.
+
+    Parameters
+    ----------
+    corr : array-like of shape (n_features, n_features)
+    thresholds : sequence of float
+    linkage : ndarray of shape (n_features - 1, 4), optional
+
+    Returns
+    -------
+    clusterings : list of NeuronClusters
+        In the order of ``thresholds``.
+    """
+    corr = _check_corr(corr)
+    tree = linkage_tree(corr) if linkage is None else linkage
+    return [cluster_neurons(corr, t, linkage=tree) for t in thresholds]
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries (tidy tables)
+
+
+def _as_list(clusterings: NeuronClusters | Sequence[NeuronClusters]) -> list[NeuronClusters]:
+    """Wrap a single NeuronClusters in a list."""
+    return [clusterings] if isinstance(clusterings, NeuronClusters) else list(clusterings)
+
+
+def _check_layout(n_features: int, n_layers: int, hidden: int) -> None:
+    """Raise ValueError unless n_features == n_layers * hidden."""
+    if n_layers * hidden != n_features:
+        raise ValueError(
+            f"n_layers * hidden = {n_layers} * {hidden} = {n_layers * hidden} does not match "
+            f"{n_features} neurons; pass the store's n_layers and hidden."
+        )
+
+
+def redundancy_by_threshold(clusterings: NeuronClusters | Sequence[NeuronClusters]) -> pd.DataFrame:
+    """Neurons that survive clustering (one per cluster) at each threshold.
+
+    Parameters
+    ----------
+    clusterings : NeuronClusters or sequence of NeuronClusters
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``threshold, neurons_total, neurons_kept, pct_kept`` (percent), sorted by threshold.
+    """
+    rows = [
+        {"threshold": c.threshold, "neurons_total": c.n_features, "neurons_kept": c.n_clusters,
+         "pct_kept": 100.0 * c.n_clusters / c.n_features}
+        for c in _as_list(clusterings)
+    ]
+    return pd.DataFrame(rows).sort_values("threshold", ignore_index=True)
+
+
+def layer_redundancy(
+    clusterings: NeuronClusters | Sequence[NeuronClusters], *, n_layers: int, hidden: int
+) -> pd.DataFrame:
+    """Share of each layer's neurons that clustering drops (not representatives).
+
+    Parameters
+    ----------
+    clusterings : NeuronClusters or sequence of NeuronClusters
+    n_layers, hidden : int
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``threshold, layer, neurons, redundant, pct_redundant``; one row per (threshold, layer).
+    """
+    frames = []
+    for c in _as_list(clusterings):
+        _check_layout(c.n_features, n_layers, hidden)
+        redundant = c.redundant().reshape(n_layers, hidden).sum(axis=1)
+        frames.append(pd.DataFrame({
+            "threshold": c.threshold, "layer": np.arange(n_layers), "neurons": hidden,
+            "redundant": redundant, "pct_redundant": 100.0 * redundant / hidden,
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def cluster_layer_spans(
+    clusters: NeuronClusters, *, n_layers: int, hidden: int, include_singletons: bool = False
+) -> pd.DataFrame:
+    """Histogram of how many layers clusters span (``max layer - min layer + 1`` of their members).
+
+    Singletons are left out by default: they span one layer by definition and, at low thresholds,
+    swamp the histogram. (The authors' ``cluster_analysis.py`` counted them; pass
+    ``include_singletons=True`` for their histogram.)
+
+    Parameters
+    ----------
+    clusters : NeuronClusters
+    n_layers, hidden : int
+    include_singletons : bool, default=False
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``span`` (1 .. n_layers) and ``n_clusters``.
+    """
+    _check_layout(clusters.n_features, n_layers, hidden)
+    layer = np.arange(clusters.n_features) // hidden
+    k = clusters.n_clusters
+    lo = np.full(k, n_layers)
+    hi = np.full(k, -1)
+    np.minimum.at(lo, clusters.labels, layer)
+    np.maximum.at(hi, clusters.labels, layer)
+    span = hi - lo + 1
+    if not include_singletons:
+        span = span[clusters.sizes() >= 2]
+    counts = np.bincount(span, minlength=n_layers + 1)[1:]
+    return pd.DataFrame({"span": np.arange(1, n_layers + 1), "n_clusters": counts})
+
+
+def layer_pair_counts(corr: Any, n_layers: int, hidden: int, *, min_abs_corr: float = 0.8) -> np.ndarray:
+    """Count highly correlated neuron pairs between every pair of layers.
+
+    Parameters
+    ----------
+    corr : array-like of shape (n_features, n_features)
+    n_layers, hidden : int
+    min_abs_corr : float, default=0.8
+        A pair counts when ``|r| >= min_abs_corr``.
+
+    Returns
+    -------
+    counts : ndarray of shape (n_layers, n_layers), int64
+        Symmetric; entry (a, b) is the number of unordered pairs {i, j}, i in layer a, j in layer b,
+        i != j (self pairs never count).
+    """
+    corr = _check_corr(corr)
+    _check_layout(corr.shape[0], n_layers, hidden)
+    counts = np.empty((n_layers, n_layers), dtype=np.int64)
+    for a in range(n_layers):  # one band of rows per layer
+        band = np.abs(corr[a * hidden : (a + 1) * hidden]) >= min_abs_corr
+        counts[a] = band.reshape(hidden, n_layers, hidden).sum(axis=(0, 2))
+    diag = np.arange(n_layers)
+    counts[diag, diag] = (counts[diag, diag] - hidden) // 2  # drop i == j; count {i, j} once
+    return counts
+
+
+def layer_duplication(corr: Any, n_layers: int, hidden: int) -> np.ndarray:
+    """How strongly layer a's neurons are duplicated in layer b: mean over a's neurons of max |r| in b.
+
+    Parameters
+    ----------
+    corr : array-like of shape (n_features, n_features)
+    n_layers, hidden : int
+
+    Returns
+    -------
+    dup : ndarray of shape (n_layers, n_layers), float64
+        ``dup[a, b] = mean_{i in a} max_{j in b, j != i} |r_ij|``; not symmetric in general.
+    """
+    corr = _check_corr(corr)
+    _check_layout(corr.shape[0], n_layers, hidden)
+    dup = np.empty((n_layers, n_layers))
+    own = np.arange(hidden)
+    for a in range(n_layers):
+        band = np.abs(corr[a * hidden : (a + 1) * hidden], dtype=np.float64)
+        band[own, a * hidden + own] = -np.inf  # a neuron does not duplicate itself
+        dup[a] = band.reshape(hidden, n_layers, hidden).max(axis=2).mean(axis=0)
+    return dup
+
+
+# ---------------------------------------------------------------------------------------------
+# the written reading
+
+
+def _first_threshold_reaching(kept: pd.DataFrame, pct_kept: float) -> float | None:
+    """Smallest threshold whose pct_kept is at most ``pct_kept``, or None."""
+    hit = kept.loc[kept["pct_kept"] <= pct_kept + 1e-9, "threshold"]
+    return float(hit.min()) if len(hit) else None
+
+
+def describe_general_redundancy(
+    cka: Mapping[str, Any],
+    kept: pd.DataFrame,
+    layer_share: pd.DataFrame,
+    spans: pd.DataFrame,
+    *,
+    reference_threshold: float,
+    paper_pct_redundant: float = PAPER_PCT_REDUNDANT,
+) -> str:
+    """Write the reading of the general-redundancy figures from their numbers, next to the paper's.
+
+    Parameters
+    ----------
+    cka : mapping of str to array-like of shape (n_layers, n_layers)
+        Layer CKA per run label (e.g. ``"minilm / pos"``).
+    kept : DataFrame
+        Columns ``run, threshold, pct_kept`` (as from ``redundancy_by_threshold`` plus a run column).
+    layer_share : DataFrame
+        Columns ``run, threshold, layer, pct_redundant`` (from ``layer_redundancy``).
+    spans : DataFrame
+        Columns ``run, span, n_clusters`` (from ``cluster_layer_spans`` at ``reference_threshold``).
+    reference_threshold : float
+        Threshold at which per-layer shares and spans are read (the paper's pipeline uses 0.3).
+    paper_pct_redundant : float, default=85
+        The paper's headline share of redundant neurons.
+
+    Returns
+    -------
+    text : str
+        Markdown bullet points, one block per finding, each saying whether our numbers agree.
+    """
+    lines: list[str] = []
+    target_kept = 100.0 - paper_pct_redundant
+
+    lines.append("**Adjacent layers are the most similar** (paper: layer-level redundancy is highest between neighbours).")
+    for run, matrix in cka.items():
+        s = adjacent_layer_summary(matrix)
+        verdict = "agrees" if s["frac_nearest_adjacent"] >= 0.5 and s["mean_adjacent"] > s["mean_non_adjacent"] else "differs"
+        lines.append(
+            f"- {run}: for {100 * s['frac_nearest_adjacent']:.0f}% of layers the most similar other layer is a "
+            f"neighbour; neighbours average CKA {s['mean_adjacent']:.2f} vs {s['mean_non_adjacent']:.2f} for layers "
+            f"two or more apart; the least similar neighbours are layers {s['min_adjacent_pair']} and "
+            f"{s['min_adjacent_pair'] + 1} ({s['min_adjacent']:.2f}). Neighbours in the lower half average "
+            f"{s['lower_adjacent']:.2f}, in the upper half {s['upper_adjacent']:.2f}. -> {verdict}."
+        )
+
+    lines.append("")
+    lines.append(f"**{paper_pct_redundant:.0f}% of neurons are redundant** (paper, abstract): here, the share kept after clustering.")
+    for run, g in kept.groupby("run", sort=False):
+        g = g.sort_values("threshold")
+        ref = g.loc[np.isclose(g["threshold"], reference_threshold), "pct_kept"]
+        reach = _first_threshold_reaching(g, target_kept)
+        where = (f"{target_kept:.0f}% or fewer remain from threshold {reach:g} on" if reach is not None
+                 else f"no threshold up to {g['threshold'].max():g} leaves {target_kept:.0f}% or fewer")
+        at_ref = f"{ref.iloc[0]:.1f}% kept at t = {reference_threshold:g}; " if len(ref) else ""
+        lines.append(f"- {run}: {at_ref}{g['pct_kept'].iloc[0]:.1f}% at t = {g['threshold'].iloc[0]:g}, "
+                     f"{g['pct_kept'].iloc[-1]:.1f}% at t = {g['threshold'].iloc[-1]:g}; {where}.")
+
+    lines.append("")
+    lines.append(f"**Lower layers are more redundant** (paper): share of each layer's neurons dropped at t = {reference_threshold:g}.")
+    at_ref = layer_share[np.isclose(layer_share["threshold"], reference_threshold)]
+    for run, g in at_ref.groupby("run", sort=False):
+        g = g.sort_values("layer")
+        share = g["pct_redundant"].to_numpy()
+        half = len(share) // 2
+        lower, upper = share[:half].mean(), share[half:].mean()
+        rho = pd.Series(share).corr(pd.Series(np.arange(len(share), dtype=float)), method="spearman")
+        verdict = "agrees" if lower > upper else "differs"
+        lines.append(
+            f"- {run}: lower half {lower:.1f}% vs upper half {upper:.1f}% redundant (most: layer "
+            f"{int(g['layer'].iloc[int(np.argmax(share))])}, {share.max():.1f}%; Spearman rho of share vs "
+            f"depth {rho:+.2f}). -> {verdict}."
+        )
+
+    lines.append("")
+    lines.append(f"**Clusters stay within neighbouring layers** (paper: redundant neurons mostly come from the same or adjacent layers), t = {reference_threshold:g}, clusters of 2+ neurons.")
+    for run, g in spans.groupby("run", sort=False):
+        total = int(g["n_clusters"].sum())
+        if total == 0:
+            lines.append(f"- {run}: no cluster has two or more neurons at this threshold.")
+            continue
+        within = g.loc[g["span"] <= 2, "n_clusters"].sum() / total
+        one = g.loc[g["span"] == 1, "n_clusters"].sum() / total
+        verdict = "agrees" if within >= 0.5 else "differs"
+        lines.append(
+            f"- {run}: {total} multi-neuron clusters; {100 * one:.0f}% lie in one layer, {100 * within:.0f}% "
+            f"span at most two; widest span {int(g.loc[g['n_clusters'] > 0, 'span'].max())} layers. -> {verdict}."
+        )
+    return "\n".join(lines)
