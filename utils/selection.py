@@ -1,0 +1,456 @@
+"""The efficient feature-based transfer pipeline: LayerSelector -> correlation clustering -> LCA.
+
+Start at ``run_transfer``. For word- and sentence-level tasks alike it takes train / dev / test
+activations of shape (n_items, n_layers, hidden) and labels, and follows Dalvi et al. (2020, §6):
+
+1. **LayerSelector**: the smallest layer ``l`` whose incremental probe (layers 0..l) reaches
+   ``oracle_dev * (1 - delta_layer / 100)`` on dev (``oracle`` = the probe on all layers).
+2. **Correlation clustering** of the neurons of layers 0..l at distance threshold ``t`` (or none):
+   average linkage on ``1 - |r|``, one deterministic representative per cluster; a *base* probe is
+   retrained on the representatives.
+3. **LCA ranking** of the base probe's weights and the minimal neuron set: the first point of the
+   authors' percentage grid whose retrained probe reaches ``base_dev * (1 - delta_neuron / 100)``.
+
+The paper's grid ``(delta_layer, delta_neuron) in {(3,1), (2,1), (1,1)} x t in {none, 0.3}`` is
+searched on dev only; among the configurations whose final dev score keeps ``keep_pct`` % of the
+oracle's dev score, the one with the fewest neurons wins (ties: higher dev score). The test split is
+read once, at the end, after every choice is fixed. The result (``TransferResult``) saves and
+reloads, and carries a ``ReducedProbe`` that applies the kept neurons to new activations or text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .clustering import cluster_neurons, linkage_tree, neuron_correlation
+from .probing import fit_layer_probes, make_probe, restrict_to_classes
+from .ranking import PCT_GRID, lca_ordering, minimal_neuron_set
+
+PAPER_GRID: tuple[tuple[float, float, float | None], ...] = (
+    (3, 1, None), (2, 1, None), (1, 1, None), (3, 1, 0.3), (2, 1, 0.3), (1, 1, 0.3),
+)
+"""(delta_layer, delta_neuron, threshold) of the paper's search; ``None`` = no clustering."""
+
+
+def layer_selector(incremental_scores: Sequence[float], oracle_score: float, delta: float) -> int:
+    """Smallest layer whose incremental dev score reaches ``oracle_score * (1 - delta / 100)``.
+
+    Parameters
+    ----------
+    incremental_scores : sequence of float of shape (n_layers,)
+        Dev score of the probe on layers 0..l, for each l.
+    oracle_score : float
+        Dev score of the probe on all layers.
+    delta : float
+        Tolerated loss in percent.
+
+    Returns
+    -------
+    layer : int
+        The last layer when no earlier one reaches the target.
+    """
+    scores = np.asarray(incremental_scores, dtype=float)
+    if scores.ndim != 1 or len(scores) == 0:
+        raise ValueError(f"incremental_scores must be a non-empty 1D sequence, got shape {scores.shape}")
+    if delta < 0:
+        raise ValueError(f"delta is a percentage loss and must be >= 0, got {delta}")
+    hits = np.flatnonzero(scores >= oracle_score * (1 - delta / 100))
+    return int(hits[0]) if len(hits) else len(scores) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the reduced model
+
+
+@dataclass
+class ReducedProbe:
+    """A linear probe on a few neurons of the first ``layer + 1`` hidden states.
+
+    Attributes
+    ----------
+    layer : int
+        Highest hidden state needed (0 = embeddings): the model can stop after block ``layer``.
+    hidden : int
+        Width of a hidden state.
+    neurons : ndarray of shape (n_kept,)
+        Global neuron indices ``layer * hidden + unit``, ascending.
+    coef_ : ndarray of shape (n_classes, n_kept) or (n_kept,)
+        Weights on the raw activations (a regression probe has one row, stored flat).
+    intercept_ : ndarray of shape (n_classes,) or ()
+    classes_ : ndarray of shape (n_classes,) or None
+        None for a regression probe.
+    """
+
+    layer: int
+    hidden: int
+    neurons: np.ndarray
+    coef_: np.ndarray
+    intercept_: np.ndarray
+    classes_: np.ndarray | None
+
+    @classmethod
+    def from_probe(cls, probe: Any, *, neurons: np.ndarray, hidden: int) -> "ReducedProbe":
+        """Wrap a fitted ``LinearProbe`` trained on ``X[:, neurons]``."""
+        neurons = np.asarray(neurons, dtype=np.int64)
+        return cls(int(neurons.max() // hidden), hidden, neurons, np.asarray(probe.coef_, dtype=np.float64),
+                   np.asarray(probe.intercept_, dtype=np.float64), getattr(probe, "classes_", None))
+
+    def features(self, activations: Any) -> np.ndarray:
+        """The kept neurons of activations of shape (n_samples, >= layer + 1, hidden) -> (n_samples, n_kept)."""
+        a = activations
+        if a.ndim != 3 or a.shape[1] <= self.layer or a.shape[2] != self.hidden:
+            raise ValueError(f"expected activations of shape (n_samples, >= {self.layer + 1}, {self.hidden}), "
+                             f"got {a.shape}")
+        return np.asarray(a[:, self.neurons // self.hidden, self.neurons % self.hidden], dtype=np.float64)
+
+    def decision_function(self, activations: Any) -> np.ndarray:
+        """Logits (or regression outputs) for activations of shape (n_samples, >= layer + 1, hidden)."""
+        return self.features(activations) @ self.coef_.T + self.intercept_
+
+    def predict(self, activations: Any) -> np.ndarray:
+        """Predicted labels, ndarray of shape (n_samples,)."""
+        out = self.decision_function(activations)
+        return out if self.classes_ is None else self.classes_[out.argmax(axis=1)]
+
+    def predict_texts(self, loaded: Any, texts: Sequence, *, level: str, aggregation: str = "auto",
+                      batch_size: int = 32) -> np.ndarray:
+        """Run the model only up to ``layer`` on new text and predict: the reduced model end to end."""
+        from .activations import extract
+        from .models import truncated
+
+        with truncated(loaded.model, self.layer):
+            acts = extract(dataclasses.replace(loaded, n_layers=self.layer + 1), texts, level=level,
+                           aggregation=aggregation, batch_size=batch_size, progress=False)
+        return self.predict(acts)
+
+
+# ---------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class TransferResult:
+    """What the pipeline chose on dev and how it scored on test.
+
+    Attributes
+    ----------
+    n_layers, hidden, neurons_total : int
+        The model's shape; ``neurons_total = n_layers * hidden``.
+    oracle_dev, oracle_test : float
+    delta_layer, delta_neuron : float
+    threshold : float or None
+        Clustering threshold of the chosen configuration (None: no clustering).
+    selected_layer : int
+    neurons : ndarray of shape (n_kept,)
+        Kept neurons as global indices into the full model.
+    dev, test : float
+        Scores of the final probe.
+    grid : DataFrame
+        One row per configuration tried (dev scores only).
+    steps : DataFrame
+        The chosen configuration step by step (oracle -> LS -> LS+CC -> LS+CC+FS): neurons,
+        pct_kept, dev and test scores.
+    reduced : ReducedProbe
+    test_predictions : ndarray of shape (n_test,)
+        The final probe's predictions on the test items (after unseen-label items were dropped).
+    info : dict
+        Anything else worth keeping (dropped unseen-label items, model and task names).
+    """
+
+    n_layers: int
+    hidden: int
+    neurons_total: int
+    oracle_dev: float
+    oracle_test: float
+    delta_layer: float
+    delta_neuron: float
+    threshold: float | None
+    selected_layer: int
+    neurons: np.ndarray
+    dev: float
+    test: float
+    grid: pd.DataFrame = field(repr=False)
+    steps: pd.DataFrame = field(repr=False)
+    reduced: ReducedProbe = field(repr=False)
+    test_predictions: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    info: dict = field(default_factory=dict)
+
+    @property
+    def neurons_kept(self) -> int:
+        return int(len(self.neurons))
+
+    @property
+    def pct_kept(self) -> float:
+        return 100.0 * self.neurons_kept / self.neurons_total
+
+    @property
+    def pct_of_oracle(self) -> float:
+        return 100.0 * self.test / self.oracle_test
+
+    def summary(self) -> dict:
+        """One row for the results table."""
+        return {
+            "oracle_test": self.oracle_test, "selected_layer": self.selected_layer,
+            "threshold": self.threshold, "delta_layer": self.delta_layer, "delta_neuron": self.delta_neuron,
+            "neurons_total": self.neurons_total, "neurons_kept": self.neurons_kept, "pct_kept": self.pct_kept,
+            "test": self.test, "pct_of_oracle": self.pct_of_oracle, "oracle_dev": self.oracle_dev, "dev": self.dev,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to a folder (JSON + NPZ + CSV), atomically; return the folder."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name not in ("neurons", "grid", "steps", "reduced", "test_predictions")}
+        (tmp / "result.json").write_text(json.dumps({**scalars, "reduced_layer": self.reduced.layer}, indent=1,
+                                                    default=_json_default))
+        r = self.reduced
+        arrays = {"neurons": self.neurons, "test_predictions": self.test_predictions, "reduced_neurons": r.neurons, "coef": r.coef_, "intercept": r.intercept_}
+        if r.classes_ is not None:
+            arrays["classes"] = np.asarray(r.classes_)
+        np.savez(tmp / "arrays.npz", **arrays)
+        self.grid.to_csv(tmp / "grid.csv", index=False)
+        self.steps.to_csv(tmp / "steps.csv", index=False)
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TransferResult":
+        """Read a result written by ``save``."""
+        path = Path(path)
+        if not (path / "result.json").exists():
+            raise FileNotFoundError(f"{path} holds no saved TransferResult (result.json missing)")
+        meta = json.loads((path / "result.json").read_text())
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        reduced = ReducedProbe(meta.pop("reduced_layer"), meta["hidden"], arrays["reduced_neurons"], arrays["coef"],
+                               arrays["intercept"], arrays.get("classes"))
+        grid = pd.read_csv(path / "grid.csv")
+        steps = pd.read_csv(path / "steps.csv")
+        return cls(**meta, neurons=arrays["neurons"], grid=grid, steps=steps, reduced=reduced,
+                   test_predictions=arrays["test_predictions"])
+
+
+def _json_default(x: Any) -> Any:
+    """JSON for numpy scalars."""
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"cannot serialise {type(x).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _flat(acts: Any, n_layers: int) -> np.ndarray:
+    """Layers 0..n_layers-1 of (n, L, h) activations as a (n, n_layers * h) float32 array."""
+    return np.ascontiguousarray(np.asarray(acts[:, :n_layers], dtype=np.float32).reshape(len(acts), -1))
+
+
+def _score(probe: Any, X: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy (classes) or Pearson r (real values) of a fitted probe."""
+    return float(probe.score(X, y))
+
+
+def run_transfer(
+    train: tuple[Any, Any],
+    dev: tuple[Any, Any],
+    test: tuple[Any, Any] | Callable[[], tuple[Any, Any]],
+    *,
+    grid: Sequence[tuple[float, float, float | None]] = PAPER_GRID,
+    keep_pct: float = 97.0,
+    probe_params: dict | None = None,
+    pct_grid: Sequence[float] = PCT_GRID,
+    progress: bool = True,
+    info: dict | None = None,
+) -> TransferResult:
+    """Run LayerSelector -> correlation clustering -> LCA minimal set, choose on dev, test once.
+
+    Parameters
+    ----------
+    train, dev : (activations, labels)
+        Activations of shape (n_items, n_layers, hidden) (memory maps are fine) and labels of shape
+        (n_items,).
+    test : (activations, labels) or callable returning them
+        Read once, after every choice is made (a callable makes that visible: it is called once).
+    grid : sequence of (delta_layer, delta_neuron, threshold)
+        Configurations to try; ``threshold=None`` skips clustering. Defaults to the paper's.
+    keep_pct : float
+        A configuration qualifies when its final dev score is at least ``keep_pct`` % of the
+        oracle's; the qualifying one with the fewest neurons is chosen.
+    probe_params : dict, optional
+        Parameters of every probe (``LinearProbe``).
+    pct_grid : sequence of float
+        The minimal-set grid (fractions of the model's neuron count).
+    progress : bool
+    info : dict, optional
+        Stored on the result (model and task names, ...).
+
+    Returns
+    -------
+    result : TransferResult
+    """
+    A, y = train
+    Ad, yd = dev
+    y, yd = np.asarray(y), np.asarray(yd)
+    if A.ndim != 3:
+        raise ValueError(f"train activations must have shape (n_items, n_layers, hidden), got {A.shape}")
+    n, L, h = A.shape
+    if len(y) != n or len(yd) != len(Ad):
+        raise ValueError(f"labels and activations differ in length: train {len(y)} vs {n}, dev {len(yd)} vs {len(Ad)}")
+    if len(y) == 0 or len(yd) == 0:
+        raise ValueError("train and dev must hold at least one item each")
+    params = dict(probe_params or {})
+    info = dict(info or {})
+    regression = np.issubdtype(y.dtype, np.floating)
+    if not regression:
+        Ad, yd, dropped = restrict_to_classes(Ad, yd, np.unique(y))
+        info["dropped_dev"] = dropped
+    total = L * h
+
+    # oracle and incremental layer probes (dev only)
+    oracle_table, oracle_probes = fit_layer_probes(A, y, activations_dev=Ad, y_dev=yd, mode="oracle",
+                                                   probe_params=params, return_probes=True)
+    oracle_dev = float(oracle_table["score"].iloc[0])
+    inc_table, inc_probes = fit_layer_probes(A, y, activations_dev=Ad, y_dev=yd, mode="incremental",
+                                             probe_params=params, return_probes=True)
+    inc_scores = inc_table["score"].to_numpy()
+
+    corr_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    base_cache: dict[tuple[int, float | None], tuple[np.ndarray, Any, float, np.ndarray]] = {}
+    rows, finals = [], {}
+    bar = tqdm(list(grid), desc="transfer grid", disable=not progress, leave=False)
+    for d_layer, d_neuron, t in bar:
+        layer = layer_selector(inc_scores, oracle_dev, d_layer)
+        key = (layer, t)
+        if key not in base_cache:
+            n_sel = (layer + 1) * h
+            if t is None:
+                cand = np.arange(n_sel)
+            else:
+                if layer not in corr_cache:
+                    corr = neuron_correlation(A[:, : layer + 1], progress=False)
+                    corr_cache[layer] = (corr, linkage_tree(corr))
+                corr, tree = corr_cache[layer]
+                cand = cluster_neurons(corr, t, linkage=tree).representatives
+            Xs, Xsd = _flat(A, layer + 1)[:, cand], _flat(Ad, layer + 1)[:, cand]
+            base = make_probe(y, **params).fit(Xs, y, X_dev=Xsd, y_dev=yd)
+            base_dev = _score(base, Xsd, yd)
+            coef = getattr(base, "standardized_coef_", base.coef_)
+            base_cache[key] = (cand, base, base_dev, lca_ordering(np.atleast_2d(coef)))
+        cand, base, base_dev, ordering = base_cache[key]
+        Xs, Xsd = _flat(A, layer + 1)[:, cand], _flat(Ad, layer + 1)[:, cand]
+        ms = minimal_neuron_set(Xs, y, Xsd, yd, ordering, target=base_dev * (1 - d_neuron / 100),
+                                probe_params=params, pct_grid=pct_grid, n_total=total)
+        kept = cand[ms.neurons]
+        cfg = (d_layer, d_neuron, t)
+        finals[cfg] = (layer, cand, base, kept, ms)
+        rows.append({
+            "delta_layer": d_layer, "delta_neuron": d_neuron, "threshold": t, "selected_layer": layer,
+            "neurons_after_ls": (layer + 1) * h, "neurons_after_cc": len(cand), "neurons_kept": len(kept),
+            "pct_kept": 100.0 * len(kept) / total, "ls_dev": float(inc_scores[layer]), "base_dev": base_dev,
+            "dev": ms.score, "pct_of_oracle_dev": 100.0 * ms.score / oracle_dev, "reached": ms.reached,
+        })
+    grid_table = pd.DataFrame(rows)
+    chosen = _choose(grid_table, keep_pct)
+    cfg = tuple(grid_table.loc[chosen, ["delta_layer", "delta_neuron", "threshold"]])
+    cfg = (cfg[0], cfg[1], None if cfg[2] is None or (isinstance(cfg[2], float) and math.isnan(cfg[2])) else cfg[2])
+    layer, cand, base, kept, ms = finals[cfg]
+    grid_table["chosen"] = np.arange(len(grid_table)) == chosen
+
+    # the test split: read once, now that every choice is fixed
+    At, yt = test() if callable(test) else test
+    yt = np.asarray(yt)
+    if not regression:
+        At, yt, info["dropped_test"] = restrict_to_classes(At, yt, np.unique(y))
+    oracle_test = _score(oracle_probes[0], _flat(At, L), yt)
+    Xt_sel = _flat(At, layer + 1)
+    ls_test = _score(inc_probes[layer], Xt_sel, yt)
+    base_test = _score(base, Xt_sel[:, cand], yt)
+    test_predictions = ms.probe.predict(Xt_sel[:, kept])
+    final_test = _score(ms.probe, Xt_sel[:, kept], yt)
+    steps = pd.DataFrame([
+        {"step": "oracle", "neurons": total, "dev": oracle_dev, "test": oracle_test},
+        {"step": "LS", "neurons": (layer + 1) * h, "dev": float(inc_scores[layer]), "test": ls_test},
+        {"step": "LS+CC", "neurons": len(cand), "dev": base_cache[(layer, cfg[2])][2], "test": base_test},
+        {"step": "LS+CC+FS", "neurons": len(kept), "dev": ms.score, "test": final_test},
+    ])
+    steps["pct_kept"] = 100.0 * steps["neurons"] / total
+    reduced = ReducedProbe.from_probe(ms.probe, neurons=kept, hidden=h)
+    return TransferResult(
+        n_layers=L, hidden=h, neurons_total=total, oracle_dev=oracle_dev, oracle_test=oracle_test,
+        delta_layer=float(cfg[0]), delta_neuron=float(cfg[1]), threshold=None if cfg[2] is None else float(cfg[2]),
+        selected_layer=layer, neurons=kept, dev=ms.score, test=final_test, grid=grid_table, steps=steps,
+        reduced=reduced, test_predictions=np.asarray(test_predictions), info=info,
+    )
+
+
+def _choose(grid_table: pd.DataFrame, keep_pct: float) -> int:
+    """Row of the fewest-neuron configuration keeping ``keep_pct`` % of the oracle on dev (else the best dev)."""
+    ok = grid_table["pct_of_oracle_dev"] >= keep_pct
+    pool = grid_table[ok] if ok.any() else grid_table
+    if not ok.any():
+        return int(pool["dev"].idxmax())
+    return int(pool.sort_values(["neurons_kept", "dev"], ascending=[True, False], kind="stable").index[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# what the reduction buys at inference time
+
+
+def measure_speedup(
+    loaded: Any,
+    texts: Sequence,
+    *,
+    level: str,
+    reduced: ReducedProbe,
+    oracle_probe: Any,
+    aggregation: str = "auto",
+    batch_size: int = 32,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Time full model + oracle probe against truncated model + reduced probe on the same texts.
+
+    Both paths tokenize, run the model, pool the item vectors and predict; the reduced path stops
+    after block ``reduced.layer``. The best of ``repeats`` runs of each is kept (interleaved).
+
+    Returns
+    -------
+    timing : dict
+        ``full_s``, ``reduced_s``, ``speedup`` (= full_s / reduced_s), ``items``.
+    """
+    from .activations import extract
+
+    def full() -> np.ndarray:
+        acts = extract(loaded, texts, level=level, aggregation=aggregation, batch_size=batch_size, progress=False)
+        return oracle_probe.predict(acts.reshape(len(acts), -1))
+
+    def short() -> np.ndarray:
+        return reduced.predict_texts(loaded, texts, level=level, aggregation=aggregation, batch_size=batch_size)
+
+    times: dict[str, list[float]] = {"full": [], "reduced": []}
+    n_items = len(full())  # warm-up
+    short()
+    for _ in range(repeats):
+        for name, fn in (("full", full), ("reduced", short)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    f, r = min(times["full"]), min(times["reduced"])
+    return {"full_s": f, "reduced_s": r, "speedup": f / r, "items": n_items}
