@@ -370,16 +370,21 @@ class GramAccumulator:
         self._check_ready(1)
         return self.shift_ + self._u()
 
-    def _centred_strip(self, i: int) -> np.ndarray:
-        """Strip ``i`` of the centred Gram: rows of block i, columns from block i's start (float64)."""
-        u = self._u()
-        a, b = self._starts[i], self._starts[i + 1]
-        out = np.multiply.outer(u[a:b], u[a:])
-        out *= -self.n_samples_
-        out += self._strips[i]
-        diag = out[:, : b - a]
-        diag[...] = (diag + diag.T) / 2  # the GEMM's diagonal block is symmetric only up to rounding
-        return out
+    def _centred_tiles(self):
+        """Yield (rows, cols, tile) for the upper block triangle of the centred Gram (float64 tiles).
+
+        ``tile = Σ z_a z_bᵀ - n u_a u_bᵀ`` for blocks a <= b; diagonal tiles are symmetrised (the
+        GEMM makes them symmetric only up to rounding). One tile at a time keeps temporaries small.
+        """
+        u, n, starts = self._u(), self.n_samples_, self._starts
+        for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+            for c, d in zip(starts[i:-1], starts[i + 1 :]):
+                tile = np.multiply.outer(u[a:b], u[c:d])
+                tile *= -n
+                tile += self._strips[i][:, c - a : d - a]
+                if c == a:
+                    tile = (tile + tile.T) / 2
+                yield slice(a, b), slice(c, d), tile
 
     def diag(self) -> np.ndarray:
         """Diagonal of the centred Gram, Σ (x_j - mean_j)², ndarray of shape (n_features,)."""
@@ -398,10 +403,9 @@ class GramAccumulator:
         """
         self._check_ready(1)
         G = np.empty((self.n_features_, self.n_features_))
-        for i, (a, b) in enumerate(zip(self._starts[:-1], self._starts[1:])):
-            s = self._centred_strip(i)
-            G[a:b, a:] = s
-            G[a:, a:b] = s.T
+        for rows, cols, tile in self._centred_tiles():
+            G[rows, cols] = tile
+            G[cols, rows] = tile.T
         return G
 
     def covariance(self, *, ddof: int = 1) -> np.ndarray:
@@ -458,24 +462,24 @@ class GramAccumulator:
                 stacklevel=2,
             )
         corr = np.empty((self.n_features_, self.n_features_), dtype=dtype)
-        for i, (a, b) in enumerate(zip(self._starts[:-1], self._starts[1:])):
-            s = self._centred_strip(i)
-            s *= inv_std[a:b, None]
-            s *= inv_std[None, a:]
-            np.clip(s, -1.0, 1.0, out=s)
-            corr[a:b, a:] = s
-            corr[a:, a:b] = s.T
+        for rows, cols, tile in self._centred_tiles():
+            tile *= inv_std[rows, None]
+            tile *= inv_std[None, cols]
+            np.clip(tile, -1.0, 1.0, out=tile)
+            corr[rows, cols] = tile
+            corr[cols, rows] = tile.T
         np.fill_diagonal(corr, 1.0)
         return corr
 
     def _block_frobenius2(self) -> np.ndarray:
         """||G_ab||²_F for every pair of blocks, shape (n_blocks, n_blocks)."""
         nb = len(self.block_sizes_)
+        index = {int(a): k for k, a in enumerate(self._starts[:-1])}
         out = np.zeros((nb, nb))
-        for i, a in enumerate(self._starts[:-1]):
-            sq = np.square(self._centred_strip(i)).sum(axis=0)  # column sums, columns from block i on
-            out[i, i:] = np.add.reduceat(sq, self._starts[i:-1] - a)
-        return np.triu(out) + np.triu(out, 1).T
+        for rows, cols, tile in self._centred_tiles():
+            i, j = index[rows.start], index[cols.start]
+            out[i, j] = out[j, i] = np.einsum("ij,ij->", tile, tile)
+        return out
 
     def _row_norm_moments(self) -> np.ndarray:
         """Σ_i r_i^a r_i^b with r_i^a = ||x_i^a - mean^a||², from the tracked moments (n_blocks²).
