@@ -280,3 +280,27 @@ def test_reading_is_generated_from_the_numbers():
     text = describe_general_redundancy({"m": scrambled}, kept, share, spans, reference_threshold=0.3)
     assert text.count("differs") == 3
     assert "no threshold up to 0.5 leaves 15% or fewer" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-store driver
+
+
+def test_general_redundancy_agrees_with_the_separate_steps(acts):
+    from utils.clustering import general_redundancy
+    from utils.similarity import layer_similarity
+
+    result = general_redundancy(acts, thresholds=[0.8, 0.5], reference_threshold=0.6, min_abs_corr=0.5,
+                                chunk_size=32, progress=False)
+    corr = neuron_correlation(acts, chunk_size=32, progress=False)
+    assert (result.n_items, result.n_layers, result.hidden) == (120, 4, 6)
+    np.testing.assert_allclose(result.cka, layer_similarity(acts, chunk_size=32, progress=False), atol=1e-12)
+    np.testing.assert_allclose(result.cka_debiased, layer_similarity(acts, debiased=True, progress=False), atol=1e-5)
+    assert result.kept["threshold"].tolist() == [0.5, 0.6, 0.8]  # the reference threshold is added
+    reference = cluster_neurons(corr, 0.6)
+    np.testing.assert_array_equal(result.clusters.labels, reference.labels)
+    pd.testing.assert_frame_equal(result.spans.drop(columns="threshold"),
+                                  cluster_layer_spans(reference, n_layers=4, hidden=6))
+    np.testing.assert_array_equal(result.pair_counts, layer_pair_counts(corr, 4, 6, min_abs_corr=0.5))
+    np.testing.assert_allclose(result.duplication, layer_duplication(corr, 4, 6))
+    assert len(result.constant_neurons) == 0

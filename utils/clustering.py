@@ -48,6 +48,8 @@ __all__ = [
     "layer_pair_counts",
     "layer_duplication",
     "describe_general_redundancy",
+    "GeneralRedundancy",
+    "general_redundancy",
     "PAPER_PCT_REDUNDANT",
 ]
 
@@ -417,6 +419,106 @@ def layer_duplication(corr: Any, n_layers: int, hidden: int) -> np.ndarray:
         band[own, a * hidden + own] = -np.inf  # a neuron does not duplicate itself
         dup[a] = band.reshape(hidden, n_layers, hidden).max(axis=2).mean(axis=0)
     return dup
+
+
+# ---------------------------------------------------------------------------------------------
+# one store, every table
+
+
+@dataclass
+class GeneralRedundancy:
+    """Every general-redundancy number of one activation store (one streaming pass, one linkage tree).
+
+    Attributes
+    ----------
+    n_items, n_layers, hidden : int
+    cka, cka_debiased : ndarray of shape (n_layers, n_layers)
+        Linear CKA between layers, biased (the paper's) and debiased.
+    kept : DataFrame
+        ``redundancy_by_threshold`` over the thresholds.
+    layer_share : DataFrame
+        ``layer_redundancy`` over the thresholds.
+    spans : DataFrame
+        ``cluster_layer_spans`` at ``reference_threshold`` (clusters of 2+ neurons), with a
+        ``threshold`` column.
+    duplication : ndarray of shape (n_layers, n_layers)
+        ``layer_duplication``.
+    pair_counts : ndarray of shape (n_layers, n_layers)
+        ``layer_pair_counts`` at ``min_abs_corr``.
+    clusters : NeuronClusters
+        The clustering at ``reference_threshold``.
+    constant_neurons : ndarray of shape (n_constant,)
+    """
+
+    n_items: int
+    n_layers: int
+    hidden: int
+    cka: np.ndarray
+    cka_debiased: np.ndarray
+    kept: pd.DataFrame
+    layer_share: pd.DataFrame
+    spans: pd.DataFrame
+    duplication: np.ndarray
+    pair_counts: np.ndarray
+    clusters: NeuronClusters
+    constant_neurons: np.ndarray
+
+
+def general_redundancy(
+    activations: Any,
+    *,
+    thresholds: Sequence[float],
+    reference_threshold: float = 0.3,
+    min_abs_corr: float = 0.8,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool = True,
+) -> GeneralRedundancy:
+    """Layer CKA, neuron correlation clusters and their summaries for one store, from one pass.
+
+    Parameters
+    ----------
+    activations : array-like of shape (n_items, n_layers, hidden), or an ``ActivationStore``
+    thresholds : sequence of float
+        Distance cuts for the kept-vs-threshold curve and per-layer shares.
+    reference_threshold : float, default=0.3
+        The cut at which spans and the returned ``clusters`` are read (the paper's pipeline uses 0.3);
+        added to ``thresholds`` if missing.
+    min_abs_corr : float, default=0.8
+        ``|r|`` from which a neuron pair counts in ``pair_counts``.
+    chunk_size : int, default=2048
+    progress : bool, default=True
+
+    Returns
+    -------
+    result : GeneralRedundancy
+    """
+    array = getattr(activations, "activations", activations)
+    if len(getattr(array, "shape", ())) != 3:
+        raise ValueError(
+            f"Expected activations of shape (n_items, n_layers, hidden), got "
+            f"{getattr(array, 'shape', type(array).__name__)}."
+        )
+    n_items, n_layers, hidden = (int(x) for x in array.shape)
+    acc = gram_statistics(array, chunk_size=chunk_size, progress=progress)
+    cka_biased = acc.block_similarity()
+    cka_debiased = acc.block_similarity(debiased=True)
+    constant = acc.constant_features()
+    corr = acc.correlation()
+    del acc  # the Gram strips: free them before the linkage needs its memory
+    thresholds = sorted(set(float(t) for t in thresholds) | {float(reference_threshold)})
+    sweep = cluster_sweep(corr, thresholds)
+    at_ref = sweep[thresholds.index(float(reference_threshold))]
+    spans = cluster_layer_spans(at_ref, n_layers=n_layers, hidden=hidden)
+    spans.insert(0, "threshold", float(reference_threshold))
+    return GeneralRedundancy(
+        n_items=n_items, n_layers=n_layers, hidden=hidden, cka=cka_biased, cka_debiased=cka_debiased,
+        kept=redundancy_by_threshold(sweep),
+        layer_share=layer_redundancy(sweep, n_layers=n_layers, hidden=hidden),
+        spans=spans,
+        duplication=layer_duplication(corr, n_layers, hidden),
+        pair_counts=layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr),
+        clusters=at_ref, constant_neurons=constant,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,3 +71,111 @@ def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     ax.set_ylabel("mean L2 norm of an item vector")
     ax.legend(fontsize=8)
     return fig
+
+
+def transfer_steps(steps: "pd.DataFrame", *, title: str) -> plt.Figure:
+    """Test score against % of neurons kept through the pipeline's steps, one line per (model, task)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (model, task), g in steps.groupby(["model", "task"], sort=False):
+        ax.plot(g["pct_kept"], g["test"], marker="o", label=f"{model} · {task}")
+        for row in g.itertuples(index=False):
+            ax.annotate(row.step, (row.pct_kept, row.test), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_title(title)
+    ax.set_xlabel("% of the model's neurons kept (log scale)")
+    ax.set_ylabel("test score (accuracy)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---- general redundancy (notebook 02) -------------------------------------------------------
+
+
+def heatmap_panels(
+    matrices: "dict[str, np.ndarray]",
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    cbar_label: str,
+    vmin: float,
+    vmax: float,
+    annotate: bool | None = None,
+    fmt: str = ".2f",
+    cmap: str = "viridis",
+    ncols: int | None = None,
+) -> plt.Figure:
+    """One heatmap per entry of ``matrices`` (label -> (n_rows, n_cols)), all on one colour scale.
+
+    ``annotate=None`` writes the values into the cells when a matrix has at most 16 rows.
+    """
+    labels = list(matrices)
+    ncols = ncols or min(len(labels), 3)
+    nrows = -(-len(labels) // ncols)
+    side = max(3.2, 0.33 * max(np.asarray(m).shape[0] for m in matrices.values()) + 1.2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols + 1.0, side * nrows * 0.95 + 0.6), squeeze=False)
+    mappable = None
+    for ax, label in zip(axes.flat, labels):
+        m = np.asarray(matrices[label], dtype=float)
+        ann = m.shape[0] <= 16 if annotate is None else annotate
+        sns.heatmap(m, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=ann, fmt=fmt,
+                    annot_kws={"fontsize": 6}, square=True, cbar=False)
+        mappable = ax.collections[0]
+        step = max(1, m.shape[0] // 13)
+        ax.set_xticks(np.arange(0, m.shape[1], step) + 0.5, np.arange(0, m.shape[1], step), fontsize=7)
+        ax.set_yticks(np.arange(0, m.shape[0], step) + 0.5, np.arange(0, m.shape[0], step), fontsize=7)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), label=cbar_label, shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def kept_curves(
+    table: "pd.DataFrame",
+    *,
+    title: str,
+    reference_pct_kept: float | None = None,
+    reference_label: str = "",
+) -> plt.Figure:
+    """``pct_kept`` against ``threshold``, one line per ``run`` of a tidy table, with a reference level."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for run, group in table.groupby("run", sort=False):
+        group = group.sort_values("threshold")
+        ax.plot(group["threshold"], group["pct_kept"], marker="o", label=run)
+    if reference_pct_kept is not None:
+        ax.axhline(reference_pct_kept, color="0.3", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    ax.set_xlabel("clustering threshold t (distance 1 − |r|)")
+    ax.set_ylabel("neurons kept (% of all neurons)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def span_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+    """Grouped bars of ``n_clusters`` per ``span`` (layers a cluster covers), one colour per ``run``."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    sns.barplot(data=table, x="span", y="n_clusters", hue="run", ax=ax)
+    ax.set_title(title)
+    ax.set_xlabel("layers spanned by a cluster (max layer − min layer + 1)")
+    ax.set_ylabel("clusters (2+ neurons)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def layer_share_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+    """``pct_redundant`` against ``layer``, one line per ``run`` of a tidy table."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for run, group in table.groupby("run", sort=False):
+        group = group.sort_values("layer")
+        ax.plot(group["layer"], group["pct_redundant"], marker="o", label=run)
+    ax.set_title(title)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("neurons dropped by clustering (% of layer)")
+    ax.legend(fontsize=8)
+    return fig
