@@ -14,8 +14,8 @@ this times and measures:
 Each stage runs in a fresh process, so its ``ru_maxrss`` growth is its own. Two memory numbers per
 stage: the peak of numpy/Python allocations (``tracemalloc``; numpy reports its buffers to it) and the
 growth of the resident set (``ru_maxrss``, which also counts BLAS work buffers and touched file
-pages). The streaming stage reads rows with ``pread`` into fresh buffers (no memory map), so its
-resident set shows what the algorithm holds, not the page cache. Targets (issue 3): stream time within
+pages). Every stage reads the file with plain reads (no memory map), so resident sets show what the
+method holds, not the page cache; the streaming stage reads one chunk at a time into one buffer. Targets (issue 3): stream time within
 1.5x of the GEMM; stream peak no more than one chunk plus two N x N float32 matrices.
 
     .venv/bin/python benchmarks/bench_general_redundancy.py                       # MPNet, POS train store
@@ -47,9 +47,14 @@ MIB = 2.0**20
 
 
 class RowReader:
-    """Array-like over the rows of a C-ordered .npy file: ``reader[a:b]`` preads just those rows."""
+    """Array-like over the rows of a C-ordered .npy file: ``reader[a:b]`` reads just those rows.
 
-    def __init__(self, path: Path, rows: int | None) -> None:
+    With ``reuse=True`` every read lands in the same buffer (the caller must consume a chunk before
+    asking for the next, as ``gram_statistics`` does): no fresh pages per chunk, and no memory map.
+    """
+
+    def __init__(self, path: Path, rows: int | None, *, reuse: bool = False) -> None:
+        self.reuse, self._buf = reuse, None
         mm = np.load(path, mmap_mode="r")
         self.path, self.dtype, self.offset = path, mm.dtype, mm.offset
         self.shape = (min(rows or len(mm), len(mm)),) + mm.shape[1:]
@@ -61,7 +66,13 @@ class RowReader:
 
     def __getitem__(self, key: slice) -> np.ndarray:
         start, stop, _ = key.indices(self.shape[0])
-        out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        shape = (stop - start,) + self.shape[1:]
+        if self.reuse:
+            if self._buf is None or self._buf.size < np.prod(shape):
+                self._buf = np.empty(int(np.prod(shape)), dtype=self.dtype)
+            out = self._buf[: int(np.prod(shape))].reshape(shape)
+        else:
+            out = np.empty(shape, dtype=self.dtype)
         with open(self.path, "rb") as f:
             f.seek(self.offset + start * self.row_bytes)
             f.readinto(memoryview(out).cast("B"))
@@ -84,10 +95,9 @@ def synthetic(path: Path, n: int, n_layers: int, hidden: int, seed: int) -> None
 
 
 def load_in_memory(path: Path, rows: int | None) -> np.ndarray:
-    """The first ``rows`` rows as one in-memory float32 (n, n_features) array."""
-    mm = np.load(path, mmap_mode="r")
-    n = min(rows or len(mm), len(mm))
-    return np.array(mm[:n], dtype=np.float32).reshape(n, -1)
+    """The first ``rows`` rows as one in-memory float32 (n, n_features) array (read, not memory-mapped)."""
+    reader = RowReader(path, rows)
+    return reader[0 : len(reader)].astype(np.float32, copy=False).reshape(len(reader), -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +132,7 @@ def run_stage(args: argparse.Namespace) -> dict:
     elif args.stage == "stream":
         from utils.similarity import gram_statistics
 
-        reader = RowReader(path, args.rows)
+        reader = RowReader(path, args.rows, reuse=True)
         result["chunk_mib"] = min(args.chunk_size, len(reader)) * reader.row_bytes / MIB
         acc = gram_statistics(reader, chunk_size=args.chunk_size, progress=False)
         t1 = time.perf_counter()

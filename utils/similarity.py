@@ -282,6 +282,7 @@ class GramAccumulator:
         self.n_samples_ = 0
         self.n_features_: int | None = None
         self.block_sizes_: np.ndarray | None = None
+        self._work: dict[str, np.ndarray] = {}  # reused per-batch buffers (no page faults per chunk)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -335,14 +336,17 @@ class GramAccumulator:
             return self
         if self.n_features_ is not None and batch.shape[1] != self.n_features_:
             raise ValueError(f"Expected batches with {self.n_features_} features, got {batch.shape[1]}.")
-        z = np.array(batch, dtype=self.compute_dtype)  # our own copy, shifted in place below
+        z = self._buffer("z", batch.shape)  # our own copy, shifted in place below
+        np.copyto(z, batch, casting="same_kind")
         _check_finite(z, "the activations", row_offset=self.n_samples_)
         if self.n_features_ is None:
             self._init(z)
         z -= self.shift_.astype(self.compute_dtype)
         self._sum += z.sum(axis=0, dtype=np.float64)
         for strip, start, stop in zip(self._strips, self._starts[:-1], self._starts[1:]):
-            strip += z[:, start:stop].T @ z[:, start:]
+            product = self._buffer("product", strip.shape)
+            np.matmul(z[:, start:stop].T, z[:, start:], out=product)
+            strip += product
         # per-block squared row norms, for the debiased CKA
         q = np.stack(
             [np.square(z[:, a:b]).sum(axis=1, dtype=np.float64) for a, b in zip(self._starts[:-1], self._starts[1:])],
@@ -353,6 +357,18 @@ class GramAccumulator:
         self._q_cross += q.T.astype(self.compute_dtype) @ z
         self.n_samples_ += len(z)
         return self
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A contiguous ``compute_dtype`` work array of ``shape``, reusing the memory of earlier batches."""
+        size = int(np.prod(shape))
+        flat = self._work.get(name)
+        if flat is None or flat.size < size:
+            flat = self._work[name] = np.empty(size, dtype=self.compute_dtype)
+        return flat[:size].reshape(shape)
+
+    def release_buffers(self) -> None:
+        """Free the per-batch work arrays (about one chunk); ``add`` makes them again when needed."""
+        self._work = {}
 
     # -- readouts ------------------------------------------------------------------------------
 
@@ -629,6 +645,7 @@ def gram_statistics(
     for chunk in tqdm(chunks, total=-(-n // chunk_size), desc="Gram pass", unit="chunk",
                       disable=not progress, leave=False):
         acc.add(chunk)
+    acc.release_buffers()
     return acc
 
 
@@ -715,6 +732,7 @@ def cross_model_similarity(
         ca = np.asarray(a[start : start + chunk_size], dtype=acc.compute_dtype)
         cb = np.asarray(b[start : start + chunk_size], dtype=acc.compute_dtype)
         acc.add(np.concatenate([ca.reshape(len(ca), -1), cb.reshape(len(cb), -1)], axis=1))
+    acc.release_buffers()
     return acc.block_similarity(debiased=debiased)[:la, la:]
 
 
