@@ -23,6 +23,7 @@ from utils.clustering import (
     layer_pair_counts,
     layer_redundancy,
     linkage_tree,
+    same_unit_share,
     neuron_correlation,
     redundancy_by_threshold,
 )
@@ -252,6 +253,14 @@ def test_layer_duplication_matches_a_loop(acts):
     np.testing.assert_allclose(dup, expected, atol=1e-7)
 
 
+def test_same_unit_share_matches_a_loop():
+    # 3 layers x 3 units: {0, 3, 6} is unit 0 in every layer; {1, 5} mixes units 1 and 2; the rest singletons
+    labels = np.array([0, 1, 2, 0, 3, 1, 0, 4, 5])
+    c = NeuronClusters(0.3, labels, np.array([0, 1, 2, 4, 7, 8]))
+    assert same_unit_share(c, hidden=3) == pytest.approx(0.5)
+    assert np.isnan(same_unit_share(NeuronClusters(0.3, np.arange(9), np.arange(9)), hidden=3))
+
+
 # ---------------------------------------------------------------------------------------------
 # the written reading
 
@@ -266,8 +275,11 @@ def _tables(layer_share_by_layer, spans):
 def test_reading_is_generated_from_the_numbers():
     banded = np.array([[1.0, 0.9, 0.5, 0.2], [0.9, 1.0, 0.8, 0.4], [0.5, 0.8, 1.0, 0.7], [0.2, 0.4, 0.7, 1.0]])
     kept, share, spans = _tables([60.0, 50.0, 20.0, 10.0], [8, 2, 0, 0])
-    text = describe_general_redundancy({"m": banded}, kept, share, spans, reference_threshold=0.3)
+    text = describe_general_redundancy({"m": banded}, kept, share, spans, reference_threshold=0.3,
+                                       same_unit={"m": 0.75}, constant_neurons={"m": 3})
     assert "for 100% of layers the most similar other layer is a neighbour" in text
+    assert "75% of them are one unit index repeated" in text
+    assert "3 constant neurons stay as singletons" in text
     assert "40.0% kept at t = 0.3" in text and "15% or fewer remain from threshold 0.5 on" in text
     assert "lower half 55.0% vs upper half 15.0% redundant" in text
     assert "10 multi-neuron clusters; 80% lie in one layer, 100% span at most two" in text
@@ -304,3 +316,4 @@ def test_general_redundancy_agrees_with_the_separate_steps(acts):
     np.testing.assert_array_equal(result.pair_counts, layer_pair_counts(corr, 4, 6, min_abs_corr=0.5))
     np.testing.assert_allclose(result.duplication, layer_duplication(corr, 4, 6))
     assert len(result.constant_neurons) == 0
+    assert result.same_unit == same_unit_share(reference, hidden=6)

@@ -245,3 +245,27 @@ def test_cka_by_layer_distance_and_adjacent_summary():
     m2 = m.copy()
     m2[0, 3] = m2[3, 0] = 0.95
     assert adjacent_layer_summary(m2)["frac_nearest_adjacent"] == pytest.approx(0.5)
+
+
+def test_adjacent_summary_leaves_out_constant_layers():
+    m = np.array([[1.0, 0.9, 0.5, 0.2],
+                  [0.9, 1.0, 0.8, 0.4],
+                  [0.5, 0.8, 1.0, 0.7],
+                  [0.2, 0.4, 0.7, 1.0]])
+    m[0, :] = m[:, 0] = np.nan  # layer 0 constant over the items: CKA undefined
+    s = adjacent_layer_summary(m)
+    assert s["undefined_layers"] == [0]
+    assert s["frac_nearest_adjacent"] == 1.0  # layers 1, 2, 3 only
+    assert s["mean_adjacent"] == pytest.approx(0.75)
+    assert s["mean_non_adjacent"] == pytest.approx(0.4)
+    assert (s["min_adjacent"], s["min_adjacent_pair"]) == (0.7, 2)
+    np.testing.assert_allclose(cka_by_layer_distance(m), [1.0, 0.75, 0.4, np.nan])
+
+
+def test_constant_layer_gives_nan_similarity_not_an_error(layered):
+    acts = layered.copy()
+    acts[:, 0] = 2.5  # like the embedding layer at [CLS]: the same vector for every sentence
+    with np.errstate(all="raise"):
+        cka_matrix = layer_similarity(acts, progress=False)
+    assert np.isnan(cka_matrix[0]).all() and np.isnan(cka_matrix[:, 0]).all()
+    assert np.isfinite(cka_matrix[1:, 1:]).all()

@@ -47,6 +47,7 @@ __all__ = [
     "cluster_layer_spans",
     "layer_pair_counts",
     "layer_duplication",
+    "same_unit_share",
     "describe_general_redundancy",
     "GeneralRedundancy",
     "general_redundancy",
@@ -421,6 +422,34 @@ def layer_duplication(corr: Any, n_layers: int, hidden: int) -> np.ndarray:
     return dup
 
 
+def same_unit_share(clusters: NeuronClusters, *, hidden: int) -> float:
+    """Share of multi-neuron clusters whose members all have the same unit index in their layers.
+
+    A high share means the redundancy is the residual stream: unit ``u`` of layer ``l`` carried on
+    almost unchanged as unit ``u`` of the next layers.
+
+    Parameters
+    ----------
+    clusters : NeuronClusters
+    hidden : int
+
+    Returns
+    -------
+    share : float
+        In [0, 1]; NaN when no cluster has two or more neurons.
+    """
+    if clusters.n_features % hidden:
+        raise ValueError(f"{clusters.n_features} neurons is not a multiple of hidden = {hidden}.")
+    unit = np.arange(clusters.n_features) % hidden
+    k = clusters.n_clusters
+    lo = np.full(k, hidden)
+    hi = np.full(k, -1)
+    np.minimum.at(lo, clusters.labels, unit)
+    np.maximum.at(hi, clusters.labels, unit)
+    multi = clusters.sizes() >= 2
+    return float(np.mean(lo[multi] == hi[multi])) if multi.any() else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------
 # one store, every table
 
@@ -447,6 +476,8 @@ class GeneralRedundancy:
         ``layer_pair_counts`` at ``min_abs_corr``.
     clusters : NeuronClusters
         The clustering at ``reference_threshold``.
+    same_unit : float
+        ``same_unit_share`` of ``clusters``.
     constant_neurons : ndarray of shape (n_constant,)
     """
 
@@ -461,6 +492,7 @@ class GeneralRedundancy:
     duplication: np.ndarray
     pair_counts: np.ndarray
     clusters: NeuronClusters
+    same_unit: float
     constant_neurons: np.ndarray
 
 
@@ -517,7 +549,7 @@ def general_redundancy(
         spans=spans,
         duplication=layer_duplication(corr, n_layers, hidden),
         pair_counts=layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr),
-        clusters=at_ref, constant_neurons=constant,
+        clusters=at_ref, same_unit=same_unit_share(at_ref, hidden=hidden), constant_neurons=constant,
     )
 
 
@@ -538,6 +570,8 @@ def describe_general_redundancy(
     spans: pd.DataFrame,
     *,
     reference_threshold: float,
+    same_unit: Mapping[str, float] | None = None,
+    constant_neurons: Mapping[str, int] | None = None,
     paper_pct_redundant: float = PAPER_PCT_REDUNDANT,
 ) -> str:
     """Write the reading of the general-redundancy figures from their numbers, next to the paper's.
@@ -554,6 +588,10 @@ def describe_general_redundancy(
         Columns ``run, span, n_clusters`` (from ``cluster_layer_spans`` at ``reference_threshold``).
     reference_threshold : float
         Threshold at which per-layer shares and spans are read (the paper's pipeline uses 0.3).
+    same_unit : mapping of str to float, optional
+        ``same_unit_share`` per run, at ``reference_threshold``.
+    constant_neurons : mapping of str to int, optional
+        Number of constant neurons per run (they stay as singletons, so they count as kept).
     paper_pct_redundant : float, default=85
         The paper's headline share of redundant neurons.
 
@@ -564,17 +602,21 @@ def describe_general_redundancy(
     """
     lines: list[str] = []
     target_kept = 100.0 - paper_pct_redundant
+    same_unit = dict(same_unit or {})
+    constant_neurons = dict(constant_neurons or {})
 
     lines.append("**Adjacent layers are the most similar** (paper: layer-level redundancy is highest between neighbours).")
     for run, matrix in cka.items():
         s = adjacent_layer_summary(matrix)
         verdict = "agrees" if s["frac_nearest_adjacent"] >= 0.5 and s["mean_adjacent"] > s["mean_non_adjacent"] else "differs"
+        undefined = (f" Layer(s) {s['undefined_layers']} are constant over these items (CKA undefined) and left out."
+                     if s["undefined_layers"] else "")
         lines.append(
             f"- {run}: for {100 * s['frac_nearest_adjacent']:.0f}% of layers the most similar other layer is a "
             f"neighbour; neighbours average CKA {s['mean_adjacent']:.2f} vs {s['mean_non_adjacent']:.2f} for layers "
             f"two or more apart; the least similar neighbours are layers {s['min_adjacent_pair']} and "
             f"{s['min_adjacent_pair'] + 1} ({s['min_adjacent']:.2f}). Neighbours in the lower half average "
-            f"{s['lower_adjacent']:.2f}, in the upper half {s['upper_adjacent']:.2f}. -> {verdict}."
+            f"{s['lower_adjacent']:.2f}, in the upper half {s['upper_adjacent']:.2f}.{undefined} -> {verdict}."
         )
 
     lines.append("")
@@ -586,8 +628,11 @@ def describe_general_redundancy(
         where = (f"{target_kept:.0f}% or fewer remain from threshold {reach:g} on" if reach is not None
                  else f"no threshold up to {g['threshold'].max():g} leaves {target_kept:.0f}% or fewer")
         at_ref = f"{ref.iloc[0]:.1f}% kept at t = {reference_threshold:g}; " if len(ref) else ""
+        n_const = constant_neurons.get(run, 0)
+        const = (f" {n_const} constant neurons stay as singletons and count as kept, though they carry nothing."
+                 if n_const else "")
         lines.append(f"- {run}: {at_ref}{g['pct_kept'].iloc[0]:.1f}% at t = {g['threshold'].iloc[0]:g}, "
-                     f"{g['pct_kept'].iloc[-1]:.1f}% at t = {g['threshold'].iloc[-1]:g}; {where}.")
+                     f"{g['pct_kept'].iloc[-1]:.1f}% at t = {g['threshold'].iloc[-1]:g}; {where}.{const}")
 
     lines.append("")
     lines.append(f"**Lower layers are more redundant** (paper): share of each layer's neurons dropped at t = {reference_threshold:g}.")
@@ -615,8 +660,11 @@ def describe_general_redundancy(
         within = g.loc[g["span"] <= 2, "n_clusters"].sum() / total
         one = g.loc[g["span"] == 1, "n_clusters"].sum() / total
         verdict = "agrees" if within >= 0.5 else "differs"
+        unit = same_unit.get(run)
+        unit_text = (f" {100 * unit:.0f}% of them are one unit index repeated across consecutive layers (the residual "
+                     f"stream carrying a dimension forward)." if unit is not None and np.isfinite(unit) else "")
         lines.append(
             f"- {run}: {total} multi-neuron clusters; {100 * one:.0f}% lie in one layer, {100 * within:.0f}% "
-            f"span at most two; widest span {int(g.loc[g['n_clusters'] > 0, 'span'].max())} layers. -> {verdict}."
+            f"span at most two; widest span {int(g.loc[g['n_clusters'] > 0, 'span'].max())} layers.{unit_text} -> {verdict}."
         )
     return "\n".join(lines)

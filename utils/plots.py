@@ -108,17 +108,21 @@ def heatmap_panels(
 ) -> plt.Figure:
     """One heatmap per entry of ``matrices`` (label -> (n_rows, n_cols)), all on one colour scale.
 
-    ``annotate=None`` writes the values into the cells when a matrix has at most 16 rows.
+    ``annotate=None`` writes the values into the cells when a matrix has at most 16 rows; NaN cells
+    are drawn grey.
     """
     labels = list(matrices)
     ncols = ncols or min(len(labels), 3)
     nrows = -(-len(labels) // ncols)
     side = max(3.2, 0.33 * max(np.asarray(m).shape[0] for m in matrices.values()) + 1.2)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols + 1.0, side * nrows * 0.95 + 0.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols + 1.0, side * nrows + 0.6), squeeze=False,
+                             layout="constrained")
     mappable = None
     for ax, label in zip(axes.flat, labels):
         m = np.asarray(matrices[label], dtype=float)
         ann = m.shape[0] <= 16 if annotate is None else annotate
+        ax.grid(False)
+        ax.set_facecolor("0.88")  # NaN cells (e.g. a constant layer) show as grey
         sns.heatmap(m, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=ann, fmt=fmt,
                     annot_kws={"fontsize": 6}, square=True, cbar=False)
         mappable = ax.collections[0]

@@ -741,7 +741,7 @@ def cross_model_similarity(
 
 
 def cka_by_layer_distance(cka_matrix: Any) -> np.ndarray:
-    """Mean similarity of layer pairs at each distance ``|i - j|``.
+    """Mean similarity of layer pairs at each distance ``|i - j|`` (NaN entries ignored).
 
     Parameters
     ----------
@@ -755,11 +755,21 @@ def cka_by_layer_distance(cka_matrix: Any) -> np.ndarray:
     m = np.asarray(cka_matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"Expected a square (n_layers, n_layers) matrix, got shape {m.shape}.")
-    return np.array([np.diagonal(m, d).mean() for d in range(m.shape[0])])
+    return np.array([_nanmean(np.diagonal(m, d)) for d in range(m.shape[0])])
 
 
-def adjacent_layer_summary(cka_matrix: Any) -> dict[str, float]:
+def _nanmean(x: np.ndarray) -> float:
+    """Mean of the finite entries; NaN when there are none (no warning)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def adjacent_layer_summary(cka_matrix: Any) -> dict[str, Any]:
     """How much of a layer x layer similarity matrix is "adjacent layers are most alike".
+
+    Layers whose self-similarity is NaN (constant over the items, e.g. the embedding layer at a
+    sentence's first token) are left out of every statistic and listed in ``undefined_layers``.
 
     Parameters
     ----------
@@ -771,25 +781,27 @@ def adjacent_layer_summary(cka_matrix: Any) -> dict[str, float]:
         ``frac_nearest_adjacent``: share of layers whose most similar other layer is a neighbour;
         ``mean_adjacent`` / ``mean_non_adjacent``: mean similarity at distance 1 / distance >= 2;
         ``min_adjacent`` and ``min_adjacent_pair`` (the lower layer of the least similar neighbours);
-        ``lower_adjacent`` / ``upper_adjacent``: mean neighbour similarity in the lower / upper half.
+        ``lower_adjacent`` / ``upper_adjacent``: mean neighbour similarity in the lower / upper half;
+        ``undefined_layers``: list of layers left out.
     """
     m = np.array(cka_matrix, dtype=np.float64)
     n_layers = m.shape[0]
-    if n_layers < 3:
-        raise ValueError(f"Need at least 3 layers to compare neighbours with others, got {n_layers}.")
-    by_distance = cka_by_layer_distance(m)
-    off = m.copy()
+    if m.ndim != 2 or n_layers != m.shape[1] or n_layers < 3:
+        raise ValueError(f"Expected a square matrix of at least 3 layers, got shape {m.shape}.")
+    off = np.where(np.isfinite(m), m, -np.inf)
     np.fill_diagonal(off, -np.inf)
-    nearest = np.argmax(off, axis=1)
+    rows = np.flatnonzero(off.max(axis=1) > -np.inf)
+    nearest = np.argmax(off[rows], axis=1)
     adjacent = np.diagonal(m, 1)
+    finite_adjacent = np.where(np.isfinite(adjacent), adjacent, np.inf)
     half = len(adjacent) // 2
-    upper = np.triu_indices(n_layers, 2)
     return {
-        "frac_nearest_adjacent": float(np.mean(np.abs(nearest - np.arange(n_layers)) == 1)),
-        "mean_adjacent": float(by_distance[1]),
-        "mean_non_adjacent": float(m[upper].mean()),
-        "min_adjacent": float(adjacent.min()),
-        "min_adjacent_pair": int(np.argmin(adjacent)),
-        "lower_adjacent": float(adjacent[:half].mean()),
-        "upper_adjacent": float(adjacent[half:].mean()),
+        "frac_nearest_adjacent": float(np.mean(np.abs(nearest - rows) == 1)) if len(rows) else float("nan"),
+        "mean_adjacent": _nanmean(adjacent),
+        "mean_non_adjacent": _nanmean(m[np.triu_indices(n_layers, 2)]),
+        "min_adjacent": float(finite_adjacent.min()) if np.isfinite(finite_adjacent).any() else float("nan"),
+        "min_adjacent_pair": int(np.argmin(finite_adjacent)),
+        "lower_adjacent": _nanmean(adjacent[:half]),
+        "upper_adjacent": _nanmean(adjacent[half:]),
+        "undefined_layers": np.flatnonzero(~np.isfinite(np.diagonal(m))).tolist(),
     }
