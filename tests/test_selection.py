@@ -78,6 +78,7 @@ def test_saved_result_reloads_identically(result, tmp_path):
     pd.testing.assert_frame_equal(again.steps, result.steps)
     pd.testing.assert_frame_equal(again.grid.drop(columns="threshold"), result.grid.drop(columns="threshold"))
     np.testing.assert_array_equal(again.reduced.coef_, result.reduced.coef_)
+    np.testing.assert_array_equal(again.oracle.coef_, result.oracle.coef_)
     with pytest.raises(FileNotFoundError, match="no saved TransferResult"):
         TransferResult.load(tmp_path)
 
@@ -88,6 +89,7 @@ def test_reduced_probe_reproduces_the_pipeline_test_predictions(result, splits, 
     reloaded = TransferResult.load(result.save(tmp_path / "r")).reduced
     np.testing.assert_array_equal(reloaded.predict(At), result.test_predictions)
     assert np.mean(result.test_predictions == yt) == pytest.approx(result.test)
+    assert np.mean(result.oracle.predict(At) == yt) == pytest.approx(result.oracle_test)
 
 
 def test_reduced_probe_on_text_runs_a_truncated_model(minilm):

@@ -162,6 +162,8 @@ class TransferResult:
         The chosen configuration step by step (oracle -> LS -> LS+CC -> LS+CC+FS): neurons,
         pct_kept, dev and test scores.
     reduced : ReducedProbe
+    oracle : ReducedProbe
+        The oracle probe (all neurons) in the same form, for comparisons on new data.
     test_predictions : ndarray of shape (n_test,)
         The final probe's predictions on the test items (after unseen-label items were dropped).
     info : dict
@@ -183,6 +185,7 @@ class TransferResult:
     grid: pd.DataFrame = field(repr=False)
     steps: pd.DataFrame = field(repr=False)
     reduced: ReducedProbe = field(repr=False)
+    oracle: ReducedProbe | None = field(repr=False, default=None)
     test_predictions: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
     info: dict = field(default_factory=dict)
 
@@ -213,13 +216,15 @@ class TransferResult:
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name not in ("neurons", "grid", "steps", "reduced", "test_predictions")}
+                   if f.name not in ("neurons", "grid", "steps", "reduced", "oracle", "test_predictions")}
         (tmp / "result.json").write_text(json.dumps({**scalars, "reduced_layer": self.reduced.layer}, indent=1,
                                                     default=_json_default))
         r = self.reduced
         arrays = {"neurons": self.neurons, "test_predictions": self.test_predictions, "reduced_neurons": r.neurons, "coef": r.coef_, "intercept": r.intercept_}
         if r.classes_ is not None:
             arrays["classes"] = np.asarray(r.classes_)
+        if self.oracle is not None:
+            arrays.update(oracle_coef=self.oracle.coef_, oracle_intercept=self.oracle.intercept_)
         np.savez(tmp / "arrays.npz", **arrays)
         self.grid.to_csv(tmp / "grid.csv", index=False)
         self.steps.to_csv(tmp / "steps.csv", index=False)
@@ -241,9 +246,13 @@ class TransferResult:
             arrays = {k: z[k] for k in z.files}
         reduced = ReducedProbe(meta.pop("reduced_layer"), meta["hidden"], arrays["reduced_neurons"], arrays["coef"],
                                arrays["intercept"], arrays.get("classes"))
+        oracle = None
+        if "oracle_coef" in arrays:
+            oracle = ReducedProbe(meta["n_layers"] - 1, meta["hidden"], np.arange(meta["neurons_total"]),
+                                  arrays["oracle_coef"], arrays["oracle_intercept"], arrays.get("classes"))
         grid = pd.read_csv(path / "grid.csv")
         steps = pd.read_csv(path / "steps.csv")
-        return cls(**meta, neurons=arrays["neurons"], grid=grid, steps=steps, reduced=reduced,
+        return cls(**meta, neurons=arrays["neurons"], grid=grid, steps=steps, reduced=reduced, oracle=oracle,
                    test_predictions=arrays["test_predictions"])
 
 
@@ -334,6 +343,7 @@ def run_transfer(
 
     corr_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     base_cache: dict[tuple[int, float | None], tuple[np.ndarray, Any, float, np.ndarray]] = {}
+    set_cache: dict[tuple[int, float | None, float], Any] = {}
     rows, finals = [], {}
     bar = tqdm(list(grid), desc="transfer grid", disable=not progress, leave=False)
     for d_layer, d_neuron, t in bar:
@@ -355,9 +365,12 @@ def run_transfer(
             coef = getattr(base, "standardized_coef_", base.coef_)
             base_cache[key] = (cand, base, base_dev, lca_ordering(np.atleast_2d(coef)))
         cand, base, base_dev, ordering = base_cache[key]
-        Xs, Xsd = _flat(A, layer + 1)[:, cand], _flat(Ad, layer + 1)[:, cand]
-        ms = minimal_neuron_set(Xs, y, Xsd, yd, ordering, target=base_dev * (1 - d_neuron / 100),
-                                probe_params=params, pct_grid=pct_grid, n_total=total)
+        if (layer, t, d_neuron) not in set_cache:  # configurations often share a layer: search once
+            Xs, Xsd = _flat(A, layer + 1)[:, cand], _flat(Ad, layer + 1)[:, cand]
+            set_cache[layer, t, d_neuron] = minimal_neuron_set(
+                Xs, y, Xsd, yd, ordering, target=base_dev * (1 - d_neuron / 100), probe_params=params,
+                pct_grid=pct_grid, n_total=total)
+        ms = set_cache[layer, t, d_neuron]
         kept = cand[ms.neurons]
         cfg = (d_layer, d_neuron, t)
         finals[cfg] = (layer, cand, base, kept, ms)
@@ -397,7 +410,8 @@ def run_transfer(
         n_layers=L, hidden=h, neurons_total=total, oracle_dev=oracle_dev, oracle_test=oracle_test,
         delta_layer=float(cfg[0]), delta_neuron=float(cfg[1]), threshold=None if cfg[2] is None else float(cfg[2]),
         selected_layer=layer, neurons=kept, dev=ms.score, test=final_test, grid=grid_table, steps=steps,
-        reduced=reduced, test_predictions=np.asarray(test_predictions), info=info,
+        reduced=reduced, oracle=ReducedProbe.from_probe(oracle_probes[0], neurons=np.arange(total), hidden=h),
+        test_predictions=np.asarray(test_predictions), info=info,
     )
 
 
@@ -420,12 +434,12 @@ def measure_speedup(
     *,
     level: str,
     reduced: ReducedProbe,
-    oracle_probe: Any,
+    oracle: ReducedProbe,
     aggregation: str = "auto",
     batch_size: int = 32,
     repeats: int = 3,
 ) -> dict[str, float]:
-    """Time full model + oracle probe against truncated model + reduced probe on the same texts.
+    """Time the full model + oracle probe against the truncated model + reduced probe on the same texts.
 
     Both paths tokenize, run the model, pool the item vectors and predict; the reduced path stops
     after block ``reduced.layer``. The best of ``repeats`` runs of each is kept (interleaved).
@@ -438,8 +452,7 @@ def measure_speedup(
     from .activations import extract
 
     def full() -> np.ndarray:
-        acts = extract(loaded, texts, level=level, aggregation=aggregation, batch_size=batch_size, progress=False)
-        return oracle_probe.predict(acts.reshape(len(acts), -1))
+        return oracle.predict_texts(loaded, texts, level=level, aggregation=aggregation, batch_size=batch_size)
 
     def short() -> np.ndarray:
         return reduced.predict_texts(loaded, texts, level=level, aggregation=aggregation, batch_size=batch_size)
