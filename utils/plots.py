@@ -81,6 +81,8 @@ def transfer_steps(steps: "pd.DataFrame", *, title: str) -> plt.Figure:
         for row in g.itertuples(index=False):
             ax.annotate(row.step, (row.pct_kept, row.test), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
+    ticks = [t for t in (100, 30, 10, 3, 1, 0.3, 0.1) if t >= steps["pct_kept"].min() * 0.5]
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
     ax.invert_xaxis()
     ax.set_title(title)
     ax.set_xlabel("% of the model's neurons kept (log scale)")
