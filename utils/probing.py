@@ -23,6 +23,9 @@ penalised. Two optimisers:
   trained together) is at most ``LBFGS_MAX_CELLS``, else Adam.
 
 Weights start at zero (the problem is convex), so the only randomness is the minibatch order.
+The weights of each class-logit are kept centred across classes (``coef_.sum(axis=0) == 0``):
+softmax is blind to a shift shared by all classes, and without this constraint the weak penalty
+leaves that shift, and so every |w| that LCA ranks by, to the whims of the optimiser.
 
 Standardisation (``standardize=True``) uses each feature's train mean and standard deviation
 (``mean_``, ``scale_``) and is folded into the weights (``X @ (W / scale).T + b - ...``), so the
@@ -43,6 +46,7 @@ Quantities and shapes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -66,6 +70,7 @@ SMOOTH_L1_EPS = 1e-4
 """Smoothing of ``|w|`` in the L-BFGS objective: ``sqrt(w ** 2 + eps ** 2) - eps``."""
 
 _CHUNK_ELEMENTS = 2**24  # rows per chunk = this / row width (64 MiB of float32 per chunk)
+_SINGLE_THREAD_WORK = 2**26  # multiply-adds per step below which torch runs on one thread
 
 Solver = Literal["auto", "lbfgs", "adam"]
 Mode = Literal["independent", "incremental", "oracle"]
@@ -131,12 +136,13 @@ def _chunks(n_rows: int, row_width: int) -> tuple[range, int]:
     return range(0, n_rows, step), step
 
 
-def _as_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """float32 tensor of ``a`` (shares memory when possible, copies read-only or non-float32 arrays)."""
-    if a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable:
+def _as_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Tensor of ``a`` in ``dtype`` (shares memory when possible, copies read-only or other-dtype arrays)."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    if a.dtype == np_dtype and a.flags.c_contiguous and a.flags.writeable:
         t = torch.from_numpy(a)
     else:
-        t = torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True))
+        t = torch.from_numpy(np.array(a, dtype=np_dtype, order="C", copy=True))
     return t.to(device)
 
 
@@ -354,10 +360,11 @@ class _Bank:
     """
 
     def __init__(self, kind: str, feat_shape: tuple[int, ...], n_targets: int, n_out: int,
-                 mean: np.ndarray, scale: np.ndarray, device: torch.device):
+                 mean: np.ndarray, scale: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32):
         self.kind, self.T, self.C = kind, n_targets, n_out
+        self.dtype = dtype
         K = n_targets * n_out
-        z = dict(dtype=torch.float32, device=device)
+        z = dict(dtype=dtype, device=device)
         self.mean = torch.as_tensor(mean, **z)
         self.scale = torch.as_tensor(scale, **z)
         if kind == "flat":
@@ -437,6 +444,25 @@ class _Bank:
                 total = total + l2 * torch.where(sq > 0, sq, torch.ones_like(sq)).sqrt().mul(sq > 0).sum()
         return total
 
+    def center_(self, *, grads: bool) -> None:
+        """Subtract each probe's class mean from its weights and bias (or from their gradients), in place.
+
+        Softmax outputs do not change when the same vector is added to every class's weights, so
+        the multinomial model is identified only up to that shift; the weak penalty (1e-5) pins it
+        down so slowly that two optimisation paths end at visibly different weights. Keeping the
+        class-mean at zero (the usual identifiability constraint; predictions are unaffected)
+        makes the weights, and the rankings read from them, depend on the data only.
+        """
+        if self.C < 2:
+            return
+        with torch.no_grad():
+            for p in self.params:
+                t = p.grad if grads else p
+                if t is None:
+                    continue
+                v = t.view(*t.shape[:-1], -1, self.C)
+                v.sub_(v.mean(dim=-1, keepdim=True))
+
     def masks(self, active: torch.Tensor) -> list[torch.Tensor]:
         """Boolean masks shaped like ``params`` selecting the parameters of the probes in ``active`` (P,)."""
         T, C, L = self.T, self.C, self.L
@@ -495,9 +521,10 @@ def _data_loss(out: torch.Tensor, yb: torch.Tensor, cw: torch.Tensor | None, tas
     return ((out[..., 0] - yb) ** 2).sum(dim=0)
 
 
-def _rows(X: np.ndarray, idx: np.ndarray | slice, device: torch.device, name: str) -> torch.Tensor:
-    """float32 tensor of some rows of ``X`` (memmap-friendly), checked for NaN/inf."""
-    xb = _as_tensor(np.asarray(X[idx]), device)
+def _rows(X: np.ndarray, idx: np.ndarray | slice, device: torch.device, name: str,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Tensor of some rows of ``X`` (memmap-friendly), checked for NaN/inf."""
+    xb = _as_tensor(np.asarray(X[idx]), device, dtype)
     _check_finite_chunk(xb, name)
     return xb
 
@@ -506,7 +533,7 @@ def _predict_bank(bank: _Bank, X: np.ndarray, device: torch.device, name: str) -
     """Outputs of every probe for all rows of X, chunked; shape (n, P, n_out)."""
     starts, step = _chunks(X.shape[0], int(np.prod(X.shape[1:])))
     with torch.no_grad():
-        return torch.cat([bank.logits(_rows(X, slice(s, s + step), device, name)) for s in starts])
+        return torch.cat([bank.logits(_rows(X, slice(s, s + step), device, name, bank.dtype)) for s in starts])
 
 
 def _bank_scores(bank: _Bank, X: np.ndarray, Y: torch.Tensor, task: str, device: torch.device, name: str) -> torch.Tensor:
@@ -519,46 +546,58 @@ def _bank_scores(bank: _Bank, X: np.ndarray, Y: torch.Tensor, task: str, device:
 
 def _expand_targets(Y: np.ndarray, bank: _Bank, device: torch.device, task: str) -> torch.Tensor:
     """Targets (n, T) repeated for every probe of a target: shape (n, P)."""
-    dtype = torch.int64 if task == "classification" else torch.float32
+    dtype = torch.int64 if task == "classification" else bank.dtype
     Yt = torch.as_tensor(Y, dtype=dtype, device=device)
     return Yt[:, :, None].expand(len(Y), bank.T, bank.L).reshape(len(Y), bank.P)
 
 
 def _fit_bank(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | None, Y_dev: np.ndarray | None,
               class_weight: np.ndarray | None, cfg: _FitConfig, device: torch.device) -> dict[str, Any]:
-    """Train every probe of ``bank`` on X -> Y (n, T); returns training facts (epochs, iterations, scores)."""
+    """Train every probe of ``bank`` on X -> Y (n, T); returns training facts (epochs, iterations)."""
+    n_params = sum(p.numel() for p in bank.params)
+    rows = X.shape[0] if cfg.solver == "lbfgs" else cfg.batch_size
+    with _threads_for(float(rows) * n_params):
+        return _fit_bank_inner(bank, X, Y, X_dev=X_dev, Y_dev=Y_dev, class_weight=class_weight, cfg=cfg, device=device)
+
+
+def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | None, Y_dev: np.ndarray | None,
+                    class_weight: np.ndarray | None, cfg: _FitConfig, device: torch.device) -> dict[str, Any]:
+    """The training loops of ``_fit_bank``."""
     n = X.shape[0]
     Yp = _expand_targets(Y, bank, device, cfg.task)
     Ydp = _expand_targets(Y_dev, bank, device, cfg.task) if Y_dev is not None else None
     cw = None
     if class_weight is not None:
-        cw = torch.as_tensor(class_weight, dtype=torch.float32, device=device)  # (T, C)
+        cw = torch.as_tensor(class_weight, dtype=bank.dtype, device=device)  # (T, C)
         cw = cw[:, None, :].expand(bank.T, bank.L, bank.C).reshape(bank.P, bank.C)
     info: dict[str, Any] = {}
     if cfg.solver == "lbfgs":
         starts, step = _chunks(n, int(np.prod(X.shape[1:])))
-        cached = [_rows(X, slice(s, s + step), device, "X") for s in starts] if _fits_memory(X) else None
-        opt = torch.optim.LBFGS(bank.params, lr=1.0, max_iter=cfg.max_iter, tolerance_grad=cfg.tol,
-                                tolerance_change=1e-9, history_size=10, line_search_fn="strong_wolfe")
+        cached = [_rows(X, slice(s, s + step), device, "X", bank.dtype) for s in starts] if _fits_memory(X) else None
+        max_eval = 2 * cfg.max_iter
+        opt = torch.optim.LBFGS(bank.params, lr=1.0, max_iter=cfg.max_iter, max_eval=max_eval, tolerance_grad=cfg.tol,
+                                tolerance_change=1e-12, history_size=10, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
             total = 0.0
             for i, s in enumerate(starts):
-                xb = cached[i] if cached is not None else _rows(X, slice(s, s + step), device, "X")
+                xb = cached[i] if cached is not None else _rows(X, slice(s, s + step), device, "X", bank.dtype)
                 loss = _data_loss(bank.logits(xb), Yp[s : s + step], cw, cfg.task).sum() / n
                 loss.backward()
                 total += float(loss.detach())
             pen = bank.penalty(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared, smooth=True)
             if pen.requires_grad:
                 pen.backward()
+            bank.center_(grads=True)  # iterates stay class-centred (they start at 0)
             return torch.tensor(total + float(pen.detach()), dtype=torch.float64)
 
         opt.step(closure)
         state = opt.state[opt._params[0]]
         info["n_iter"] = int(state.get("n_iter", 0))
         grad_max = max(float(p.grad.abs().max()) for p in bank.params if p.grad is not None)
-        info["converged"] = info["n_iter"] < cfg.max_iter or grad_max <= cfg.tol
+        budget_spent = info["n_iter"] >= cfg.max_iter or int(state.get("func_evals", 0)) >= max_eval
+        info["converged"] = grad_max <= cfg.tol or not budget_spent  # else it stalled at float64 precision
         if not info["converged"]:
             warnings.warn(f"L-BFGS did not converge in max_iter={cfg.max_iter} iterations (largest gradient "
                           f"{grad_max:.2e} > tol={cfg.tol:g}); raise max_iter, or use solver='adam' with a dev split.",
@@ -579,12 +618,13 @@ def _fit_bank(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | 
             perm = torch.randperm(n, generator=gen).numpy()
             for s in range(0, n, cfg.batch_size):
                 idx = np.sort(perm[s : s + cfg.batch_size])
-                xb = _rows(X, idx, device, "X")
+                xb = _rows(X, idx, device, "X", bank.dtype)
                 opt.zero_grad(set_to_none=True)
                 loss = _data_loss(bank.logits(xb), Yp[torch.from_numpy(idx)], cw, cfg.task).sum() / len(idx)
                 loss = loss + bank.penalty(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared, smooth=False)
                 loss.backward()
                 opt.step()
+                bank.center_(grads=False)  # projected Adam: back onto class-centred weights
                 bar.update(1)
             epochs = epoch + 1
             if X_dev is None:
@@ -610,9 +650,28 @@ def _fit_bank(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | 
     return info
 
 
+@contextlib.contextmanager
+def _threads_for(work: float):
+    """Run small problems on one torch thread (thread start-up costs more than it saves there), then restore."""
+    before = torch.get_num_threads()
+    if work >= _SINGLE_THREAD_WORK or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _fits_memory(X: np.ndarray) -> bool:
-    """Whether a float32 copy of X is small enough to keep across L-BFGS iterations (<= 4 GiB)."""
-    return X.size * 4 <= 4 * 2**30
+    """Whether a float64 copy of X is small enough to keep across L-BFGS iterations (<= 2 GiB)."""
+    return X.size * 8 <= 2 * 2**30
+
+
+def _bank_dtype(cfg: _FitConfig) -> torch.dtype:
+    """float64 for L-BFGS (its line search and stopping tests need the precision), float32 for Adam."""
+    return torch.float64 if cfg.solver == "lbfgs" else torch.float32
 
 
 def _resolve_solver(solver: str, cells: float) -> str:
@@ -734,9 +793,9 @@ class _BaseProbe(BaseEstimator):
 
     def _set_weights(self, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
         """Store fitted weights in standardised and original feature space."""
-        mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
-        coef = (w_std / scale32).astype(np.float32)
-        intercept = (b_std - coef @ mean32).astype(np.float32)
+        coef64 = w_std.astype(np.float64) / scale
+        intercept = (b_std - coef64 @ mean).astype(np.float32)
+        coef, w_std = coef64.astype(np.float32), w_std.astype(np.float32)
         self.mean_, self.scale_ = mean, scale
         self.n_features_in_ = int(w_std.shape[1])
         if self._task == "regression":
@@ -759,7 +818,7 @@ class _BaseProbe(BaseEstimator):
         mean, scale = self._stats(X)
         n_out = 1 if self._task == "regression" else len(self.classes_)
         cw = None if self._task == "regression" else _class_weights(self.class_weight, Y[:, None], n_out, self.classes_)
-        bank = _Bank("flat", (X.shape[1],), 1, n_out, mean, scale, self._device())
+        bank = _Bank("flat", (X.shape[1],), 1, n_out, mean, scale, self._device(), _bank_dtype(cfg))
         if self._task == "regression":
             with torch.no_grad():
                 bank.bias.fill_(float(np.mean(Y)))
@@ -1063,10 +1122,10 @@ def fit_layer_probes(
     cw = None if regression else _class_weights(template.class_weight, Y, n_out, classes)
     if mode == "oracle":
         Xf, Xdf = A.reshape(n, L * h), Ad.reshape(Ad.shape[0], L * h)
-        bank = _Bank("flat", (L * h,), T, n_out, mean.reshape(-1), scale.reshape(-1), dev)
+        bank = _Bank("flat", (L * h,), T, n_out, mean.reshape(-1), scale.reshape(-1), dev, _bank_dtype(cfg))
     else:
         Xf, Xdf = A, Ad
-        bank = _Bank(mode, (L, h), T, n_out, mean, scale, dev)
+        bank = _Bank(mode, (L, h), T, n_out, mean, scale, dev, _bank_dtype(cfg))
     if regression:
         with torch.no_grad():
             bank.bias.fill_(float(np.mean(Y)))

@@ -1,0 +1,364 @@
+"""Tests for utils.probing: the probe against scikit-learn, batching, seeds, control tasks, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import f1_score
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from utils.probing import (
+    LinearProbe,
+    LinearProbeRegressor,
+    accuracy,
+    bootstrap_ci,
+    control_labels,
+    fit_layer_probes,
+    macro_f1,
+    pearson,
+    restrict_to_classes,
+)
+
+pytestmark = pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning")
+
+KNOWN = [5, 23, 41]
+
+
+def three_neuron_problem(n: int = 1600, d: int = 60, seed: int = 0):
+    """Features on very different scales; the label (3 classes) depends on neurons 5, 23 and 41 only."""
+    rng = np.random.default_rng(seed)
+    scales = rng.uniform(0.05, 20.0, size=d)
+    X = (rng.standard_normal((n, d)) * scales + rng.normal(0, 5, size=d)).astype(np.float32)
+    z = (X[:, KNOWN] - X[:, KNOWN].mean(0)) / X[:, KNOWN].std(0)
+    y = np.array(["DET", "NOUN", "VERB"])[np.argmax(np.c_[z[:, 0] + z[:, 1], z[:, 2] - z[:, 1], -z[:, 0] - z[:, 2]], axis=1)]
+    return X, y
+
+
+def noisy_problem(n: int = 1500, d: int = 30, classes: int = 4, seed: int = 1):
+    """A linear problem with label noise (Bayes accuracy well below 1), so solutions are finite."""
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * rng.uniform(0.5, 3, size=d)).astype(np.float32)
+    W = rng.standard_normal((d, classes)) * 0.5
+    y = np.argmax(X @ W + rng.gumbel(size=(n, classes)) * 2.0, axis=1)
+    return X, y
+
+
+def layered_problem(n: int = 700, L: int = 3, h: int = 12, seed: int = 2):
+    """Activations (n, L, h) whose label needs layers 1 and 2; words repeat so control tasks are defined."""
+    rng = np.random.default_rng(seed)
+    A = (rng.standard_normal((n, L, h)) * rng.uniform(0.5, 3, size=(1, L, h))).astype(np.float32)
+    y = np.array(["a", "b", "c"])[(A[:, 1, 0] + A[:, 2, 3] > 0).astype(int) + (A[:, 0, 5] > 1.5)]
+    words = np.array([f"w{i}" for i in rng.integers(0, 60, size=n)])
+    return A, y, words
+
+
+# ------------------------------------------------------------------------------------------
+# the probe itself
+
+
+def test_three_neuron_problem_reaches_high_accuracy():
+    X, y = three_neuron_problem()
+    probe = LinearProbe().fit(X[:1200], y[:1200])
+    assert probe.score(X[1200:], y[1200:]) > 0.95
+    # the standardised weights single out the three neurons that carry the label
+    top = np.argsort(-np.abs(probe.standardized_coef_).sum(axis=0))[:3]
+    assert set(top) == set(KNOWN)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_matches_sklearn_logistic_regression_on_the_same_objective(solver):
+    # with l1 = 0 and a squared L2 penalty, our objective mean CE + lam * ||W||^2 on standardised
+    # features is scikit-learn's C * sum CE + ||W||^2 / 2 with C = 1 / (2 n lam)
+    X, y = noisy_problem()
+    Xtr, ytr, Xte, yte = X[:1000], y[:1000], X[1000:], y[1000:]
+    lam = 1e-3
+    params = dict(l1=0.0, l2=lam, l2_squared=True, solver=solver)
+    if solver == "adam":
+        params.update(lr=0.01, batch_size=100, max_epochs=40)
+    else:
+        params.update(tol=1e-6, max_iter=1000)
+    ours = LinearProbe(**params).fit(Xtr, ytr)
+    scaler = StandardScaler().fit(Xtr)
+    sk = LogisticRegression(C=1 / (2 * len(ytr) * lam), tol=1e-10, max_iter=5000).fit(scaler.transform(Xtr), ytr)
+    sk_acc = sk.score(scaler.transform(Xte), yte)
+    assert abs(ours.score(Xte, yte) - sk_acc) <= 0.01
+    assert np.mean(ours.predict(Xte) == sk.predict(scaler.transform(Xte))) >= 0.95
+    if solver == "lbfgs":  # converged to the same optimum; Adam with a constant step only hovers near it
+        assert np.mean(ours.predict(Xte) == sk.predict(scaler.transform(Xte))) >= 0.99
+        np.testing.assert_allclose(ours.standardized_coef_, sk.coef_, atol=2e-3)
+
+
+def test_default_probe_within_one_point_of_sklearn_default():
+    X, y = noisy_problem(seed=3)
+    ours = LinearProbe().fit(X[:1000], y[:1000])
+    scaler = StandardScaler().fit(X[:1000])
+    sk = LogisticRegression(max_iter=5000).fit(scaler.transform(X[:1000]), y[:1000])
+    assert abs(ours.score(X[1000:], y[1000:]) - sk.score(scaler.transform(X[1000:]), y[1000:])) <= 0.01
+
+
+def test_matches_sklearn_on_real_minilm_pos_activations():
+    from utils.activations import get_activations
+
+    train = get_activations("minilm", "pos", "train", budget=1500, eval_budget=400, seed=0, progress=False)
+    dev = get_activations("minilm", "pos", "dev", budget=1500, eval_budget=400, seed=0, progress=False)
+    layer = 3  # one layer (384 neurons) keeps scikit-learn's solver within seconds
+    X, y = train.layer(layer), train.labels
+    Xd, yd, _ = restrict_to_classes(dev.layer(layer), dev.labels, np.unique(y))
+    scaler = StandardScaler().fit(X)
+    # the same objective: mean CE + lam * ||W||^2  ==  scikit-learn's C = 1 / (2 n lam)
+    lam = 3e-2
+    ours = LinearProbe(l1=0.0, l2=lam, l2_squared=True, tol=1e-5, max_iter=1000).fit(X, y)
+    with threadpool_limits(1):  # BLAS threads fighting over 2 busy cores slow scikit-learn down 100x
+        sk = LogisticRegression(C=1 / (2 * len(y) * lam), tol=1e-6, max_iter=2000).fit(scaler.transform(X), y)
+    ours_acc, sk_acc = ours.score(Xd, yd), sk.score(scaler.transform(Xd), yd)
+    assert ours_acc > 0.7  # POS from a middle MiniLM layer is far above the majority class
+    assert abs(ours_acc - sk_acc) <= 0.01
+    # the authors' default penalty lands within a point of scikit-learn's default too
+    default = LinearProbe().fit(X, y)
+    with threadpool_limits(1):
+        sk_default = LogisticRegression(max_iter=1000).fit(scaler.transform(X), y)
+    assert abs(default.score(Xd, yd) - sk_default.score(scaler.transform(Xd), yd)) <= 0.01
+
+
+def test_regressor_matches_ridge_on_the_same_objective():
+    rng = np.random.default_rng(4)
+    X = (rng.standard_normal((800, 20)) * rng.uniform(0.2, 5, size=20) + 3).astype(np.float32)
+    y = X @ rng.standard_normal(20) + rng.normal(0, 2.0, size=800)
+    lam = 1e-2  # mean squared error + lam * ||w||^2  ==  Ridge(alpha = n * lam) on the sum
+    ours = LinearProbeRegressor(l1=0.0, l2=lam, l2_squared=True, tol=1e-6, max_iter=1000).fit(X[:600], y[:600])
+    scaler = StandardScaler().fit(X[:600])
+    ridge = Ridge(alpha=600 * lam).fit(scaler.transform(X[:600]), y[:600])
+    np.testing.assert_allclose(ours.standardized_coef_, ridge.coef_, rtol=1e-3, atol=1e-3)
+    r = pearson(y[600:], ridge.predict(scaler.transform(X[600:])))
+    assert ours.score(X[600:], y[600:]) == pytest.approx(r, abs=1e-4)
+    assert ours.coef_.shape == (20,) and isinstance(ours.intercept_, float)
+
+
+def test_balanced_class_weights_match_sklearn():
+    X, y = noisy_problem(seed=5)
+    keep = (y != 0) | (np.arange(len(y)) % 5 == 0)  # make class 0 rare
+    X, y = X[keep], y[keep]
+    lam = 1e-3
+    ours = LinearProbe(l1=0.0, l2=lam, l2_squared=True, class_weight="balanced", tol=1e-6, max_iter=1000).fit(X, y)
+    Xs = StandardScaler().fit_transform(X)
+    sk = LogisticRegression(C=1 / (2 * len(y) * lam), class_weight="balanced", tol=1e-10, max_iter=5000).fit(Xs, y)
+    np.testing.assert_allclose(ours.standardized_coef_, sk.coef_, atol=2e-3)
+
+
+def test_coef_acts_on_original_features_and_probabilities_are_consistent():
+    X, y = three_neuron_problem(n=600)
+    probe = LinearProbe().fit(X, y)
+    scores = probe.decision_function(X)
+    np.testing.assert_allclose(scores, X.astype(np.float64) @ probe.coef_.T + probe.intercept_, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(probe.standardized_coef_, probe.coef_ * probe.scale_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(probe.mean_, X.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(probe.scale_, X.astype(np.float64).std(0), rtol=1e-6)
+    proba = probe.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    assert (probe.classes_[proba.argmax(1)] == probe.predict(X)).all()
+    assert probe.coef_.shape == (3, X.shape[1]) and probe.intercept_.shape == (3,)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_same_seed_gives_bit_identical_weights(solver):
+    X, y = noisy_problem(n=900)
+    params = dict(solver=solver, max_epochs=3, batch_size=64)
+    a = LinearProbe(**params).fit(X[:700], y[:700], X_dev=X[700:], y_dev=y[700:])
+    b = LinearProbe(**params).fit(X[:700], y[:700], X_dev=X[700:], y_dev=y[700:])
+    assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+    if solver == "adam":  # the seed drives the minibatch order
+        c = LinearProbe(**params, random_state=1).fit(X[:700], y[:700], X_dev=X[700:], y_dev=y[700:])
+        assert not np.array_equal(a.coef_, c.coef_)
+
+
+def test_memmap_input_gives_the_same_probe(tmp_path):
+    X, y = noisy_problem(n=500)
+    np.save(tmp_path / "X.npy", X)
+    mm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    a = LinearProbe(solver="adam", max_epochs=2).fit(X, y)
+    b = LinearProbe(solver="adam", max_epochs=2).fit(mm, y)
+    assert np.array_equal(a.coef_, b.coef_)
+
+
+def test_adam_keeps_the_best_dev_epoch():
+    X, y = noisy_problem(n=1200)
+    probe = LinearProbe(solver="adam", lr=0.05, max_epochs=12, patience=3, batch_size=32)
+    probe.fit(X[:900], y[:900], X_dev=X[900:], y_dev=y[900:])
+    assert 1 <= probe.best_epoch_ <= probe.n_iter_ <= 12
+    # the kept weights score at least as well on dev as a fit that stops at its last epoch without restoring
+    last = LinearProbe(solver="adam", lr=0.05, max_epochs=probe.n_iter_, batch_size=32).fit(X[:900], y[:900])
+    assert probe.score(X[900:], y[900:]) >= last.score(X[900:], y[900:])
+
+
+# ------------------------------------------------------------------------------------------
+# batched layer probes
+
+
+@pytest.mark.parametrize("mode", ["independent", "incremental", "oracle"])
+def test_batched_layer_probes_equal_individual_probes(mode):
+    A, y, words = layered_problem()
+    Atr, ytr, Ad, yd = A[:500], y[:500], A[500:], y[500:]
+    params = dict(solver="adam", lr=0.01, batch_size=50, max_epochs=6, patience=2)
+    table, probes = fit_layer_probes(Atr, ytr, activations_dev=Ad, y_dev=yd, mode=mode, probe_params=params,
+                                     return_probes=True)
+    for row, probe in zip(table.itertuples(), probes):
+        if mode == "independent":
+            X, Xd = Atr[:, row.layer], Ad[:, row.layer]
+        else:
+            X, Xd = Atr[:, : row.layer + 1].reshape(500, -1), Ad[:, : row.layer + 1].reshape(len(Ad), -1)
+        single = LinearProbe(**params).fit(X, ytr, X_dev=Xd, y_dev=yd)
+        np.testing.assert_allclose(probe.coef_, single.coef_, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(probe.intercept_, single.intercept_, rtol=1e-4, atol=1e-6)
+        assert row.score == single.score(Xd, yd)
+        assert row.n_features == X.shape[1]
+
+
+def test_batched_lbfgs_layer_probes_agree_with_individual_probes():
+    A, y, _ = layered_problem()
+    flip = np.random.default_rng(9).random(len(y)) < 0.25  # label noise: a unique, well-conditioned optimum
+    y = np.where(flip, np.roll(y, 1), y)
+    params = dict(solver="lbfgs", tol=1e-6, max_iter=2000)
+    table, probes = fit_layer_probes(A[:500], y[:500], activations_dev=A[500:], y_dev=y[500:], mode="incremental",
+                                     probe_params=params, return_probes=True)
+    for row, probe in zip(table.itertuples(), probes):
+        X = A[:500, : row.layer + 1].reshape(500, -1)
+        single = LinearProbe(**params).fit(X, y[:500])
+        np.testing.assert_allclose(probe.standardized_coef_, single.standardized_coef_, atol=5e-3)
+    # the label needs layers 1 and 2: only the probes that see them do well
+    assert table.score.iloc[2] > table.score.iloc[0] + 0.1
+
+
+def test_layer_table_columns_and_oracle_row():
+    A, y, words = layered_problem()
+    kw = dict(activations_dev=A[500:], y_dev=y[500:], words=words[:500], words_dev=words[500:])
+    ind = fit_layer_probes(A[:500], y[:500], mode="independent", **kw)
+    ora = fit_layer_probes(A[:500], y[:500], mode="oracle", **kw)
+    assert list(ind.columns) == ["layer", "mode", "n_features", "score", "control_score", "selectivity"]
+    assert ind.layer.tolist() == [0, 1, 2] and (ind["mode"] == "independent").all()
+    assert ora.layer.tolist() == [2] and ora.n_features.tolist() == [36]
+    np.testing.assert_allclose(ind.selectivity, ind.score - ind.control_score)
+    assert fit_layer_probes(A[:500], y[:500], activations_dev=A[500:], y_dev=y[500:]).control_score.isna().all()
+
+
+# ------------------------------------------------------------------------------------------
+# control tasks and selectivity
+
+
+def test_control_labels_are_fixed_per_word_type_across_calls():
+    rng = np.random.default_rng(0)
+    y = rng.choice(["NN", "VB", "DT", "JJ"], p=[0.4, 0.3, 0.2, 0.1], size=5000)
+    vocab = np.array([f"word{i}" for i in range(3000)])
+    train_words, dev_words = rng.choice(vocab, size=5000), rng.choice(vocab, size=800)
+    a = control_labels(train_words, y, random_state=7)
+    b = control_labels(dev_words, y, random_state=7)
+    lookup = pd.Series(a, index=train_words).groupby(level=0).nunique()
+    assert (lookup == 1).all()  # one label per type within a call
+    both = pd.DataFrame({"w": np.r_[train_words, dev_words], "l": np.r_[a, b]})
+    assert (both.groupby("w").l.nunique() == 1).all()  # and across separate calls (train vs dev)
+    # types draw labels from the empirical distribution of y
+    per_type = pd.Series(control_labels(vocab, y, random_state=7)).value_counts(normalize=True)
+    for label, p in pd.Series(y).value_counts(normalize=True).items():
+        assert abs(per_type[label] - p) < 0.04
+    assert not np.array_equal(control_labels(vocab, y, random_state=8), control_labels(vocab, y, random_state=7))
+
+
+def test_selectivity_uses_an_independently_trained_control_probe():
+    A, y, words = layered_problem()
+    params = dict(solver="lbfgs", tol=1e-6, max_iter=2000)
+    table = fit_layer_probes(A[:500], y[:500], activations_dev=A[500:], y_dev=y[500:], words=words[:500],
+                             words_dev=words[500:], probe_params=params)
+    yc, ycd = control_labels(words[:500], y[:500]), control_labels(words[500:], y[:500])
+    for row in table.itertuples():
+        ctl = LinearProbe(**params).fit(A[:500, row.layer], yc)
+        assert abs(row.control_score - accuracy(ycd, ctl.predict(A[500:, row.layer]))) <= 0.01
+    assert table.selectivity.max() > 0.1  # the real label is learnable; the word-type lottery is not
+
+
+# ------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_macro_f1_matches_sklearn():
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, 5, 300), rng.integers(0, 6, 300)
+    assert macro_f1(t, p) == pytest.approx(f1_score(t, p, average="macro"))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])
+def test_bootstrap_ci_equals_a_plain_loop_over_resamples(metric):
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 4, 250)
+    p = np.where(rng.random(250) < 0.7, t, rng.integers(0, 4, 250))
+    ci = bootstrap_ci(t, p, metric, n_boot=200, random_state=3)
+    idx = np.random.default_rng(3).integers(0, 250, size=(200, 250))
+    fn = (lambda a, b: np.mean(a == b)) if metric == "accuracy" else (lambda a, b: f1_score(a, b, average="macro"))
+    stats = np.array([fn(t[i], p[i]) for i in idx])
+    assert ci.low == pytest.approx(np.quantile(stats, 0.025)) and ci.high == pytest.approx(np.quantile(stats, 0.975))
+    assert ci.estimate == pytest.approx(fn(t, p)) and ci.low <= ci.estimate <= ci.high
+
+
+# ------------------------------------------------------------------------------------------
+# errors
+
+
+def test_refuses_mismatched_lengths():
+    X, y = noisy_problem(n=100)
+    with pytest.raises(ValueError, match="disagree in length: X has 100 samples, y has 99"):
+        LinearProbe().fit(X, y[:99])
+    with pytest.raises(ValueError, match="X_dev and y_dev disagree in length"):
+        LinearProbe().fit(X, y, X_dev=X[:10], y_dev=y[:9])
+
+
+def test_refuses_labels_unseen_in_training():
+    X, y = noisy_problem(n=200)
+    probe = LinearProbe().fit(X[y != 3], y[y != 3])
+    with pytest.raises(ValueError, match=r"labels never seen in training: 3 \("):
+        probe.score(X, y)
+    with pytest.raises(ValueError, match="y_dev contains labels never seen"):
+        LinearProbe().fit(X[y != 3], y[y != 3], X_dev=X, y_dev=y)
+    Xk, yk, dropped = restrict_to_classes(X, y, probe.classes_)
+    assert dropped == int((y == 3).sum()) and probe.score(Xk, yk) > 0
+
+
+def test_refuses_empty_splits():
+    X, y = noisy_problem(n=50)
+    with pytest.raises(ValueError, match="X has 0 samples: the split is empty"):
+        LinearProbe().fit(X[:0], y[:0])
+    with pytest.raises(ValueError, match="X_dev has 0 samples"):
+        LinearProbe().fit(X, y, X_dev=X[:0], y_dev=y[:0])
+    A, ya, _ = layered_problem(n=50)
+    with pytest.raises(ValueError, match="activations_dev has 0 samples"):
+        fit_layer_probes(A, ya, activations_dev=A[:0], y_dev=ya[:0])
+
+
+def test_refuses_nan_features_and_bad_shapes():
+    X, y = noisy_problem(n=100)
+    bad = X.copy()
+    bad[3, 7] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinity in 1 feature\(s\) \(flat indices \[7\]\)"):
+        LinearProbe().fit(bad, y)
+    probe = LinearProbe().fit(X, y)
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        probe.predict(bad)
+    with pytest.raises(ValueError, match="Expected X as a 2D array"):
+        probe.predict(X[0])
+    with pytest.raises(ValueError, match="fitted on 30"):
+        probe.predict(X[:, :5])
+    with pytest.raises(ValueError, match="single class"):
+        LinearProbe().fit(X, np.zeros(100, dtype=int))
+    with pytest.raises(ValueError, match="Use LinearProbeRegressor for a real-valued target"):
+        LinearProbe().fit(X, np.linspace(0, 1, 100))
+    with pytest.raises(ValueError, match="pass both X_dev and y_dev"):
+        LinearProbe().fit(X, y, X_dev=X)
+    with pytest.raises(ValueError, match="solver must be"):
+        LinearProbe(solver="sgd").fit(X, y)
+
+
+def test_lbfgs_warns_when_it_runs_out_of_iterations():
+    X, y = noisy_problem(n=300)
+    with pytest.raises(ConvergenceWarning, match="did not converge"):
+        LinearProbe(solver="lbfgs", max_iter=2, tol=1e-12).fit(X, y)
