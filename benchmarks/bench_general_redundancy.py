@@ -135,6 +135,7 @@ def run_stage(args: argparse.Namespace) -> dict:
         reader = RowReader(path, args.rows, reuse=True)
         result["chunk_mib"] = min(args.chunk_size, len(reader)) * reader.row_bytes / MIB
         acc = gram_statistics(reader, chunk_size=args.chunk_size, progress=False)
+        reader._buf = None  # the read buffer is the chunk; a store's memory map holds none after the pass
         t1 = time.perf_counter()
         corr = acc.correlation()
         t2 = time.perf_counter()
@@ -207,6 +208,8 @@ def main() -> None:
     parser.add_argument("--skip-corrcoef", action="store_true", help="skip numpy.corrcoef (needs ~5x the input in RAM)")
     parser.add_argument("--with-sklearn", action="store_true",
                         help="also time sklearn AgglomerativeClustering refitted per threshold on the dense distance")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="run the GEMM and streaming stages this many times, alternating; report the fastest")
     parser.add_argument("--seed", type=int, default=0)
     # internal: run one stage in this process
     parser.add_argument("--stage", help=argparse.SUPPRESS)
@@ -247,6 +250,12 @@ def main() -> None:
         for stage in stages:
             print(f"running {stage} ...", flush=True)
             res[stage] = spawn(stage, args, data, tmp)
+        for rep in range(1, args.repeats):  # alternate, so a busy spell on a shared machine hits both
+            for stage in ("gemm", "stream"):
+                print(f"running {stage} again ({rep + 1}/{args.repeats}) ...", flush=True)
+                again = spawn(stage, args, data, tmp)
+                if again["seconds"] < res[stage]["seconds"]:
+                    res[stage] = again
 
     gemm = res["gemm"]["seconds"]
     s = res["stream"]

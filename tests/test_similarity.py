@@ -269,3 +269,15 @@ def test_constant_layer_gives_nan_similarity_not_an_error(layered):
         cka_matrix = layer_similarity(acts, progress=False)
     assert np.isnan(cka_matrix[0]).all() and np.isnan(cka_matrix[:, 0]).all()
     assert np.isfinite(cka_matrix[1:, 1:]).all()
+
+
+def test_cross_model_similarity_refuses_stores_of_different_items(layered):
+    class Store:
+        def __init__(self, acts, words):
+            self.activations, self.words = acts, words
+
+    words = [f"w{i}" for i in range(len(layered))]
+    same = cross_model_similarity(Store(layered, words), Store(layered[:, :3], words), progress=False)
+    np.testing.assert_allclose(np.diagonal(same), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="hold different items"):
+        cross_model_similarity(Store(layered, words), Store(layered, words[::-1]), progress=False)

@@ -110,8 +110,8 @@ def heatmap_panels(
 ) -> plt.Figure:
     """One heatmap per entry of ``matrices`` (label -> (n_rows, n_cols)), all on one colour scale.
 
-    ``annotate=None`` writes the values into the cells when a matrix has at most 16 rows; NaN cells
-    are drawn grey.
+    ``annotate=None`` writes the values into the cells when a matrix has at most 16 rows and
+    columns; NaN cells are drawn grey.
     """
     labels = list(matrices)
     ncols = ncols or min(len(labels), 3)
@@ -122,15 +122,15 @@ def heatmap_panels(
     mappable = None
     for ax, label in zip(axes.flat, labels):
         m = np.asarray(matrices[label], dtype=float)
-        ann = m.shape[0] <= 16 if annotate is None else annotate
+        ann = max(m.shape) <= 16 if annotate is None else annotate
         ax.grid(False)
         ax.set_facecolor("0.88")  # NaN cells (e.g. a constant layer) show as grey
         sns.heatmap(m, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=ann, fmt=fmt,
                     annot_kws={"fontsize": 6}, square=True, cbar=False)
         mappable = ax.collections[0]
-        step = max(1, m.shape[0] // 13)
-        ax.set_xticks(np.arange(0, m.shape[1], step) + 0.5, np.arange(0, m.shape[1], step), fontsize=7)
-        ax.set_yticks(np.arange(0, m.shape[0], step) + 0.5, np.arange(0, m.shape[0], step), fontsize=7)
+        xstep, ystep = max(1, m.shape[1] // 13), max(1, m.shape[0] // 13)
+        ax.set_xticks(np.arange(0, m.shape[1], xstep) + 0.5, np.arange(0, m.shape[1], xstep), fontsize=7)
+        ax.set_yticks(np.arange(0, m.shape[0], ystep) + 0.5, np.arange(0, m.shape[0], ystep), fontsize=7)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -703,13 +703,15 @@ def cross_model_similarity(
     """Linear CKA between every layer of one model and every layer of another, on the same items.
 
     Both stores are read in lockstep, chunk by chunk; their features are concatenated and one
-    ``GramAccumulator`` (one block per layer of either model) is filled.
+    ``GramAccumulator`` (one block per layer of either model) is filled. Memory: the upper half of a
+    float64 Gram over both models' neurons (about 3 GB for MPNet + SmolLM2).
 
     Parameters
     ----------
     activations_a : array-like of shape (n_items, n_layers_a, hidden_a), or an ``ActivationStore``
     activations_b : array-like of shape (n_items, n_layers_b, hidden_b)
-        The same items in the same order (e.g. the same words of the same task split).
+        The same items in the same order (e.g. the same words of the same task split); when both
+        are stores, their ``words`` must match.
     chunk_size, debiased, compute_dtype, progress
         As in ``layer_similarity``.
 
@@ -717,6 +719,12 @@ def cross_model_similarity(
     -------
     cka : ndarray of shape (n_layers_a, n_layers_b), float64
     """
+    words_a, words_b = getattr(activations_a, "words", None), getattr(activations_b, "words", None)
+    if words_a is not None and words_b is not None and list(words_a) != list(words_b):
+        raise ValueError(
+            "The two stores hold different items (their words differ); cross-model CKA needs the same "
+            "items in the same order: build both from the same task, split, budget and seed."
+        )
     a = _as_layers(activations_a, "activations_a")
     b = _as_layers(activations_b, "activations_b")
     if a.shape[0] != b.shape[0]:
