@@ -338,11 +338,15 @@ class GramAccumulator:
             raise ValueError(f"Expected batches with {self.n_features_} features, got {batch.shape[1]}.")
         z = self._buffer("z", batch.shape)  # our own copy, shifted in place below
         np.copyto(z, batch, casting="same_kind")
-        _check_finite(z, "the activations", row_offset=self.n_samples_)
         if self.n_features_ is None:
+            if not np.isfinite(z.sum(axis=0, dtype=np.float64)).all():
+                _check_finite(z, "the activations", row_offset=self.n_samples_)
             self._init(z)
         z -= self.shift_.astype(self.compute_dtype)
-        self._sum += z.sum(axis=0, dtype=np.float64)
+        column_sums = z.sum(axis=0, dtype=np.float64)
+        if not np.isfinite(column_sums).all():  # NaN and inf survive the sum: scan rows only then
+            _check_finite(z, "the activations", row_offset=self.n_samples_)
+        self._sum += column_sums
         for strip, start, stop in zip(self._strips, self._starts[:-1], self._starts[1:]):
             product = self._buffer("product", strip.shape)
             np.matmul(z[:, start:stop].T, z[:, start:], out=product)
