@@ -17,7 +17,9 @@ from utils.probing import (
     accuracy,
     bootstrap_ci,
     control_labels,
+    auto_lr,
     fit_layer_probes,
+    layer_probe_table,
     macro_f1,
     pearson,
     restrict_to_classes,
@@ -161,6 +163,11 @@ def test_coef_acts_on_original_features_and_probabilities_are_consistent():
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     assert (probe.classes_[proba.argmax(1)] == probe.predict(X)).all()
     assert probe.coef_.shape == (3, X.shape[1]) and probe.intercept_.shape == (3,)
+    # the Adam path computes its statistics in one pass over a float32 copy: same numbers
+    adam = LinearProbe(solver="adam", max_epochs=1).fit(X, y)
+    np.testing.assert_allclose(adam.mean_, probe.mean_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(adam.scale_, probe.scale_, rtol=1e-9)
+    assert np.allclose(adam.coef_.sum(axis=0), 0, atol=1e-5) and np.allclose(probe.coef_.sum(axis=0), 0, atol=1e-5)
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "adam"])
@@ -198,11 +205,13 @@ def test_adam_keeps_the_best_dev_epoch():
 # batched layer probes
 
 
+@pytest.mark.parametrize("lr", [0.01, "auto"])
 @pytest.mark.parametrize("mode", ["independent", "incremental", "oracle"])
-def test_batched_layer_probes_equal_individual_probes(mode):
-    A, y, words = layered_problem()
+def test_batched_layer_probes_equal_individual_probes(mode, lr):
+    # 150 neurons a layer: with lr="auto" the incremental probes get different steps (1e-2, 1e-2, 6.7e-3)
+    A, y, words = layered_problem(h=150)
     Atr, ytr, Ad, yd = A[:500], y[:500], A[500:], y[500:]
-    params = dict(solver="adam", lr=0.01, batch_size=50, max_epochs=6, patience=2)
+    params = dict(solver="adam", lr=lr, batch_size=50, max_epochs=6, patience=2)
     table, probes = fit_layer_probes(Atr, ytr, activations_dev=Ad, y_dev=yd, mode=mode, probe_params=params,
                                      return_probes=True)
     for row, probe in zip(table.itertuples(), probes):
@@ -215,6 +224,26 @@ def test_batched_layer_probes_equal_individual_probes(mode):
         np.testing.assert_allclose(probe.intercept_, single.intercept_, rtol=1e-4, atol=1e-6)
         assert row.score == single.score(Xd, yd)
         assert row.n_features == X.shape[1]
+
+
+def test_several_modes_in_one_call_equal_separate_calls():
+    A, y, words = layered_problem(h=120)
+    kw = dict(activations_dev=A[500:], y_dev=y[500:], words=words[:500], words_dev=words[500:],
+              probe_params=dict(max_epochs=4, batch_size=50))
+    both, probes = fit_layer_probes(A[:500], y[:500], mode=["oracle", "incremental"], return_probes=True, **kw)
+    alone = [fit_layer_probes(A[:500], y[:500], mode=m, return_probes=True, **kw) for m in ("oracle", "incremental")]
+    pd.testing.assert_frame_equal(both, pd.concat([alone[0][0], alone[1][0]], ignore_index=True))
+    for a, b in zip(probes, alone[0][1] + alone[1][1]):
+        assert np.array_equal(a.coef_, b.coef_)
+    assert probes[1].lr_ > probes[3].lr_  # lr="auto": a smaller step for probes on more neurons
+    table, oracle = layer_probe_table(A[:500], y[:500], **kw)
+    assert table["mode"].tolist() == ["independent"] * 3 + ["incremental"] * 3 + ["oracle"]
+    assert table.n_features.tolist() == [120] * 3 + [120, 240, 360, 360]
+    assert np.array_equal(oracle.coef_, probes[0].coef_)
+
+
+def test_auto_lr_scales_with_the_number_of_features():
+    np.testing.assert_allclose(auto_lr(np.array([100, 768, 9984])).numpy(), [1e-2, 3 / 768, 3 / 9984])
 
 
 def test_batched_lbfgs_layer_probes_agree_with_individual_probes():

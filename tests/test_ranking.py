@@ -16,6 +16,8 @@ from utils.ranking import (
     lca_ordering,
     mean_difference_ordering,
     minimal_neuron_set,
+    minimal_set_table,
+    neuron_orderings,
     neurons_per_layer,
     random_ordering,
 )
@@ -205,3 +207,28 @@ def test_minimal_set_refuses_bad_orderings():
         minimal_neuron_set(X, y, X, y, np.array([50, 2]), target=0.5)
     with pytest.raises(ValueError, match="X_dev has 9 features per sample"):
         minimal_neuron_set(X, y, X[:, :9], y, np.arange(50), target=0.5)
+
+
+def test_neuron_orderings_and_the_test_table():
+    X, y = three_neuron_problem(n=1200, d=100)
+    Xtr, ytr, Xd, yd, Xte, yte = X[:700], y[:700], X[700:950], y[700:950], X[950:], y[950:]
+    oracle = LinearProbe().fit(Xtr, ytr)
+    orderings = neuron_orderings(oracle.standardized_coef_, Xtr, ytr, random_state=3)
+    assert list(orderings) == ["lca", "random", "bottom", "mean_difference"]
+    assert np.array_equal(orderings["lca"], lca_ordering(oracle.standardized_coef_))
+    assert np.array_equal(orderings["bottom"], orderings["lca"][::-1])
+    assert np.array_equal(orderings["random"], random_ordering(100, random_state=3))
+    target = oracle.score(Xd, yd) * 0.99
+    with pytest.warns(UserWarning, match="no grid point reached the target"):  # bottom: the 3 neurons come last
+        sets = {name: minimal_neuron_set(Xtr, ytr, Xd, yd, o, target=target, pct_grid=(0.03, 0.1, 0.5, 0.9))
+                for name, o in orderings.items() if name in ("lca", "bottom")}
+    table = minimal_set_table(sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100,
+                              oracle_dev=oracle.score(Xd, yd), n_boot=200)
+    assert list(table.columns[:6]) == ["ordering", "neurons_total", "neurons_kept", "pct_kept", "score", "oracle_score"]
+    lca = table.set_index("ordering").loc["lca"]
+    assert lca.neurons_kept == 3 and lca.pct_kept == 3.0
+    assert lca.score == pytest.approx(sets["lca"].probe.score(Xte[:, sets["lca"].neurons], yte))
+    assert lca.oracle_score == pytest.approx(oracle.score(Xte, yte))
+    assert lca.score_low <= lca.score <= lca.score_high
+    bottom = table.set_index("ordering").loc["bottom"]
+    assert bottom.neurons_kept == 100 and not bottom.reached

@@ -19,8 +19,10 @@ penalised. Two optimisers:
 - ``solver="adam"``: minibatch Adam on the exact penalty (subgradient 0 at 0, as the authors), with
   minibatches shuffled by a seeded ``torch.Generator``, and early stopping on a dev split (the
   weights of the best dev epoch are kept).
-- ``solver="auto"`` (default) picks L-BFGS when ``n_samples * n_features`` (summed over all probes
-  trained together) is at most ``LBFGS_MAX_CELLS``, else Adam.
+- ``solver="auto"`` (default) picks Adam when a dev split is given (early stopping is then the
+  regulariser that matters: with penalties of 1e-5 the exact optimum of a probe on more neurons
+  than tokens is an overfit one) or when ``n_samples * n_features`` (summed over all probes trained
+  together) exceeds ``LBFGS_MAX_CELLS``; L-BFGS otherwise.
 
 Weights start at zero (the problem is convex), so the only randomness is the minibatch order.
 The weights of each class-logit are kept centred across classes (``coef_.sum(axis=0) == 0``):
@@ -63,13 +65,14 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-LBFGS_MAX_CELLS = 2e8
-"""``solver="auto"`` uses L-BFGS up to this many ``n_samples * n_features`` cells, Adam above."""
+LBFGS_MAX_CELLS = 5e7
+"""Without a dev split, ``solver="auto"`` uses L-BFGS up to this many ``n_samples * n_features`` cells."""
 
 SMOOTH_L1_EPS = 1e-4
 """Smoothing of ``|w|`` in the L-BFGS objective: ``sqrt(w ** 2 + eps ** 2) - eps``."""
 
 _CHUNK_ELEMENTS = 2**24  # rows per chunk = this / row width (64 MiB of float32 per chunk)
+_MATERIALISE_BYTES = 4 * 2**30  # Adam keeps standardised train features in memory up to this size
 _SINGLE_THREAD_WORK = 2**26  # multiply-adds per step below which torch runs on one thread
 
 Solver = Literal["auto", "lbfgs", "adam"]
@@ -166,26 +169,35 @@ def feature_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = X.shape[0]
     width = int(np.prod(X.shape[1:]))
     starts, step = _chunks(n, width)
+    shift = np.asarray(X[0], dtype=np.float64)  # one pass of shifted sums: no catastrophic cancellation
     total = np.zeros(X.shape[1:], dtype=np.float64)
-    for s in starts:
-        total += np.asarray(X[s : s + step], dtype=np.float64).sum(axis=0)
-    mean = total / n
     sq = np.zeros(X.shape[1:], dtype=np.float64)
     for s in starts:
-        sq += ((np.asarray(X[s : s + step], dtype=np.float64) - mean) ** 2).sum(axis=0)
-    std = np.sqrt(sq / n)
+        chunk = np.asarray(X[s : s + step], dtype=np.float64) - shift
+        total += chunk.sum(axis=0)
+        sq += np.einsum("i...,i...->...", chunk, chunk)
+    mean_shifted = total / n
+    mean = shift + mean_shifted
+    with np.errstate(invalid="ignore"):
+        var = np.maximum(sq / n - mean_shifted**2, 0.0)
+    std = np.sqrt(var)
+    _check_stats(mean, std)
+    return mean, std
+
+
+def _check_stats(mean: np.ndarray, std: np.ndarray) -> None:
+    """ValueError naming the features whose statistics are not finite (they hold NaN or infinity)."""
     bad = ~(np.isfinite(mean) & np.isfinite(std))
     if bad.any():
         where = np.argwhere(bad.reshape(-1)).ravel()
         raise ValueError(f"X contains NaN or infinity in {int(bad.sum())} feature(s) (flat indices "
                          f"{where[:10].tolist()}{' ...' if len(where) > 10 else ''}). Remove or impute them before "
                          f"probing (e.g. np.nan_to_num, or drop those items).")
-    return mean, std
 
 
 def _check_finite_chunk(xb: torch.Tensor, name: str) -> None:
-    """Raise a clear ValueError when a chunk of features holds NaN or infinity."""
-    if not torch.isfinite(xb).all():
+    """Raise a clear ValueError when a chunk of features holds NaN or infinity (one float64 sum)."""
+    if not torch.isfinite(xb.sum(dtype=torch.float64)):
         raise ValueError(f"{name} contains NaN or infinity. Remove or impute them before probing "
                          f"(e.g. np.nan_to_num, or drop those items).")
 
@@ -360,9 +372,11 @@ class _Bank:
     """
 
     def __init__(self, kind: str, feat_shape: tuple[int, ...], n_targets: int, n_out: int,
-                 mean: np.ndarray, scale: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32):
+                 mean: np.ndarray, scale: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32,
+                 matmul_dtype: torch.dtype | None = None):
         self.kind, self.T, self.C = kind, n_targets, n_out
-        self.dtype = dtype
+        self.dtype = dtype  # parameters, losses and the standardised inputs' arithmetic
+        self.matmul_dtype = matmul_dtype or dtype  # inputs are stored and multiplied in this dtype
         K = n_targets * n_out
         z = dict(dtype=dtype, device=device)
         self.mean = torch.as_tensor(mean, **z)
@@ -395,22 +409,24 @@ class _Bank:
     def P(self) -> int:
         return self.T * self.L
 
-    def logits(self, xb: torch.Tensor) -> torch.Tensor:
-        """Outputs of every probe, shape (batch, P, n_out)."""
-        b, K = xb.shape[0], self.T * self.C
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features (any float dtype) -> standardised features in ``matmul_dtype``."""
+        if not hasattr(self, "_inv_scale"):
+            self._inv_scale = 1.0 / self.scale
+        return (x.to(self.dtype) - self.mean).mul_(self._inv_scale).to(self.matmul_dtype)
+
+    def logits(self, xs: torch.Tensor) -> torch.Tensor:
+        """Outputs of every probe for standardised inputs ``xs`` (see ``standardize``), shape (batch, P, n_out)."""
+        b, K, mm = xs.shape[0], self.T * self.C, self.matmul_dtype
         if self.kind == "flat":
-            wf = self.weights[0] / self.scale[:, None]
-            out = xb @ wf + (self.bias - self.mean @ wf)
+            out = (xs @ self.weights[0].to(mm)).to(self.dtype) + self.bias
             return out.view(b, self.T, self.C)
         if self.kind == "independent":
-            wf = self.weights[0] / self.scale[..., None]
-            out = torch.einsum("blh,lhk->blk", xb, wf) + (self.bias - torch.einsum("lh,lhk->lk", self.mean, wf))
+            out = torch.einsum("blh,lhk->blk", xs, self.weights[0].to(mm)).to(self.dtype) + self.bias
         else:
             out = self.bias.expand(b, self.L, K).clone()
             for k, w in enumerate(self.weights):
-                wf = w / self.scale[k][:, None]
-                z = xb[:, k, :] @ wf - self.mean[k] @ wf
-                out[:, k:, :] += z.view(b, self.L - k, K)
+                out[:, k:, :] += (xs[:, k, :] @ w.to(mm)).to(self.dtype).view(b, self.L - k, K)
         # (b, L, T, C) -> (b, T, L, C) -> (b, P, C)
         return out.view(b, self.L, self.T, self.C).transpose(1, 2).reshape(b, self.P, self.C)
 
@@ -463,8 +479,21 @@ class _Bank:
                 v = t.view(*t.shape[:-1], -1, self.C)
                 v.sub_(v.mean(dim=-1, keepdim=True))
 
+    def n_features(self) -> torch.Tensor:
+        """Number of input features of every probe, shape (P,)."""
+        if self.kind == "flat":
+            d = self.weights[0].shape[0]
+            return torch.full((self.P,), d, dtype=torch.int64)
+        h = self.weights[0].shape[-2] if self.kind == "independent" else self.weights[0].shape[0]
+        per_layer = torch.full((self.L,), h) if self.kind == "independent" else h * torch.arange(1, self.L + 1)
+        return per_layer.repeat(self.T)
+
     def masks(self, active: torch.Tensor) -> list[torch.Tensor]:
-        """Boolean masks shaped like ``params`` selecting the parameters of the probes in ``active`` (P,)."""
+        """Tensors broadcastable to each of ``params`` holding every probe's entry of ``active`` (P,).
+
+        With booleans: masks selecting the parameters of some probes; with floats: per-probe values
+        such as learning rates.
+        """
         T, C, L = self.T, self.C, self.L
         a = active.view(T, L).t()  # (L, T)
         per_col = a[:, :, None].expand(L, T, C).reshape(L, T * C)  # (L, K)
@@ -500,7 +529,7 @@ class _FitConfig:
     l1: float
     l2: float
     l2_squared: bool
-    lr: float
+    lr: float | None
     batch_size: int
     max_epochs: int
     patience: int
@@ -508,6 +537,7 @@ class _FitConfig:
     tol: float
     random_state: int
     progress: bool
+    precision: str = "float32"
 
 
 def _data_loss(out: torch.Tensor, yb: torch.Tensor, cw: torch.Tensor | None, task: str) -> torch.Tensor:
@@ -522,21 +552,82 @@ def _data_loss(out: torch.Tensor, yb: torch.Tensor, cw: torch.Tensor | None, tas
 
 
 def _rows(X: np.ndarray, idx: np.ndarray | slice, device: torch.device, name: str,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Tensor of some rows of ``X`` (memmap-friendly), checked for NaN/inf."""
+          dtype: torch.dtype = torch.float32, *, check: bool = True) -> torch.Tensor:
+    """Tensor of some rows of ``X`` (memmap-friendly), checked for NaN/inf unless ``check`` is off."""
     xb = _as_tensor(np.asarray(X[idx]), device, dtype)
-    _check_finite_chunk(xb, name)
+    if check:
+        _check_finite_chunk(xb, name)
     return xb
 
 
-def _predict_bank(bank: _Bank, X: np.ndarray, device: torch.device, name: str) -> torch.Tensor:
-    """Outputs of every probe for all rows of X, chunked; shape (n, P, n_out)."""
+def _standardized(bank: _Bank, X: np.ndarray, device: torch.device, name: str, *, check: bool) -> torch.Tensor:
+    """All rows of X standardised into one tensor of ``bank.matmul_dtype``, built chunk by chunk."""
+    starts, step = _chunks(X.shape[0], int(np.prod(X.shape[1:])))
+    out = torch.empty(X.shape, dtype=bank.matmul_dtype, device=device)
+    with torch.no_grad():
+        for s in starts:
+            out[s : s + step] = bank.standardize(_rows(X, slice(s, s + step), device, name, check=check))
+    return out
+
+
+def _prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, device: torch.device,
+             materialise: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+    """Train statistics and (with ``materialise``) the standardised features, from one read of X.
+
+    Returns ``mean, scale`` (float64, shape X.shape[1:]; 0 and 1 without standardisation) and a
+    tensor of X standardised in ``matmul_dtype`` (None when not materialised). The float32 copy is
+    made once; the statistics accumulate in float64 on shifted values (no cancellation).
+    """
+    itemsize = torch.finfo(matmul_dtype).bits // 8
+    if not materialise or X.size * max(4, itemsize) > _MATERIALISE_BYTES:
+        mean, std = feature_stats(X)
+        Xt = None
+    else:
+        n = X.shape[0]
+        starts, step = _chunks(n, int(np.prod(X.shape[1:])))
+        raw = torch.empty(X.shape, dtype=torch.float32, device=device)
+        shift = _as_tensor(np.asarray(X[0]), device, torch.float64)
+        total = torch.zeros(X.shape[1:], dtype=torch.float64, device=device)
+        sq = torch.zeros_like(total)
+        for s in starts:
+            raw[s : s + step] = _as_tensor(np.asarray(X[s : s + step]), device)
+            c = raw[s : s + step].double() - shift
+            total += c.sum(dim=0)
+            sq += (c * c).sum(dim=0)
+        m_shift = total / n
+        mean = (shift + m_shift).cpu().numpy()
+        std = torch.sqrt(torch.clamp(sq / n - m_shift**2, min=0)).cpu().numpy()
+        _check_stats(mean, std)
+        Xt = raw
+    if standardize:
+        scale = np.where(std > 0, std, 1.0)
+    else:
+        mean, scale = np.zeros_like(mean), np.ones_like(std)
+    if Xt is not None:
+        mean32 = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        inv32 = torch.as_tensor(1.0 / scale, dtype=torch.float32, device=device)
+        out = Xt if matmul_dtype == torch.float32 else torch.empty(X.shape, dtype=matmul_dtype, device=device)
+        with torch.no_grad():
+            for s in starts:
+                chunk = Xt[s : s + step].sub_(mean32).mul_(inv32)
+                if out is not Xt:
+                    out[s : s + step] = chunk
+        Xt = out
+    return mean, scale, Xt
+
+
+def _predict_bank(bank: _Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """Outputs of every probe for all rows of X (raw array, or a tensor from ``_standardized``); (n, P, n_out)."""
     starts, step = _chunks(X.shape[0], int(np.prod(X.shape[1:])))
     with torch.no_grad():
-        return torch.cat([bank.logits(_rows(X, slice(s, s + step), device, name, bank.dtype)) for s in starts])
+        if isinstance(X, torch.Tensor):
+            return torch.cat([bank.logits(X[s : s + step]) for s in starts])
+        return torch.cat([bank.logits(bank.standardize(_rows(X, slice(s, s + step), device, name, bank.dtype)))
+                          for s in starts])
 
 
-def _bank_scores(bank: _Bank, X: np.ndarray, Y: torch.Tensor, task: str, device: torch.device, name: str) -> torch.Tensor:
+def _bank_scores(bank: _Bank, X: np.ndarray | torch.Tensor, Y: torch.Tensor, task: str, device: torch.device,
+                 name: str) -> torch.Tensor:
     """Dev score of every probe (accuracy, or minus MSE for regression), shape (P,)."""
     out = _predict_bank(bank, X, device, name)
     if task == "classification":
@@ -552,16 +643,22 @@ def _expand_targets(Y: np.ndarray, bank: _Bank, device: torch.device, task: str)
 
 
 def _fit_bank(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | None, Y_dev: np.ndarray | None,
-              class_weight: np.ndarray | None, cfg: _FitConfig, device: torch.device) -> dict[str, Any]:
-    """Train every probe of ``bank`` on X -> Y (n, T); returns training facts (epochs, iterations)."""
+              class_weight: np.ndarray | None, cfg: _FitConfig, device: torch.device,
+              X_std: torch.Tensor | None = None, X_dev_std: torch.Tensor | None = None) -> dict[str, Any]:
+    """Train every probe of ``bank`` on X -> Y (n, T); returns training facts (epochs, iterations).
+
+    ``X_std`` / ``X_dev_std``: the same rows already standardised (``_prepare``), for Adam.
+    """
     n_params = sum(p.numel() for p in bank.params)
     rows = X.shape[0] if cfg.solver == "lbfgs" else cfg.batch_size
     with _threads_for(float(rows) * n_params):
-        return _fit_bank_inner(bank, X, Y, X_dev=X_dev, Y_dev=Y_dev, class_weight=class_weight, cfg=cfg, device=device)
+        return _fit_bank_inner(bank, X, Y, X_dev=X_dev, Y_dev=Y_dev, class_weight=class_weight, cfg=cfg, device=device,
+                               X_std=X_std, X_dev_std=X_dev_std)
 
 
 def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | None, Y_dev: np.ndarray | None,
-                    class_weight: np.ndarray | None, cfg: _FitConfig, device: torch.device) -> dict[str, Any]:
+                    class_weight: np.ndarray | None, cfg: _FitConfig, device: torch.device,
+                    X_std: torch.Tensor | None, X_dev_std: torch.Tensor | None) -> dict[str, Any]:
     """The training loops of ``_fit_bank``."""
     n = X.shape[0]
     Yp = _expand_targets(Y, bank, device, cfg.task)
@@ -573,7 +670,11 @@ def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndar
     info: dict[str, Any] = {}
     if cfg.solver == "lbfgs":
         starts, step = _chunks(n, int(np.prod(X.shape[1:])))
-        cached = [_rows(X, slice(s, s + step), device, "X", bank.dtype) for s in starts] if _fits_memory(X) else None
+        def chunk(s: int) -> torch.Tensor:
+            with torch.no_grad():
+                return bank.standardize(_rows(X, slice(s, s + step), device, "X", bank.dtype, check=False))
+
+        cached = [chunk(s) for s in starts] if _fits_memory(X) else None
         max_eval = 2 * cfg.max_iter
         opt = torch.optim.LBFGS(bank.params, lr=1.0, max_iter=cfg.max_iter, max_eval=max_eval, tolerance_grad=cfg.tol,
                                 tolerance_change=1e-12, history_size=10, line_search_fn="strong_wolfe")
@@ -582,7 +683,7 @@ def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndar
             opt.zero_grad()
             total = 0.0
             for i, s in enumerate(starts):
-                xb = cached[i] if cached is not None else _rows(X, slice(s, s + step), device, "X", bank.dtype)
+                xb = cached[i] if cached is not None else chunk(s)
                 loss = _data_loss(bank.logits(xb), Yp[s : s + step], cw, cfg.task).sum() / n
                 loss.backward()
                 total += float(loss.detach())
@@ -604,7 +705,22 @@ def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndar
                           ConvergenceWarning, stacklevel=3)
     else:
         gen = torch.Generator().manual_seed(int(cfg.random_state))
-        opt = torch.optim.Adam(bank.params, lr=cfg.lr)
+        lrs = auto_lr(bank.n_features()) if cfg.lr is None else torch.full((bank.P,), cfg.lr, dtype=torch.float64)
+        info["lr"] = lrs.numpy()
+        if bool((lrs == lrs[0]).all()):  # one step size: torch's fused Adam
+            opt = torch.optim.Adam(bank.params, lr=float(lrs[0]), fused=device.type in ("cpu", "cuda"))
+        else:  # one per probe (incremental probes read different numbers of neurons)
+            opt = _Adam(bank.params, bank.masks(lrs.to(device=device, dtype=bank.dtype)))
+        itemsize = torch.finfo(bank.matmul_dtype).bits // 8
+        # train features passed feature_stats (NaN / inf rejected there); dev ones are checked here
+        Xt = X_std
+        if Xt is None and X.size * itemsize <= _MATERIALISE_BYTES:
+            Xt = _standardized(bank, X, device, "X", check=False)
+        if X_dev_std is not None:
+            X_dev = X_dev_std
+        elif X_dev is not None and X_dev.size * itemsize <= _MATERIALISE_BYTES:
+            X_dev = _standardized(bank, X_dev, device, "X_dev", check=True)
+        history = []
         P = bank.P
         best = [p.detach().clone() for p in bank.params]
         best_score = torch.full((P,), -math.inf, dtype=torch.float64)
@@ -618,7 +734,10 @@ def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndar
             perm = torch.randperm(n, generator=gen).numpy()
             for s in range(0, n, cfg.batch_size):
                 idx = np.sort(perm[s : s + cfg.batch_size])
-                xb = _rows(X, idx, device, "X", bank.dtype)
+                if Xt is not None:
+                    xb = Xt.index_select(0, torch.from_numpy(idx).to(device))
+                else:
+                    xb = bank.standardize(_rows(X, idx, device, "X", bank.dtype, check=False))
                 opt.zero_grad(set_to_none=True)
                 loss = _data_loss(bank.logits(xb), Yp[torch.from_numpy(idx)], cw, cfg.task).sum() / len(idx)
                 loss = loss + bank.penalty(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared, smooth=False)
@@ -630,6 +749,7 @@ def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndar
             if X_dev is None:
                 continue
             score = _bank_scores(bank, X_dev, Ydp, cfg.task, device, "X_dev").cpu()
+            history.append(score.numpy())
             improved = active & (score > best_score)
             if improved.any():
                 for b, p, m in zip(best, bank.params, bank.masks(improved.to(device))):
@@ -646,8 +766,52 @@ def _fit_bank_inner(bank: _Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndar
                 for b, p in zip(best, bank.params):
                     p.copy_(b)
             info["best_epoch"] = best_epoch.numpy()
+            info["history"] = np.array(history)  # (epochs, P) dev scores
         info["n_epochs"] = epochs
     return info
+
+
+AUTO_LR_SCALE = 3.0
+"""``lr="auto"`` gives a probe on d standardised features the Adam step ``min(1e-2, AUTO_LR_SCALE / d)``."""
+
+
+def auto_lr(n_features: torch.Tensor | np.ndarray | int) -> torch.Tensor:
+    """Adam learning rate for probes on ``n_features`` standardised inputs: ``min(1e-2, 3 / n_features)``.
+
+    Adam moves every weight by about ``lr`` per step, so on unit-variance inputs the logits move by
+    about ``lr * d``; keeping that near 3 makes one step size fit probes of 384 and of 9,984
+    neurons alike (tuned on MPNet POS: 4e-3 for 768 neurons, 3e-4 for 9,984).
+    """
+    d = torch.as_tensor(n_features, dtype=torch.float64)
+    return torch.clamp(AUTO_LR_SCALE / d, max=1e-2)
+
+
+class _Adam:
+    """Adam (Kingma & Ba) with a learning rate per parameter entry (broadcast tensors), as torch's defaults.
+
+    torch.optim.Adam takes one scalar rate per parameter group; batched probes need one per probe.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lrs: list[torch.Tensor], betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for p, lr, m, v in zip(self.params, self.lrs, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.sub_(m.div(v.div(c2).sqrt_().add_(self.eps)).mul_(lr / c1))
 
 
 @contextlib.contextmanager
@@ -669,17 +833,20 @@ def _fits_memory(X: np.ndarray) -> bool:
     return X.size * 8 <= 2 * 2**30
 
 
-def _bank_dtype(cfg: _FitConfig) -> torch.dtype:
-    """float64 for L-BFGS (its line search and stopping tests need the precision), float32 for Adam."""
-    return torch.float64 if cfg.solver == "lbfgs" else torch.float32
+def _bank_dtypes(cfg: _FitConfig) -> dict[str, torch.dtype]:
+    """float64 for L-BFGS (its line search and stopping tests need the precision), float32 for Adam,
+    whose inputs and matrix products may be bfloat16 (``precision="bfloat16"``)."""
+    if cfg.solver == "lbfgs":
+        return {"dtype": torch.float64}
+    return {"dtype": torch.float32, "matmul_dtype": torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32}
 
 
-def _resolve_solver(solver: str, cells: float) -> str:
-    """Resolve ``solver="auto"`` from the size of the problem."""
+def _resolve_solver(solver: str, cells: float, has_dev: bool) -> str:
+    """Resolve ``solver="auto"`` from the size of the problem and whether a dev split is given."""
     if solver not in ("auto", "lbfgs", "adam"):
         raise ValueError(f"solver must be 'auto', 'lbfgs' or 'adam', got {solver!r}")
     if solver == "auto":
-        return "lbfgs" if cells <= LBFGS_MAX_CELLS else "adam"
+        return "lbfgs" if cells <= LBFGS_MAX_CELLS and not has_dev else "adam"
     return solver
 
 
@@ -717,7 +884,7 @@ class _BaseProbe(BaseEstimator):
         l2: float = 1e-5,
         l2_squared: bool = False,
         solver: Solver = "auto",
-        lr: float = 1e-3,
+        lr: float | Literal["auto"] = "auto",
         batch_size: int = 128,
         max_epochs: int = 10,
         patience: int = 2,
@@ -727,6 +894,7 @@ class _BaseProbe(BaseEstimator):
         class_weight: Any = None,
         random_state: int = 0,
         device: str | None = None,
+        precision: Literal["float32", "bfloat16"] = "float32",
         progress: bool = False,
     ):
         self.l1 = l1
@@ -743,11 +911,12 @@ class _BaseProbe(BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
         self.device = device
+        self.precision = precision
         self.progress = progress
 
     # -- helpers shared with fit_layer_probes ------------------------------------------------
 
-    def _config(self, cells: float) -> _FitConfig:
+    def _config(self, cells: float, has_dev: bool) -> _FitConfig:
         """Validated optimisation settings for a problem of ``cells`` = n_samples * n_features."""
         for name in ("l1", "l2"):
             v = getattr(self, name)
@@ -759,21 +928,26 @@ class _BaseProbe(BaseEstimator):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if not (isinstance(self.patience, (int, np.integer)) and self.patience >= 1):
             raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
-        return _FitConfig(task=self._task, solver=_resolve_solver(self.solver, cells), l1=float(self.l1),
-                          l2=float(self.l2), l2_squared=bool(self.l2_squared), lr=float(self.lr),
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+        if not (self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0)):
+            raise ValueError(f"lr must be 'auto' or a positive number, got {self.lr!r}")
+        return _FitConfig(task=self._task, solver=_resolve_solver(self.solver, cells, has_dev), l1=float(self.l1),
+                          l2=float(self.l2), l2_squared=bool(self.l2_squared),
+                          lr=None if self.lr == "auto" else float(self.lr),
                           batch_size=int(self.batch_size), max_epochs=int(self.max_epochs),
                           patience=int(self.patience), max_iter=int(self.max_iter), tol=float(self.tol),
-                          random_state=int(self.random_state), progress=bool(self.progress))
+                          random_state=int(self.random_state), progress=bool(self.progress),
+                          precision=self.precision)
 
     def _device(self) -> torch.device:
         return torch.device(self.device or "cpu")
 
-    def _stats(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Train mean and scale used for standardisation (zeros and ones when switched off)."""
-        mean, std = feature_stats(X)  # also rejects NaN / inf
-        if not self.standardize:
-            return np.zeros_like(mean), np.ones_like(std)
-        return mean, np.where(std > 0, std, 1.0)
+    def _prepare_data(self, X: np.ndarray, cfg: _FitConfig) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+        """Train mean and scale (zeros and ones when switched off) and, for Adam, the standardised features."""
+        dtypes = _bank_dtypes(cfg)
+        return _prepare(X, standardize=self.standardize, matmul_dtype=dtypes.get("matmul_dtype", dtypes["dtype"]),
+                        device=self._device(), materialise=cfg.solver == "adam")
 
     def _targets(self, y: np.ndarray, *, fitting: bool, name: str = "y") -> np.ndarray:
         """Encoded targets: class indices (classifier) or float32 values (regressor)."""
@@ -814,20 +988,27 @@ class _BaseProbe(BaseEstimator):
             X_dev = _check_features(X_dev, name="X_dev", n_features=X.shape[1])
             y_dev = _check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
             Yd = self._targets(y_dev, fitting=False, name="y_dev")[:, None]
-        cfg = self._config(float(X.shape[0]) * X.shape[1])
-        mean, scale = self._stats(X)
+        cfg = self._config(float(X.shape[0]) * X.shape[1], X_dev is not None)
+        mean, scale, Xt = self._prepare_data(X, cfg)
         n_out = 1 if self._task == "regression" else len(self.classes_)
         cw = None if self._task == "regression" else _class_weights(self.class_weight, Y[:, None], n_out, self.classes_)
-        bank = _Bank("flat", (X.shape[1],), 1, n_out, mean, scale, self._device(), _bank_dtype(cfg))
+        bank = _Bank("flat", (X.shape[1],), 1, n_out, mean, scale, self._device(), **_bank_dtypes(cfg))
         if self._task == "regression":
             with torch.no_grad():
                 bank.bias.fill_(float(np.mean(Y)))
-        info = _fit_bank(bank, X, Y[:, None], X_dev=X_dev, Y_dev=Yd, class_weight=cw, cfg=cfg, device=self._device())
+        info = _fit_bank(bank, X, Y[:, None], X_dev=X_dev, Y_dev=Yd, class_weight=cw, cfg=cfg, device=self._device(),
+                         X_std=Xt)
         self._set_weights(*bank.export(0, 0), mean, scale)
-        self.solver_ = cfg.solver
-        self.n_iter_ = info.get("n_iter", info.get("n_epochs"))
-        self.best_epoch_ = int(info["best_epoch"][0]) if "best_epoch" in info else None
+        self._set_info(info, 0, cfg.solver)
         return self
+
+    def _set_info(self, info: dict[str, Any], p: int, solver: str) -> None:
+        """Store the training facts of probe ``p`` of a bank."""
+        self.solver_ = solver
+        self.n_iter_ = info.get("n_iter", info.get("n_epochs"))
+        self.best_epoch_ = int(info["best_epoch"][p]) if "best_epoch" in info else None
+        self.dev_history_ = info["history"][:, p].tolist() if "history" in info else None
+        self.lr_ = float(info["lr"][p]) if "lr" in info else None
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Linear outputs ``X @ coef_.T + intercept_``.
@@ -864,8 +1045,13 @@ class LinearProbe(ClassifierMixin, _BaseProbe):
     l2_squared : bool
         Use ``l2 * ||W||_F ** 2`` (ridge) instead of the authors' unsquared norm.
     solver : {"auto", "lbfgs", "adam"}
-        See the module docstring. "auto" takes L-BFGS up to ``LBFGS_MAX_CELLS`` cells.
-    lr, batch_size, max_epochs, patience : Adam settings; ``patience`` epochs without a better dev
+        See the module docstring. "auto": Adam with a dev split or above ``LBFGS_MAX_CELLS``
+        cells, else L-BFGS.
+    lr : "auto" or float
+        Adam step. "auto" (default) is ``auto_lr(n_features) = min(1e-2, 3 / n_features)``: on
+        standardised inputs Adam's per-weight steps add up over the features, so the authors' 1e-3
+        (tuned for raw activations) is 3x too large for 9,984 neurons and 4x too small for 768.
+    batch_size, max_epochs, patience : Adam settings; ``patience`` epochs without a better dev
         accuracy stop training (only when ``X_dev`` is given), and the best epoch's weights are kept.
     max_iter, tol : L-BFGS iterations and tolerance on the largest gradient entry.
     standardize : bool
@@ -876,6 +1062,10 @@ class LinearProbe(ClassifierMixin, _BaseProbe):
         Seed of the minibatch order (weights start at zero).
     device : str, optional
         Torch device; defaults to the CPU (bit-for-bit reproducible).
+    precision : {"float32", "bfloat16"}
+        Adam only: keep the standardised inputs and do the matrix products in bfloat16 (weights,
+        losses and accumulation stay float32). About 4x faster matrix products on CPUs with
+        AVX512-BF16 (and on GPUs), at 3 significant digits per standardised input.
     progress : bool
         Show a tqdm bar over Adam steps.
 
@@ -894,6 +1084,10 @@ class LinearProbe(ClassifierMixin, _BaseProbe):
         L-BFGS iterations or Adam epochs run.
     best_epoch_ : int or None
         Adam epoch whose weights were kept (with a dev split).
+    dev_history_ : list of float or None
+        Adam: dev accuracy after each epoch (with a dev split).
+    lr_ : float or None
+        Adam step used.
     """
 
     _task = "classification"
@@ -975,13 +1169,14 @@ def make_probe(y: Any, **params: Any) -> "LinearProbe | LinearProbeRegressor":
 
 
 def _probe_from_weights(template: _BaseProbe, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray,
-                        scale: np.ndarray, classes: np.ndarray | None, solver: str) -> _BaseProbe:
-    """A fitted probe with the parameters of ``template`` and the given standardised weights."""
+                        scale: np.ndarray, classes: np.ndarray | None, info: dict[str, Any], p: int,
+                        solver: str) -> _BaseProbe:
+    """A fitted probe with the parameters of ``template``, the given standardised weights, and probe p's facts."""
     probe = type(template)(**template.get_params())
     if classes is not None:
         probe.classes_ = classes
     probe._set_weights(w_std, b_std, mean, scale)
-    probe.solver_ = solver
+    probe._set_info(info, p, solver)
     return probe
 
 
@@ -1039,7 +1234,7 @@ def fit_layer_probes(
     *,
     activations_dev: Any,
     y_dev: Any,
-    mode: Mode = "independent",
+    mode: Mode | Sequence[Mode] = "independent",
     words: Sequence[str] | None = None,
     words_dev: Sequence[str] | None = None,
     probe_params: dict | None = None,
@@ -1065,8 +1260,9 @@ def fit_layer_probes(
     activations_dev : array-like of shape (n_dev, n_layers, hidden)
     y_dev : array-like of shape (n_dev,)
         Dev split: scores are dev scores, and Adam early-stops on it.
-    mode : {"independent", "incremental", "oracle"}
-        One layer at a time; layers 0..l concatenated; all layers (one probe).
+    mode : {"independent", "incremental", "oracle"} or a list of them
+        One layer at a time; layers 0..l concatenated; all layers (one probe). With a list, the
+        activations are read and standardised once and each mode is trained in turn.
     words, words_dev : sequence of str, optional
         Word (or text) of each item; when given, control-task probes are trained too.
     probe_params : dict, optional
@@ -1086,8 +1282,9 @@ def fit_layer_probes(
         With ``return_probes``; probe ``i`` reads layer ``i`` (independent), layers ``0..i``
         (incremental) or all layers (oracle), with features in ``layer * hidden + unit`` order.
     """
-    if mode not in ("independent", "incremental", "oracle"):
-        raise ValueError(f"mode must be 'independent', 'incremental' or 'oracle', got {mode!r}")
+    for m in [mode] if isinstance(mode, str) else mode:
+        if m not in ("independent", "incremental", "oracle"):
+            raise ValueError(f"mode must be 'independent', 'incremental' or 'oracle' (or a list of them), got {m!r}")
     A = _check_features(activations, name="activations", ndim=3)
     y = _check_targets(y, A.shape[0], x_name="activations")
     n, L, h = A.shape
@@ -1113,48 +1310,96 @@ def fit_layer_probes(
     else:
         Y, Yd = Y[:, None], Yd[:, None]
     T = Y.shape[1]
-    per_probe_features = {"independent": h * L, "incremental": h * L * (L + 1) // 2, "oracle": h * L}[mode]
-    cfg = template._config(float(n) * per_probe_features * T)
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    per_probe_features = {"independent": h * L, "incremental": h * L * (L + 1) // 2, "oracle": h * L}
+    cfgs = {m: template._config(float(n) * per_probe_features[m] * T, True) for m in modes}
     dev = template._device()
-    mean, scale = template._stats(A)
+    # one read of the train activations for every mode: statistics and (Adam) standardised copy
+    cfg0 = next((c for c in cfgs.values() if c.solver == "adam"), cfgs[modes[0]])
+    mean, scale, At = template._prepare_data(A, cfg0)
     classes = getattr(template, "classes_", None)
     n_out = 1 if regression else len(classes)
     cw = None if regression else _class_weights(template.class_weight, Y, n_out, classes)
-    if mode == "oracle":
-        Xf, Xdf = A.reshape(n, L * h), Ad.reshape(Ad.shape[0], L * h)
-        bank = _Bank("flat", (L * h,), T, n_out, mean.reshape(-1), scale.reshape(-1), dev, _bank_dtype(cfg))
-    else:
-        Xf, Xdf = A, Ad
-        bank = _Bank(mode, (L, h), T, n_out, mean, scale, dev, _bank_dtype(cfg))
-    if regression:
-        with torch.no_grad():
-            bank.bias.fill_(float(np.mean(Y)))
-    _fit_bank(bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev)
-    # final dev predictions of every probe
-    out = _predict_bank(bank, Xdf, dev, "activations_dev").cpu().numpy()  # (n_dev, P, C)
-    layers = [L - 1] if mode == "oracle" else list(range(L))
-    n_probes = len(layers)
     rows, probes = [], []
-    for i, layer in enumerate(layers):
-        if regression:
-            score = pearson(y_dev.astype(np.float64), out[:, i, 0])
+    Adt = None
+    for m in modes:
+        cfg = cfgs[m]
+        if m == "oracle":
+            Xf, Xdf = A.reshape(n, L * h), Ad.reshape(Ad.shape[0], L * h)
+            bank = _Bank("flat", (L * h,), T, n_out, mean.reshape(-1), scale.reshape(-1), dev, **_bank_dtypes(cfg))
         else:
-            score = accuracy(Yd[:, 0], out[:, i].argmax(axis=1))
-        ctl = accuracy(Yd[:, 1], out[:, n_probes + i].argmax(axis=1)) if control else np.nan
-        n_feat = {"independent": h, "incremental": (layer + 1) * h, "oracle": L * h}[mode]
-        rows.append({"layer": layer, "mode": mode, "n_features": n_feat, "score": score, "control_score": ctl,
-                     "selectivity": score - ctl})
-        if return_probes:
-            if mode == "oracle":
-                m, s = mean.reshape(-1), scale.reshape(-1)
-            elif mode == "independent":
-                m, s = mean[layer], scale[layer]
+            Xf, Xdf = A, Ad
+            bank = _Bank(m, (L, h), T, n_out, mean, scale, dev, **_bank_dtypes(cfg))
+        if regression:
+            with torch.no_grad():
+                bank.bias.fill_(float(np.mean(Y)))
+        X_std = Xdev_std = None
+        if cfg.solver == "adam" and At is not None:
+            if Adt is None:
+                Adt = _standardized(bank, Ad.reshape(Xdf.shape), dev, "activations_dev", check=True)
+            X_std, Xdev_std = At.view(Xf.shape), Adt.view(Xdf.shape)
+        info = _fit_bank(bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std,
+                         X_dev_std=Xdev_std)
+        # final dev predictions of every probe
+        out = _predict_bank(bank, Xdev_std if Xdev_std is not None else Xdf, dev, "activations_dev").cpu().numpy()
+        layers = [L - 1] if m == "oracle" else list(range(L))
+        n_probes = len(layers)
+        for i, layer in enumerate(layers):
+            if regression:
+                score = pearson(y_dev.astype(np.float64), out[:, i, 0])
             else:
-                m, s = mean[: layer + 1].reshape(-1), scale[: layer + 1].reshape(-1)
-            w, b = bank.export(0, 0 if mode == "oracle" else layer)
-            probes.append(_probe_from_weights(template, w, b, m, s, classes, cfg.solver))
+                score = accuracy(Yd[:, 0], out[:, i].argmax(axis=1))
+            ctl = accuracy(Yd[:, 1], out[:, n_probes + i].argmax(axis=1)) if control else np.nan
+            n_feat = {"independent": h, "incremental": (layer + 1) * h, "oracle": L * h}[m]
+            rows.append({"layer": layer, "mode": m, "n_features": n_feat, "score": score, "control_score": ctl,
+                         "selectivity": score - ctl})
+            if return_probes:
+                if m == "oracle":
+                    mu, sd = mean.reshape(-1), scale.reshape(-1)
+                elif m == "independent":
+                    mu, sd = mean[layer], scale[layer]
+                else:
+                    mu, sd = mean[: layer + 1].reshape(-1), scale[: layer + 1].reshape(-1)
+                w, b = bank.export(0, 0 if m == "oracle" else layer)
+                probes.append(_probe_from_weights(template, w, b, mu, sd, classes, info, 0 if m == "oracle" else layer,
+                                                  cfg.solver))
     table = pd.DataFrame(rows, columns=["layer", "mode", "n_features", "score", "control_score", "selectivity"])
     return (table, probes) if return_probes else table
+
+
+def layer_probe_table(
+    activations: Any,
+    y: Any,
+    *,
+    activations_dev: Any,
+    y_dev: Any,
+    words: Sequence[str] | None = None,
+    words_dev: Sequence[str] | None = None,
+    probe_params: dict | None = None,
+    control_random_state: int = 0,
+) -> tuple[pd.DataFrame, _BaseProbe]:
+    """Independent and incremental layer probes and the oracle, in one tidy table, plus the oracle probe.
+
+    One call of ``fit_layer_probes`` with three modes (one batched model each, one read of the data).
+
+    Parameters
+    ----------
+    activations, y, activations_dev, y_dev, words, words_dev, probe_params, control_random_state
+        As in ``fit_layer_probes``.
+
+    Returns
+    -------
+    table : DataFrame
+        Rows of modes ``independent`` and ``incremental`` (one per layer) and ``oracle`` (one row,
+        ``layer = n_layers - 1``); columns as in ``fit_layer_probes``.
+    oracle : LinearProbe
+        The oracle probe, on features ``layer * hidden + unit``.
+    """
+    table, probes = fit_layer_probes(activations, y, activations_dev=activations_dev, y_dev=y_dev,
+                                     mode=["independent", "incremental", "oracle"], words=words, words_dev=words_dev,
+                                     probe_params=probe_params, control_random_state=control_random_state,
+                                     return_probes=True)
+    return table, probes[-1]
 
 
 def restrict_to_classes(X: Any, y: Any, classes: Sequence) -> tuple[Any, np.ndarray, int]:

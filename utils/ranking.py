@@ -403,3 +403,74 @@ def accuracy_curve(
         score, _ = _fit_top(X_train, y_train, X_dev, y_dev, np.sort(checked[name][:k]), params)
         rows.append({"ordering": name, "pct": pct, "k": k, "score": score})
     return pd.DataFrame(rows, columns=["ordering", "pct", "k", "score"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebook's tables
+
+
+def neuron_orderings(coef: Any, X: Any, y: Any, *, random_state: int = 0, step: float = 0.001) -> dict[str, np.ndarray]:
+    """The four orderings compared in notebook 03: LCA, random, bottom (LCA reversed) and probe-free.
+
+    Parameters
+    ----------
+    coef : array-like of shape (n_classes, n_features)
+        Weights of a probe on all of X's features (``probe.standardized_coef_``).
+    X : array-like of shape (n_samples, n_features)
+        Train features, for the probe-free ranking.
+    y : array-like of shape (n_samples,)
+    random_state : int
+        Seed of the random ordering.
+    step : float
+        LCA grid step.
+
+    Returns
+    -------
+    orderings : dict
+        ``{"lca", "random", "bottom", "mean_difference"}`` -> ordering of shape (n_features,).
+    """
+    lca = lca_ordering(coef, step=step)
+    return {"lca": lca, "random": random_ordering(len(lca), random_state=random_state),
+            "bottom": lca[::-1].copy(), "mean_difference": mean_difference_ordering(X, y)}
+
+
+def minimal_set_table(sets: Mapping[str, MinimalSet], *, X_test: Any, y_test: Any, oracle: Any, n_total: int,
+                      oracle_dev: float, n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
+    """Score minimal neuron sets and the oracle on the test split (read here, once).
+
+    Parameters
+    ----------
+    sets : mapping ordering name -> MinimalSet
+    X_test : array-like of shape (n_test, n_features)
+        All neurons; each set's probe reads ``X_test[:, set.neurons]``.
+    y_test : array-like of shape (n_test,)
+        Labels seen in training (drop others first, e.g. with ``probing.restrict_to_classes``).
+    oracle : fitted probe on all n_features
+    n_total : int
+        The model's neuron count (denominator of ``pct_kept``).
+    oracle_dev : float
+        The oracle's dev score (the targets were derived from it).
+    n_boot, random_state
+        Bootstrap of the test score's 95% interval.
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``ordering, neurons_total, neurons_kept, pct_kept, score, oracle_score`` (test scores;
+        ``pct_kept`` in percent), then ``score_low, score_high, dev_score, oracle_dev_score, target,
+        reached``.
+    """
+    from .probing import bootstrap_ci, is_regression_target
+
+    y_test = np.asarray(y_test)
+    metric = "pearson" if is_regression_target(y_test) else "accuracy"
+    oracle_score = float(oracle.score(X_test, y_test))
+    rows = []
+    for name, ms in sets.items():
+        pred = ms.probe.predict(np.asarray(X_test[:, ms.neurons]))
+        ci = bootstrap_ci(y_test, pred, metric, n_boot=n_boot, random_state=random_state)
+        rows.append({"ordering": name, "neurons_total": int(n_total), "neurons_kept": int(ms.k),
+                     "pct_kept": 100.0 * ms.k / n_total, "score": ci.estimate, "oracle_score": oracle_score,
+                     "score_low": ci.low, "score_high": ci.high, "dev_score": ms.score, "oracle_dev_score": oracle_dev,
+                     "target": ms.target, "reached": ms.reached})
+    return pd.DataFrame(rows)
