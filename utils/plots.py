@@ -185,3 +185,71 @@ def layer_share_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     ax.set_ylabel("neurons dropped by clustering (% of layer)")
     ax.legend(fontsize=8)
     return fig
+
+
+# ---- task-specific redundancy (notebook 03) -------------------------------------------------
+
+
+def layer_probe_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+    """Dev accuracy (left) and selectivity (right) per layer, independent and incremental probes.
+
+    ``table`` has columns ``layer, mode, score, control_score, selectivity`` with modes
+    ``independent``, ``incremental`` and one ``oracle`` row, drawn as a horizontal line.
+    """
+    fig, (ax_score, ax_sel) = plt.subplots(1, 2, figsize=(11, 3.9), layout="constrained")
+    colours = {"independent": "C0", "incremental": "C1"}
+    for mode, colour in colours.items():
+        g = table[table["mode"] == mode].sort_values("layer")
+        if not len(g):
+            continue
+        ax_score.plot(g["layer"], g["score"], marker="o", color=colour, label=f"{mode}: task")
+        if g["control_score"].notna().any():
+            ax_score.plot(g["layer"], g["control_score"], marker="x", linestyle="--", color=colour, alpha=0.6,
+                          label=f"{mode}: control task")
+            ax_sel.plot(g["layer"], g["selectivity"], marker="o", color=colour, label=mode)
+    oracle = table[table["mode"] == "oracle"]
+    if len(oracle):
+        ax_score.axhline(float(oracle["score"].iloc[0]), color="0.2", linestyle=":", linewidth=1.2,
+                         label=f"oracle (all layers) {float(oracle['score'].iloc[0]):.3f}")
+        if oracle["selectivity"].notna().any():
+            ax_sel.axhline(float(oracle["selectivity"].iloc[0]), color="0.2", linestyle=":", linewidth=1.2,
+                           label="oracle")
+    ax_score.set_title("dev accuracy")
+    ax_score.set_xlabel("layer (0 = embeddings; incremental: layers 0..l)")
+    ax_score.set_ylabel("accuracy")
+    ax_score.legend(fontsize=7)
+    ax_sel.set_title("selectivity = task − control accuracy")
+    ax_sel.set_xlabel("layer (0 = embeddings; incremental: layers 0..l)")
+    ax_sel.set_ylabel("selectivity")
+    if ax_sel.lines:
+        ax_sel.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def neuron_curves(curve: "pd.DataFrame", *, oracle: float, target: float | None, title: str) -> plt.Figure:
+    """Dev score against the number of top neurons kept (log scale), one line per ``ordering``."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, g in curve.groupby("ordering", sort=False):
+        g = g.sort_values("k")
+        ax.plot(g["k"], g["score"], marker="o", markersize=4, label=name)
+    ax.axhline(oracle, color="0.2", linestyle=":", linewidth=1.2, label=f"oracle {oracle:.3f}")
+    if target is not None:
+        ax.axhline(target, color="C3", linestyle="--", linewidth=1, label=f"target {target:.3f}")
+    ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("neurons kept (top k of each ordering; log scale)")
+    ax.set_ylabel("dev accuracy of a probe retrained on them")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def selected_layer_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+    """Bars of ``count`` per ``layer``, one colour per ``run`` (e.g. model · task): where selected neurons sit."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    sns.barplot(data=table, x="layer", y="count", hue="run", ax=ax)
+    ax.set_title(title)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("neurons of the minimal set")
+    ax.legend(fontsize=8)
+    return fig
