@@ -576,7 +576,8 @@ def _prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, dev
 
     Returns ``mean, scale`` (float64, shape X.shape[1:]; 0 and 1 without standardisation) and a
     tensor of X standardised in ``matmul_dtype`` (None when not materialised). The float32 copy is
-    made once; the statistics accumulate in float64 on shifted values (no cancellation).
+    made once; each chunk's mean and sum of squared deviations (float32, two-pass inside the chunk)
+    are merged across chunks in float64 (Chan, Golub & LeVeque's pairwise update).
     """
     itemsize = torch.finfo(matmul_dtype).bits // 8
     if not materialise or X.size * max(4, itemsize) > _MATERIALISE_BYTES:
@@ -585,18 +586,25 @@ def _prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, dev
     else:
         n = X.shape[0]
         starts, step = _chunks(n, int(np.prod(X.shape[1:])))
-        raw = torch.empty(X.shape, dtype=torch.float32, device=device)
-        shift = _as_tensor(np.asarray(X[0]), device, torch.float64)
-        total = torch.zeros(X.shape[1:], dtype=torch.float64, device=device)
-        sq = torch.zeros_like(total)
-        for s in starts:
-            raw[s : s + step] = _as_tensor(np.asarray(X[s : s + step]), device)
-            c = raw[s : s + step].double() - shift
-            total += c.sum(dim=0)
-            sq += (c * c).sum(dim=0)
-        m_shift = total / n
-        mean = (shift + m_shift).cpu().numpy()
-        std = torch.sqrt(torch.clamp(sq / n - m_shift**2, min=0)).cpu().numpy()
+        raw = torch.empty(X.shape, dtype=torch.float32)
+        raw_np = raw.numpy()
+        count, mean64, m2 = 0, None, None
+        for s in starts:  # per chunk: float32 mean and sum of squares about it; chunks merged in float64 (Chan et al.)
+            raw_np[s : s + step] = X[s : s + step]  # one copy, straight from the (memory-mapped) array
+            c = raw[s : s + step]
+            var_c, mean_c = torch.var_mean(c, dim=0, correction=0)
+            nb = c.shape[0]
+            mean_c, m2_c = mean_c.double(), var_c.double() * nb
+            if mean64 is None:
+                count, mean64, m2 = nb, mean_c, m2_c
+            else:
+                delta = mean_c - mean64
+                total = count + nb
+                mean64 = mean64 + delta * (nb / total)
+                m2 = m2 + m2_c + delta * delta * (count * nb / total)
+                count = total
+        mean = mean64.numpy()
+        std = torch.sqrt(m2 / n).numpy()
         _check_stats(mean, std)
         Xt = raw
     if standardize:
@@ -604,15 +612,19 @@ def _prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, dev
     else:
         mean, scale = np.zeros_like(mean), np.ones_like(std)
     if Xt is not None:
-        mean32 = torch.as_tensor(mean, dtype=torch.float32, device=device)
-        inv32 = torch.as_tensor(1.0 / scale, dtype=torch.float32, device=device)
-        out = Xt if matmul_dtype == torch.float32 else torch.empty(X.shape, dtype=matmul_dtype, device=device)
+        inv32 = torch.as_tensor(1.0 / scale, dtype=torch.float32)
+        shift32 = torch.as_tensor(-mean / scale, dtype=torch.float32)
+        narrow = matmul_dtype != torch.float32
+        # a narrower dtype is written into the front of the same buffer: chunk i's output ends before chunk
+        # i's input starts for every chunk but the first, which goes through a copy (no second allocation)
+        out = Xt.view(-1).view(matmul_dtype)[: Xt.numel()].view(X.shape) if narrow else Xt
         with torch.no_grad():
-            for s in starts:
-                chunk = Xt[s : s + step].sub_(mean32).mul_(inv32)
-                if out is not Xt:
-                    out[s : s + step] = chunk
-        Xt = out
+            for s in starts:  # x * (1 / scale) - mean / scale, in place
+                chunk = Xt[s : s + step]
+                torch.addcmul(shift32, chunk, inv32, out=chunk)
+                if narrow:
+                    out[s : s + step] = chunk.clone() if s == 0 else chunk
+        Xt = out.to(device)
     return mean, scale, Xt
 
 
