@@ -120,8 +120,9 @@ def reproduction_report(
         lines.append(f"  - {row.model} · {row.task}: {' and '.join(why)}.")
     lines += ["", "Why results may differ from the paper's: our encoders are sentence-embedding fine-tunes "
               "(all-MiniLM-L6-v2, all-mpnet-base-v2), not raw BERT/XLNet checkpoints; SmolLM2 is a 4-bit "
-              "quantised decoder; the training sets are smaller (65k PTB-sample tokens instead of 150k, "
-              "and a few thousand sentences per sentence task); sentence tasks use the pretrained (not "
+              "quantised decoder; the training sets are much smaller (the PTB sample holds 65k training tokens "
+              "against the paper's 150k, and the full run uses a budget of them; a few thousand sentences per "
+              "sentence task); sentence tasks use the pretrained (not "
               "task-fine-tuned) models; and the dev-set choice rule here is explicit (fewest neurons keeping "
               "97% of the oracle on dev)."]
     return "\n".join(lines)
