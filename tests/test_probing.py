@@ -191,6 +191,22 @@ def test_memmap_input_gives_the_same_probe(tmp_path):
     assert np.array_equal(a.coef_, b.coef_)
 
 
+def test_bfloat16_and_streamed_inputs_train_the_same_probe(monkeypatch):
+    from utils import probing
+
+    X, y = noisy_problem(n=1200)
+    params = dict(solver="adam", max_epochs=4, batch_size=64)
+    ref = LinearProbe(**params).fit(X[:900], y[:900], X_dev=X[900:], y_dev=y[900:])
+    half = LinearProbe(**params, precision="bfloat16").fit(X[:900], y[:900], X_dev=X[900:], y_dev=y[900:])
+    assert abs(half.score(X[900:], y[900:]) - ref.score(X[900:], y[900:])) <= 0.02
+    np.testing.assert_allclose(half.standardized_coef_, ref.standardized_coef_, atol=0.05)
+    # inputs too large to copy are standardised batch by batch: the same probe up to rounding
+    monkeypatch.setattr(probing, "_MATERIALISE_BYTES", 0)
+    streamed = LinearProbe(**params).fit(X[:900], y[:900], X_dev=X[900:], y_dev=y[900:])
+    np.testing.assert_allclose(streamed.coef_, ref.coef_, rtol=1e-4, atol=1e-5)
+    assert streamed.best_epoch_ == ref.best_epoch_
+
+
 def test_adam_keeps_the_best_dev_epoch():
     X, y = noisy_problem(n=1200)
     probe = LinearProbe(solver="adam", lr=0.05, max_epochs=12, patience=3, batch_size=32)

@@ -18,7 +18,8 @@ penalised. Two optimisers:
   exact L1 solution would set to (near) zero move, and by at most about ``eps``.
 - ``solver="adam"``: minibatch Adam on the exact penalty (subgradient 0 at 0, as the authors), with
   minibatches shuffled by a seeded ``torch.Generator``, and early stopping on a dev split (the
-  weights of the best dev epoch are kept).
+  weights of the best dev epoch are kept). ``lr="auto"`` scales the step with the number of
+  features (``auto_lr``); ``precision="bfloat16"`` does the matrix products in bfloat16.
 - ``solver="auto"`` (default) picks Adam when a dev split is given (early stopping is then the
   regulariser that matters: with penalties of 1e-5 the exact optimum of a probe on more neurons
   than tokens is an overfit one) or when ``n_samples * n_features`` (summed over all probes trained
@@ -30,9 +31,11 @@ softmax is blind to a shift shared by all classes, and without this constraint t
 leaves that shift, and so every |w| that LCA ranks by, to the whims of the optimiser.
 
 Standardisation (``standardize=True``) uses each feature's train mean and standard deviation
-(``mean_``, ``scale_``) and is folded into the weights (``X @ (W / scale).T + b - ...``), so the
-data is never copied. The penalty applies to the standardised weights ``standardized_coef_``; the
-fitted ``coef_`` and ``intercept_`` act on the original features (``X @ coef_.T + intercept_``).
+(``mean_``, ``scale_``). Adam reads the train features once into a standardised in-memory copy
+(up to 4 GiB; larger inputs are standardised batch by batch from the array or memmap) and
+``fit_layer_probes`` shares that copy between all the modes it trains; L-BFGS standardises row
+chunks. The penalty applies to the standardised weights ``standardized_coef_``; the fitted
+``coef_`` and ``intercept_`` act on the original features (``X @ coef_.T + intercept_``).
 **Neuron rankings use ``standardized_coef_``** (= ``coef_ * scale_``): a weight on a unit-variance
 feature says how much the neuron's typical variation moves the logits, which is comparable across
 neurons whose raw scales differ by orders of magnitude in transformers. The authors ranked raw
