@@ -308,6 +308,10 @@ def test_general_redundancy_agrees_with_the_separate_steps(acts):
     assert (result.n_items, result.n_layers, result.hidden) == (120, 4, 6)
     np.testing.assert_allclose(result.cka, layer_similarity(acts, chunk_size=32, progress=False), atol=1e-12)
     np.testing.assert_allclose(result.cka_debiased, layer_similarity(acts, debiased=True, progress=False), atol=1e-5)
+    z = acts.reshape(120, -1)
+    z = (z - z.mean(0)) / z.std(0)
+    want = layer_similarity(z.reshape(acts.shape), chunk_size=32, progress=False)
+    np.testing.assert_allclose(result.cka_standardized, want, atol=1e-5)
     assert result.kept["threshold"].tolist() == [0.5, 0.6, 0.8]  # the reference threshold is added
     reference = cluster_neurons(corr, 0.6)
     np.testing.assert_array_equal(result.clusters.labels, reference.labels)

@@ -281,3 +281,26 @@ def test_cross_model_similarity_refuses_stores_of_different_items(layered):
     np.testing.assert_allclose(np.diagonal(same), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="hold different items"):
         cross_model_similarity(Store(layered, words), Store(layered, words[::-1]), progress=False)
+
+
+def test_standardized_layer_cka_equals_cka_of_standardized_layers():
+    from utils.similarity import linear_cka, standardized_layer_cka
+
+    rng = np.random.default_rng(3)
+    acts = rng.normal(size=(200, 3, 5))
+    acts[:, 1] = acts[:, 0] @ rng.normal(size=(5, 5)) + 0.1 * rng.normal(size=(200, 5))
+    acts[:, 2, 0] *= 1000.0  # an outlier dimension: raw CKA would be dominated by it
+    flat = acts.reshape(200, -1)
+    z = (flat - flat.mean(0)) / flat.std(0)
+    corr = np.corrcoef(flat, rowvar=False)
+    got = standardized_layer_cka(corr, [5, 5, 5])
+    for i in range(3):
+        for j in range(3):
+            want = linear_cka(z[:, 5 * i:5 * i + 5], z[:, 5 * j:5 * j + 5])
+            np.testing.assert_allclose(got[i, j], want, atol=1e-10)
+    assert not np.isclose(got[0, 2], linear_cka(flat[:, :5], flat[:, 10:]))
+    # a block of only constant features is undefined, not 0
+    partial = standardized_layer_cka(corr, [5, 5, 5], constant=np.arange(5))
+    assert np.isnan(partial[0]).all() and np.isfinite(partial[1:, 1:]).all()
+    with pytest.raises(ValueError, match="sum of block_sizes"):
+        standardized_layer_cka(corr, [5, 5])

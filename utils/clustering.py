@@ -28,6 +28,7 @@ import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage as scipy_linkage
 
 from .similarity import (
+    standardized_layer_cka,
     DEFAULT_CHUNK_SIZE,
     ConstantFeatureWarning,
     GramAccumulator,
@@ -463,6 +464,9 @@ class GeneralRedundancy:
     n_items, n_layers, hidden : int
     cka, cka_debiased : ndarray of shape (n_layers, n_layers)
         Linear CKA between layers, biased (the paper's) and debiased.
+    cka_standardized : ndarray of shape (n_layers, n_layers)
+        Linear CKA on dimension-standardised activations (the paper group's variant; constant
+        neurons left out).
     kept : DataFrame
         ``redundancy_by_threshold`` over the thresholds.
     layer_share : DataFrame
@@ -486,6 +490,7 @@ class GeneralRedundancy:
     hidden: int
     cka: np.ndarray
     cka_debiased: np.ndarray
+    cka_standardized: np.ndarray
     kept: pd.DataFrame
     layer_share: pd.DataFrame
     spans: pd.DataFrame
@@ -536,6 +541,7 @@ def general_redundancy(
     cka_debiased = acc.block_similarity(debiased=True)
     constant = acc.constant_features()
     corr = acc.correlation()
+    cka_standardized = standardized_layer_cka(corr, [hidden] * n_layers, constant=constant)
     del acc  # the Gram strips: free them before the linkage needs its memory
     thresholds = sorted(set(float(t) for t in thresholds) | {float(reference_threshold)})
     sweep = cluster_sweep(corr, thresholds)
@@ -544,6 +550,7 @@ def general_redundancy(
     spans.insert(0, "threshold", float(reference_threshold))
     return GeneralRedundancy(
         n_items=n_items, n_layers=n_layers, hidden=hidden, cka=cka_biased, cka_debiased=cka_debiased,
+        cka_standardized=cka_standardized,
         kept=redundancy_by_threshold(sweep),
         layer_share=layer_redundancy(sweep, n_layers=n_layers, hidden=hidden),
         spans=spans,

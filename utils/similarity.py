@@ -817,3 +817,39 @@ def adjacent_layer_summary(cka_matrix: Any) -> dict[str, Any]:
         "upper_adjacent": _nanmean(adjacent[half:]),
         "undefined_layers": np.flatnonzero(~np.isfinite(np.diagonal(m))).tolist(),
     }
+
+
+def standardized_layer_cka(corr: Any, block_sizes: Sequence[int], *, constant: Any = ()) -> np.ndarray:
+    """Linear CKA between feature blocks after standardising every feature, from the correlation matrix.
+
+    With each feature scaled to unit variance, the centred Gram is the correlation matrix R, so
+    CKA(a, b) = ‖R_ab‖²_F / (‖R_aa‖_F ‖R_bb‖_F). This is the variant of the paper's group
+    (dimension-standardised activations): no single high-variance neuron can dominate, which matters
+    for models with outlier dimensions (SmolLM2).
+
+    Parameters
+    ----------
+    corr : array-like of shape (n_features, n_features)
+        Pearson correlation, e.g. ``GramAccumulator.correlation()``.
+    block_sizes : sequence of int
+        Features per block (layer), summing to ``n_features``.
+    constant : array-like of int, optional
+        Constant features: left out (a block of only constant features gets ``nan``).
+
+    Returns
+    -------
+    cka : ndarray of shape (n_blocks, n_blocks), float64
+    """
+    corr = np.asarray(corr)
+    starts = np.r_[0, np.cumsum(block_sizes)]
+    if corr.ndim != 2 or corr.shape[0] != corr.shape[1] or starts[-1] != corr.shape[0]:
+        raise ValueError(f"corr must be square with {starts[-1]} rows (the sum of block_sizes), got {corr.shape}")
+    live = np.ones(corr.shape[0], dtype=np.float64)
+    live[np.asarray(constant, dtype=np.int64)] = 0.0
+    hsic = np.zeros((len(block_sizes), len(block_sizes)))
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        band = np.square(corr[a:b], dtype=np.float64) * live[a:b, None] * live[None, :]
+        hsic[i] = np.add.reduceat(band.sum(axis=0), starts[:-1])
+    norms = np.sqrt(np.diagonal(hsic))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hsic / np.outer(norms, norms)
