@@ -24,6 +24,10 @@ PAPER_CLAIMS = {
 }
 
 
+README_COLUMNS = {"pct_kept": "% neurons", "pct_of_oracle": "% of oracle"}
+"""How the README's results table names the columns of ``transfer_results.csv`` it renames."""
+
+
 def markdown_table(df: pd.DataFrame, *, digits: int = 3) -> str:
     """Render a DataFrame as a GitHub markdown table (floats rounded to ``digits``)."""
     def cell(v: object) -> str:

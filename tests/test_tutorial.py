@@ -1,0 +1,141 @@
+"""The tutorial checks: executed copies, named artefacts, README numbers, provenance.
+
+Each check is tested on a real executed notebook (papermill runs a two-cell source in a kernel)
+and then shown to fail when the copy is broken the way a careless commit breaks it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import nbformat
+import pandas as pd
+import pytest
+
+from utils import tutorial
+from utils.report import README_COLUMNS, markdown_table
+
+
+@pytest.fixture(scope="module")
+def executed_pair(tmp_path_factory):
+    """A source notebook (parameters cell + two code cells) and its papermill-executed copy."""
+    pm = pytest.importorskip("papermill")
+    folder = tmp_path_factory.mktemp("nb")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("n = 3")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Demo\nWrites `figures/demo.csv`."), params,
+                nbformat.v4.new_code_cell("squares = [i * i for i in range(n)]"),
+                nbformat.v4.new_code_cell("print(sum(squares))")]
+    source, executed = folder / "demo.ipynb", folder / "executed.ipynb"
+    nbformat.write(nb, source)
+    pm.execute_notebook(str(source), str(executed), parameters={"n": 4}, kernel_name="python3", progress_bar=False)
+    return source, executed
+
+
+def test_executed_copy_passes_and_ran_the_injected_parameters(executed_pair):
+    source, executed = executed_pair
+    assert tutorial.executed_problems(source, executed) == []
+    assert tutorial.source_problems(source) == []
+    run = nbformat.read(executed, as_version=4)
+    assert run.cells[-1].outputs[0]["text"].strip() == str(sum(i * i for i in range(4)))  # n = 4 was injected
+    assert tutorial.source_problems(executed)  # an executed copy is no source: outputs + injected cell
+
+
+def test_stripped_outputs_fail_the_check(executed_pair, tmp_path):
+    source, executed = executed_pair
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+    stripped = tmp_path / "stripped.ipynb"
+    nbformat.write(nb, stripped)
+    problems = tutorial.executed_problems(source, stripped)
+    assert any("no cell has any output" in p for p in problems)
+
+    for cell in nb.cells:  # nbstripout also clears execution counts
+        if cell.cell_type == "code":
+            cell.execution_count = None
+    nbformat.write(nb, stripped)
+    assert any("never executed" in p for p in tutorial.executed_problems(source, stripped))
+
+
+def test_changed_source_and_failed_run_fail_the_check(executed_pair, tmp_path):
+    source, executed = executed_pair
+    nb = nbformat.read(source, as_version=4)
+    nb.cells[2].source = "squares = [i ** 3 for i in range(n)]"
+    changed = tmp_path / "changed.ipynb"
+    nbformat.write(nb, changed)
+    assert any("differs from" in p for p in tutorial.executed_problems(changed, executed))
+
+    run = nbformat.read(executed, as_version=4)
+    run.metadata["papermill"]["exception"] = True
+    failed = tmp_path / "failed.ipynb"
+    nbformat.write(run, failed)
+    assert any("exception" in p for p in tutorial.executed_problems(source, failed))
+    assert any("no executed copy" in p for p in tutorial.executed_problems(source, tmp_path / "absent.ipynb"))
+
+
+def test_named_artifacts_are_found_and_missing_ones_reported(tmp_path):
+    text = "See `figures/layer_cka.png` and figures/transfer_results.csv; not figures/ alone, nor figures/x.py."
+    assert tutorial.referenced_artifacts(text) == {"figures/layer_cka.png", "figures/transfer_results.csv"}
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "layer_cka.png").write_bytes(b"png")
+    assert tutorial.missing_artifacts([text], root=tmp_path) == ["figures/transfer_results.csv"]
+
+
+def test_readme_table_check_catches_a_changed_number():
+    table = pd.DataFrame({"model": ["a", "b"], "test": [0.8761, 0.5], "pct_kept": [4.0, float("nan")]})
+    markdown = markdown_table(table.rename(columns=README_COLUMNS), digits=3)
+    assert tutorial.table_problems(markdown, table.rename(columns=README_COLUMNS)) == []
+    edited = markdown.replace("0.876", "0.880")
+    problems = tutorial.table_problems(edited, table.rename(columns=README_COLUMNS))
+    assert problems == ["row 1, column 'test': the table says '0.880', the CSV 0.8761"]
+    assert tutorial.table_problems(markdown, table.iloc[:1].rename(columns=README_COLUMNS)) == [
+        "the table has 2 rows, the CSV 1"]
+
+
+def test_committed_readme_numbers_match_their_csv():
+    """The README's generated results table says what figures/transfer_results.csv says."""
+    readme = (tutorial.REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    results = tutorial.section(readme, "results")
+    assert results, "the README has no generated results section"
+    csv = pd.read_csv(tutorial.REPO_ROOT / "figures" / "transfer_results.csv").rename(columns=README_COLUMNS)
+    assert tutorial.table_problems(results, csv) == []
+
+
+def test_provenance_record_and_staleness(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "utils").mkdir(parents=True)
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (repo / "utils" / "a.py").write_text("x = 1\n")
+    git("add", "."), git("commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    assert tutorial.provenance_staleness({"commit": first}, repo=repo) is None
+    (repo / "utils" / "a.py").write_text("x = 2\n")
+    git("commit", "-qam", "two")
+    message = tutorial.provenance_staleness({"commit": first}, repo=repo)
+    assert message and first[:10] in message and "make reproduce" in message
+
+    runs = [tutorial.NotebookRun("01_x", 12.34, 100.0), tutorial.NotebookRun("02_y", 2.0, 250.4)]
+    path = tutorial.write_provenance(tmp_path / "provenance.json", runs, params_file=tmp_path / "p.yaml", started=0.0)
+    record = json.loads(path.read_text())
+    assert record["total_seconds"] == pytest.approx(14.3, abs=0.05)
+    assert record["peak_rss_mib"] == 250
+    assert [r["name"] for r in record["notebooks"]] == ["01_x", "02_y"]
+    assert "02_y" in tutorial.timing_table(copy.deepcopy(record))
+
+
+@pytest.mark.xfail(strict=True, reason="the committed notebooks and figures predate the current code: no full "
+                   "`make reproduce` of it has been committed yet (02/03 lack outputs); strict, so the first "
+                   "consistent full run makes this test fail until the marker is removed")
+def test_committed_tutorial_is_consistent():
+    assert tutorial.tutorial_problems() == []

@@ -1,0 +1,367 @@
+"""The rendered tutorial: run the notebooks, record where the results came from, check the copies.
+
+Start reading at ``run_notebooks`` (what ``make reproduce`` calls), then ``tutorial_problems``
+(what ``make test`` checks on the committed tree).
+
+Layout. ``notebooks/NN_*.ipynb`` are **sources**: no outputs, their own ``parameters`` cell, so
+that opening one in JupyterLab runs it with the same defaults as its neighbours. ``make reproduce``
+executes each source with papermill into ``notebooks/executed/NN_*.ipynb`` (a **copy** with
+outputs, the full parameters injected in a cell tagged ``injected-parameters``) and renders it to
+``notebooks/html/NN_*.html``. A reader reads the copies; a user runs the sources; git diffs of the
+sources stay readable. One run writes every copy, figure and table together, and the record of that
+run (``figures/provenance.json``: commit, package versions, machine, per-notebook wall time and
+peak memory) sits next to the figures.
+
+The checks (each returns a list of problems, empty when all is well):
+
+- ``executed_problems(source, executed)``: the copy exists, every code cell ran, it has outputs,
+  papermill recorded no exception, and its code equals the source's (the injected cell aside).
+- ``missing_artifacts(paths, texts)``: every ``figures/...`` file named in the README or a notebook
+  exists.
+- ``table_problems(readme, csv)``: the README's generated results table says what the CSV it was
+  written from says.
+- ``provenance_staleness(record)``: a sentence when the recorded commit is older than the last
+  change to ``utils/`` or ``notebooks/`` (reported, not failed: a code change lands before its run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import nbformat
+
+from .paths import REPO_ROOT
+
+NOTEBOOKS: tuple[str, ...] = (
+    "01_activation_extraction",
+    "02_general_redundancy",
+    "03_task_specific_redundancy",
+    "04_feature_selected_transfer",
+)
+"""The notebooks ``make reproduce`` runs, in order (each reads what the one before wrote)."""
+
+SOURCE_DIR = REPO_ROOT / "notebooks"
+EXECUTED_DIR = SOURCE_DIR / "executed"
+INJECTED_TAG = "injected-parameters"
+PROVENANCE_FILE = "provenance.json"
+_PACKAGES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "pandas", "papermill", "matplotlib")
+_ARTIFACT = re.compile(r"\bfigures/[\w./-]+\.(?:png|csv|txt|json)\b")
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the notebooks
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class NotebookRun:
+    """One executed notebook: its name, wall time in seconds and the kernel's peak RSS in MiB."""
+
+    name: str
+    seconds: float
+    peak_rss_mib: float
+
+
+def _git(*args: str, cwd: Path = REPO_ROOT) -> str:
+    """Run ``git args`` in ``cwd`` and return its stripped stdout ('' when git fails)."""
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _children_peak_rss_mib() -> float:
+    """Peak resident memory of the largest child process waited for so far, in MiB (Linux: KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+
+def run_notebooks(
+    names: Sequence[str],
+    *,
+    params_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    figures_dir: str | os.PathLike,
+    progress: bool = True,
+) -> list[NotebookRun]:
+    """Execute the source notebooks ``names`` in order with papermill and record the run.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Notebook stems under ``notebooks/`` (e.g. ``"01_activation_extraction"``).
+    params_file : path
+        YAML file of papermill parameters (``notebooks/params/full.yaml``).
+    out_dir : path
+        Folder for the executed copies (``notebooks/executed`` for the full run).
+    figures_dir : path
+        Where the provenance record is written (the run's figures folder).
+    progress : bool, default True
+        Papermill's per-cell progress bar.
+
+    Returns
+    -------
+    runs : list of NotebookRun
+        One per notebook, in order. The provenance record is written after every notebook, so an
+        interrupted run still says how far it got.
+    """
+    import papermill as pm
+    import yaml
+
+    params = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
+    out_dir, figures_dir = Path(out_dir), Path(figures_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    started, runs = time.time(), []
+    for name in names:
+        source = SOURCE_DIR / f"{name}.ipynb"
+        if not source.exists():
+            raise FileNotFoundError(f"no notebook {source}; expected one of {', '.join(NOTEBOOKS)}")
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        pm.execute_notebook(
+            str(source), str(out_dir / source.name), parameters=params, cwd=str(REPO_ROOT),
+            kernel_name="python3", progress_bar=progress,
+        )
+        runs.append(NotebookRun(name, time.perf_counter() - t0, _children_peak_rss_mib()))
+        write_provenance(figures_dir / PROVENANCE_FILE, runs, params_file=params_file, started=started)
+    return runs
+
+
+def provenance_record(runs: Iterable[NotebookRun], *, params_file: str | os.PathLike, started: float) -> dict:
+    """What made the committed results: commit, versions, machine, per-notebook time and memory."""
+    runs = list(runs)
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem_gib = None
+    params_path = Path(params_file).resolve()
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--", "utils", "notebooks/params")),
+        "params_file": str(params_path.relative_to(REPO_ROOT)) if params_path.is_relative_to(REPO_ROOT) else str(params_path),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "versions": versions,
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "cpus": os.cpu_count(), "memory_gib": None if mem_gib is None else round(mem_gib, 1)},
+        "notebooks": [{"name": r.name, "seconds": round(r.seconds, 1), "peak_rss_mib": round(r.peak_rss_mib)}
+                      for r in runs],
+        "total_seconds": round(sum(r.seconds for r in runs), 1),
+        "peak_rss_mib": round(max((r.peak_rss_mib for r in runs), default=0.0)),
+    }
+
+
+def write_provenance(path: str | os.PathLike, runs: Iterable[NotebookRun], *, params_file: str | os.PathLike,
+                     started: float) -> Path:
+    """Write ``provenance_record(...)`` as JSON to ``path`` atomically; return the path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(provenance_record(runs, params_file=params_file, started=started), indent=2) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def timing_table(record: dict) -> str:
+    """A plain-text table of a provenance record's notebooks: seconds and peak memory."""
+    rows = [f"{'notebook':<34} {'seconds':>9} {'peak MiB':>9}"]
+    rows += [f"{r['name']:<34} {r['seconds']:>9.1f} {r['peak_rss_mib']:>9}" for r in record["notebooks"]]
+    rows.append(f"{'total':<34} {record['total_seconds']:>9.1f} {record['peak_rss_mib']:>9}")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks on the committed tree
+# --------------------------------------------------------------------------------------------------
+def code_cells(nb: nbformat.NotebookNode) -> list[str]:
+    """The sources of a notebook's code cells, without papermill's injected-parameters cell."""
+    return [c.source for c in nb.cells
+            if c.cell_type == "code" and INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+
+
+def executed_problems(source: str | os.PathLike, executed: str | os.PathLike) -> list[str]:
+    """What is wrong with the executed copy ``executed`` of the notebook ``source`` (empty: nothing).
+
+    A copy is right when it exists, papermill recorded no exception, every code cell ran (has an
+    execution count), it holds outputs, and its code cells equal the source's.
+    """
+    source, executed = Path(source), Path(executed)
+    if not executed.exists():
+        return [f"{executed.name}: no executed copy at {executed} (run `make reproduce`)"]
+    src, run = nbformat.read(source, as_version=4), nbformat.read(executed, as_version=4)
+    problems = []
+    if run.metadata.get("papermill", {}).get("exception"):
+        problems.append(f"{executed.name}: papermill recorded an exception (the run failed part-way)")
+    cells = [c for c in run.cells if c.cell_type == "code"]
+    unexecuted = sum(c.get("execution_count") is None for c in cells)
+    if unexecuted:
+        problems.append(f"{executed.name}: {unexecuted} of {len(cells)} code cells were never executed")
+    if not any(c.get("outputs") for c in cells):
+        problems.append(f"{executed.name}: no cell has any output (outputs stripped, or never run)")
+    if code_cells(src) != code_cells(run):
+        problems.append(f"{executed.name}: its code differs from {source.name} (the source changed after the "
+                        f"run: run `make reproduce` again)")
+    return problems
+
+
+def source_problems(source: str | os.PathLike) -> list[str]:
+    """What is wrong with a source notebook: it must carry no outputs and no injected parameters."""
+    nb = nbformat.read(Path(source), as_version=4)
+    name, problems = Path(source).name, []
+    if any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+        problems.append(f"{name}: the source holds outputs (executed copies belong in notebooks/executed/)")
+    if any(INJECTED_TAG in c.get("metadata", {}).get("tags", []) for c in nb.cells):
+        problems.append(f"{name}: the source holds papermill's injected parameters (it would not run with its own)")
+    return problems
+
+
+def referenced_artifacts(text: str) -> set[str]:
+    """Every ``figures/...`` file (png, csv, txt, json) named in ``text``, as repository-relative paths."""
+    return set(_ARTIFACT.findall(text))
+
+
+def missing_artifacts(texts: Iterable[str], *, root: Path = REPO_ROOT) -> list[str]:
+    """The ``figures/...`` files named in ``texts`` that do not exist under ``root``."""
+    named = set().union(*(referenced_artifacts(t) for t in texts)) if texts else set()
+    return sorted(p for p in named if not (root / p).exists())
+
+
+def markdown_table_rows(markdown: str) -> list[list[str]]:
+    """The cells of the first markdown table in ``markdown``: header first, the rule line dropped."""
+    rows, started = [], False
+    for line in markdown.splitlines():
+        line = line.strip()
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        elif started:
+            break
+    return rows
+
+
+def _same_cell(shown: str, value: object, digits: int) -> bool:
+    """Does the markdown cell ``shown`` say ``value`` (floats compared at ``digits`` decimals)?"""
+    if value is None or (isinstance(value, float) and value != value):
+        return shown in ("–", "-", "", "nan")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return shown == str(value)
+    try:
+        return abs(float(shown) - number) <= 0.5 * 10**-digits + 1e-12
+    except ValueError:
+        return False
+
+
+def table_problems(markdown: str, table: "pd.DataFrame", *, digits: int = 3) -> list[str]:  # noqa: F821
+    """Where the first markdown table in ``markdown`` differs from ``table`` (columns it shows only).
+
+    Parameters
+    ----------
+    markdown : str
+        Text holding a GitHub markdown table (e.g. the README's results section).
+    table : pandas.DataFrame
+        The CSV it was generated from; every column the markdown shows must exist in it.
+    digits : int, default 3
+        Decimals the markdown rounds floats to.
+    """
+    rows = markdown_table_rows(markdown)
+    if not rows:
+        return ["no markdown table found"]
+    header, body = rows[0], rows[1:]
+    missing = [h for h in header if h not in table.columns]
+    if missing:
+        return [f"the table shows columns {missing} that the CSV lacks (columns: {list(table.columns)})"]
+    if len(body) != len(table):
+        return [f"the table has {len(body)} rows, the CSV {len(table)}"]
+    problems = []
+    for i, (shown, row) in enumerate(zip(body, table[header].itertuples(index=False))):
+        for col, cell, value in zip(header, shown, row):
+            if not _same_cell(cell, value, digits):
+                problems.append(f"row {i + 1}, column {col!r}: the table says {cell!r}, the CSV {value!r}")
+    return problems
+
+
+def section(text: str, name: str) -> str:
+    """What stands between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``text`` ('' if absent)."""
+    m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)<!-- {re.escape(name)}:end -->", text, re.S)
+    return m.group(1) if m else ""
+
+
+def provenance_staleness(record: dict, *, repo: Path = REPO_ROOT) -> str | None:
+    """A sentence when ``record``'s commit predates the last change to ``utils/`` or ``notebooks/``."""
+    last = _git("log", "-1", "--format=%H", "--", "utils", "notebooks", cwd=repo)
+    made = record.get("commit", "")
+    if not last or not made or last == made:
+        return None
+    is_ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", last, made], cwd=repo,
+                                 capture_output=True, check=False).returncode == 0
+    if is_ancestor:  # the run was made at or after the last change
+        return None
+    return (f"the committed results come from commit {made[:10]}, older than the last change to utils/ or "
+            f"notebooks/ ({last[:10]}): run `make reproduce` to bring them up to date")
+
+
+def tutorial_problems(*, root: Path = REPO_ROOT, names: Sequence[str] = NOTEBOOKS) -> list[str]:
+    """Every check above on the tree at ``root``: the list of problems (empty when all is well)."""
+    import pandas as pd
+
+    problems = []
+    texts = [(root / "README.md").read_text(encoding="utf-8")]
+    for name in names:
+        source = root / "notebooks" / f"{name}.ipynb"
+        problems += source_problems(source)
+        problems += executed_problems(source, root / "notebooks" / "executed" / f"{name}.ipynb")
+        texts.append(source.read_text(encoding="utf-8"))
+    problems += [f"{p} is named in the README or a notebook but missing" for p in missing_artifacts(texts, root=root)]
+    results = section(texts[0], "results")
+    csv = root / "figures" / "transfer_results.csv"
+    if results and csv.exists():
+        from .report import README_COLUMNS
+
+        shown = pd.read_csv(csv).rename(columns=README_COLUMNS)
+        problems += [f"README results table: {p}" for p in table_problems(results, shown)]
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m utils.tutorial run|check``: run the notebooks and record provenance, or check the tree."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks with papermill and write the provenance record")
+    run.add_argument("--params", required=True, help="papermill parameters YAML")
+    run.add_argument("--out", required=True, help="folder for the executed copies")
+    run.add_argument("--figures", required=True, help="folder for provenance.json (the run's figures folder)")
+    run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS))
+    sub.add_parser("check", help="print what is wrong with the committed tutorial; exit 1 if anything")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_notebooks(args.notebooks, params_file=args.params, out_dir=args.out, figures_dir=args.figures)
+        record = json.loads((Path(args.figures) / PROVENANCE_FILE).read_text(encoding="utf-8"))
+        print(timing_table(record))
+    else:
+        problems = tutorial_problems()
+        print("\n".join(problems) if problems else "the tutorial is consistent")
+        raise SystemExit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
