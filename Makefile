@@ -7,11 +7,9 @@ PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
-NOTEBOOKS := 01_activation_extraction 02_general_redundancy 03_task_specific_redundancy 04_feature_selected_transfer
-PAPERMILL := $(PY) -m papermill -k python3 --cwd . --progress-bar
 PYTEST_ARGS ?= -m "not slow and not network"
 
-.PHONY: all venv reproduce quick test pytest lab html bench clean-quick
+.PHONY: all venv reproduce quick test pytest lab html bench clean-quick check-tutorial
 
 all: test
 
@@ -24,31 +22,23 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Full configuration: executed notebooks are written back in place (they read as a rendered tutorial),
-# figures and CSV tables land in figures/, HTML copies in notebooks/html/.
+# Full configuration: the sources in notebooks/ are executed into notebooks/executed/ (the copies a reader
+# reads, rendered to notebooks/html/), figures and CSV tables land in figures/, and figures/provenance.json
+# records the commit, versions, machine and each notebook's time and peak memory (utils/tutorial.py).
 reproduce: $(STAMP)
-	@start=$$(date +%s); \
-	for nb in $(NOTEBOOKS); do \
-	  [ -f notebooks/$$nb.ipynb ] || continue; \
-	  echo "== $$nb (full)"; \
-	  $(PAPERMILL) notebooks/$$nb.ipynb notebooks/$$nb.ipynb -f notebooks/params/full.yaml || exit 1; \
-	done; \
-	echo "make reproduce: $$(( $$(date +%s) - start )) s" | tee figures/reproduce_time.txt
+	$(PY) -m utils.tutorial run --params notebooks/params/full.yaml --out notebooks/executed --figures figures
 	$(MAKE) html
 
 html: $(STAMP)
-	$(PY) -m jupyter nbconvert --to html --output-dir notebooks/html $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))
+	$(PY) -m jupyter nbconvert --to html --output-dir notebooks/html notebooks/executed/*.ipynb
+
+# Is what a reader sees the output of the committed code? (executed copies, named figures, README numbers)
+check-tutorial: $(STAMP)
+	$(PY) -m utils.tutorial check
 
 # Quick configuration (MiniLM, small budgets): executed copies and figures go to build/quick/.
 quick: $(STAMP)
-	@mkdir -p build/quick/notebooks
-	@start=$$(date +%s); \
-	for nb in $(NOTEBOOKS); do \
-	  [ -f notebooks/$$nb.ipynb ] || continue; \
-	  echo "== $$nb (quick)"; \
-	  $(PAPERMILL) notebooks/$$nb.ipynb build/quick/notebooks/$$nb.ipynb -f notebooks/params/quick.yaml || exit 1; \
-	done; \
-	echo "make quick: $$(( $$(date +%s) - start )) s"
+	$(PY) -m utils.tutorial run --params notebooks/params/quick.yaml --out build/quick/notebooks --figures build/quick/figures
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -116,6 +116,9 @@ def run_notebooks(
     import papermill as pm
     import yaml
 
+    # Progress bars inside the kernels would be spilled into the executed copies line by line; the
+    # kernels inherit this variable (tqdm reads it when imported), papermill's own bar (imported above) stays.
+    os.environ["TQDM_DISABLE"] = "1"
     params = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
     out_dir, figures_dir = Path(out_dir), Path(figures_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
