@@ -139,3 +139,19 @@ def test_provenance_record_and_staleness(tmp_path):
                    "consistent full run makes this test fail until the marker is removed")
 def test_committed_tutorial_is_consistent():
     assert tutorial.tutorial_problems() == []
+
+
+def test_run_notebooks_executes_in_order_and_records_provenance(executed_pair, tmp_path):
+    source, _ = executed_pair
+    (tmp_path / "params.yaml").write_text("n: 5\n")
+    runs = tutorial.run_notebooks([source.stem], params_file=tmp_path / "params.yaml", out_dir=tmp_path / "out",
+                                  figures_dir=tmp_path / "figs", source_dir=source.parent, progress=False)
+    copy_ = tmp_path / "out" / source.name
+    assert tutorial.executed_problems(source, copy_) == []
+    assert nbformat.read(copy_, as_version=4).cells[-1].outputs[0]["text"].strip() == str(sum(i * i for i in range(5)))
+    record = json.loads((tmp_path / "figs" / tutorial.PROVENANCE_FILE).read_text())
+    assert [r["name"] for r in record["notebooks"]] == [source.stem] == [r.name for r in runs]
+    assert 20 < record["peak_rss_mib"] < 4096  # a Python kernel's resident memory, in MiB
+    with pytest.raises(FileNotFoundError, match="no notebook"):
+        tutorial.run_notebooks(["nope"], params_file=tmp_path / "params.yaml", out_dir=tmp_path / "out",
+                               figures_dir=tmp_path / "figs", source_dir=source.parent)

@@ -79,9 +79,21 @@ def _git(*args: str, cwd: Path = REPO_ROOT) -> str:
 
 
 def _children_peak_rss_mib() -> float:
-    """Peak resident memory of the largest child process waited for so far, in MiB (Linux: KiB)."""
+    """Peak resident memory of the largest child process waited for so far, in MiB (Linux reports KiB)."""
     kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+
+def _execute(source: str, executed: str, params: dict, progress: bool, peak: "multiprocessing.Queue") -> None:
+    """Run one notebook with papermill (in a process of its own) and report its kernel's peak memory."""
+    import papermill as pm
+
+    # Progress bars inside the kernel would be spilled into the executed copy line by line; the kernel
+    # inherits this variable (tqdm reads it when imported), papermill's own bar (imported above) stays.
+    os.environ["TQDM_DISABLE"] = "1"
+    pm.execute_notebook(source, executed, parameters=params, cwd=str(REPO_ROOT), kernel_name="python3",
+                        progress_bar=progress)
+    peak.put(_children_peak_rss_mib())
 
 
 def run_notebooks(
@@ -90,6 +102,7 @@ def run_notebooks(
     params_file: str | os.PathLike,
     out_dir: str | os.PathLike,
     figures_dir: str | os.PathLike,
+    source_dir: str | os.PathLike = SOURCE_DIR,
     progress: bool = True,
 ) -> list[NotebookRun]:
     """Execute the source notebooks ``names`` in order with papermill and record the run.
@@ -104,6 +117,8 @@ def run_notebooks(
         Folder for the executed copies (``notebooks/executed`` for the full run).
     figures_dir : path
         Where the provenance record is written (the run's figures folder).
+    source_dir : path, default ``notebooks/``
+        Folder of the source notebooks.
     progress : bool, default True
         Papermill's per-cell progress bar.
 
@@ -113,28 +128,30 @@ def run_notebooks(
         One per notebook, in order. The provenance record is written after every notebook, so an
         interrupted run still says how far it got.
     """
-    import papermill as pm
+    import multiprocessing
+
     import yaml
 
-    # Progress bars inside the kernels would be spilled into the executed copies line by line; the
-    # kernels inherit this variable (tqdm reads it when imported), papermill's own bar (imported above) stays.
-    os.environ["TQDM_DISABLE"] = "1"
     params = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
     out_dir, figures_dir = Path(out_dir), Path(figures_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")
     started, runs = time.time(), []
     for name in names:
-        source = SOURCE_DIR / f"{name}.ipynb"
+        source = Path(source_dir) / f"{name}.ipynb"
         if not source.exists():
             raise FileNotFoundError(f"no notebook {source}; expected one of {', '.join(NOTEBOOKS)}")
         print(f"== {name}", flush=True)
-        t0 = time.perf_counter()
-        pm.execute_notebook(
-            str(source), str(out_dir / source.name), parameters=params, cwd=str(REPO_ROOT),
-            kernel_name="python3", progress_bar=progress,
-        )
-        runs.append(NotebookRun(name, time.perf_counter() - t0, _children_peak_rss_mib()))
+        t0, peak = time.perf_counter(), ctx.Queue()
+        # One process per notebook, so that each kernel's peak memory is measured on its own.
+        child = ctx.Process(target=_execute, args=(str(source), str(out_dir / source.name), params, progress, peak))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"{name} failed (exit code {child.exitcode}); its partial output is in "
+                               f"{out_dir / source.name}")
+        runs.append(NotebookRun(name, time.perf_counter() - t0, peak.get()))
         write_provenance(figures_dir / PROVENANCE_FILE, runs, params_file=params_file, started=started)
     return runs
 
