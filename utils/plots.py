@@ -22,8 +22,9 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -89,14 +90,14 @@ def save(fig: plt.Figure, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
 # ---- shared helpers ---------------------------------------------------------------------------
 
 
-def spans_decades(values: "Sequence[float] | np.ndarray", decades: float = LOG_DECADES) -> bool:
+def spans_decades(values: Sequence[float] | np.ndarray, decades: float = LOG_DECADES) -> bool:
     """True when the positive finite ``values`` span at least ``decades`` powers of ten (max / min)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     return bool(v.size) and float(np.log10(v.max() / v.min())) >= decades
 
 
-def _require(table: "pd.DataFrame", columns: Sequence[str], what: str) -> None:
+def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(
@@ -132,14 +133,14 @@ def _panels(
     return fig, flat[:n]
 
 
-def _groups(table: "pd.DataFrame", column: str) -> list[tuple[str, "pd.DataFrame"]]:
+def _groups(table: pd.DataFrame, column: str) -> list[tuple[str, pd.DataFrame]]:
     """Sub-tables per value of ``column`` in order of appearance; the whole table when it is absent."""
     if column not in table.columns:
         return [("", table)]
     return [(str(k), g) for k, g in table.groupby(column, sort=False)]
 
 
-def _series_key(table: "pd.DataFrame") -> str:
+def _series_key(table: pd.DataFrame) -> str:
     """Column that names a series inside a model's panel: ``task`` if present, else ``run``."""
     for column in ("task", "run", "model"):
         if column in table.columns:
@@ -152,7 +153,7 @@ def _colors(values: Sequence[str]) -> dict[str, str]:
     return {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(values))}
 
 
-def _run_label(table: "pd.DataFrame") -> "pd.Series":
+def _run_label(table: pd.DataFrame) -> pd.Series:
     if "run" in table.columns:
         return table["run"].astype(str)
     if {"model", "task"} <= set(table.columns):
@@ -160,7 +161,7 @@ def _run_label(table: "pd.DataFrame") -> "pd.Series":
     raise ValueError(f"expected a 'run' column or 'model' and 'task' columns; got {list(table.columns)}")
 
 
-def _depth_note(table: "pd.DataFrame", layer_column: str = "layer") -> str:
+def _depth_note(table: pd.DataFrame, layer_column: str = "layer") -> str:
     return f" ({int(table[layer_column].max()) + 1} layers)" if layer_column in table.columns and len(table) else ""
 
 
@@ -169,7 +170,7 @@ def _legend_below(fig: plt.Figure, handles: list, labels: list[str], *, ncols: i
         fig.legend(handles, labels, loc="outside lower center", ncols=ncols or min(len(labels), 4), frameon=False)
 
 
-def _percent_ticks(ax: plt.Axes, values: "np.ndarray") -> None:
+def _percent_ticks(ax: plt.Axes, values: np.ndarray) -> None:
     ticks = [t for t in (100, 30, 10, 3, 1, 0.3, 0.1, 0.03, 0.01) if t >= np.nanmin(values) * 0.5]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -196,7 +197,7 @@ def _tick_step(n: int, length_pt: float, size: float = 9.0) -> int:
     return 1000
 
 
-def _draw_matrix(ax: plt.Axes, m: np.ndarray, *, vmin: float, vmax: float, cmap: str) -> "plt.cm.ScalarMappable":
+def _draw_matrix(ax: plt.Axes, m: np.ndarray, *, vmin: float, vmax: float, cmap: str) -> plt.cm.ScalarMappable:
     """Draw one matrix on ``ax``: NaN cells in ``UNDEFINED_COLOR`` under a hatch, in any colour map."""
     colormap = plt.get_cmap(cmap).with_extremes(bad=UNDEFINED_COLOR)
     image = ax.imshow(np.ma.masked_invalid(m), cmap=colormap, vmin=vmin, vmax=vmax, aspect="auto",
@@ -229,7 +230,7 @@ def _finish_matrix(ax: plt.Axes, m: np.ndarray, image, *, annotate: bool | None,
 
 
 def heatmap_panels(
-    matrices: "Mapping[str, np.ndarray]",
+    matrices: Mapping[str, np.ndarray],
     *,
     title: str,
     xlabel: str,
@@ -299,7 +300,7 @@ def heatmap_panels(
 # ---- activations (notebook 01) ----------------------------------------------------------------
 
 
-def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def norm_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Mean activation norm per layer: one panel per model (own layer axis), one line per task.
 
     ``table`` has columns ``model, task, layer, mean_norm``. The norm axis is shared and logarithmic
@@ -330,7 +331,7 @@ def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
 # ---- feature-selected transfer (notebook 04) --------------------------------------------------
 
 
-def transfer_steps(steps: "pd.DataFrame", *, title: str) -> plt.Figure:
+def transfer_steps(steps: pd.DataFrame, *, title: str) -> plt.Figure:
     """Test score against % of neurons kept through the pipeline's steps: one panel per task.
 
     ``steps`` has columns ``model, task, step, pct_kept, test``; steps are ``oracle``, ``LS``,
@@ -370,7 +371,7 @@ def transfer_steps(steps: "pd.DataFrame", *, title: str) -> plt.Figure:
 
 
 def kept_curves(
-    table: "pd.DataFrame",
+    table: pd.DataFrame,
     *,
     title: str,
     reference_pct_kept: float | None = None,
@@ -405,7 +406,7 @@ def kept_curves(
     return fig
 
 
-def span_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def span_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Clusters per span (layers a cluster covers): one panel per model (own span axis), one line per task.
 
     ``table`` has columns ``span, n_clusters`` and ``model``/``task`` (or ``run``). Counts run from a
@@ -438,7 +439,7 @@ def span_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     return fig
 
 
-def layer_share_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def layer_share_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """``pct_redundant`` against ``layer``: one panel per model (own layer axis), one line per task."""
     _require(table, ["layer", "pct_redundant"], "layer_share_curves")
     models = _groups(table, "model")
@@ -463,7 +464,7 @@ def layer_share_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
 # ---- task-specific redundancy (notebook 03) ---------------------------------------------------
 
 
-def layer_probe_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def layer_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Dev accuracy (left) and selectivity (right) per layer, independent and incremental probes.
 
     ``table`` has columns ``layer, mode, score, control_score, selectivity`` with modes
@@ -506,7 +507,7 @@ def layer_probe_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     return fig
 
 
-def neuron_curves(curve: "pd.DataFrame", *, oracle: float, target: float | None, title: str) -> plt.Figure:
+def neuron_curves(curve: pd.DataFrame, *, oracle: float, target: float | None, title: str) -> plt.Figure:
     """Dev score against the number of top neurons kept (log scale), one line per ``ordering``.
 
     ``curve`` has columns ``ordering, k, score``; orderings are named as the text names them
@@ -529,7 +530,7 @@ def neuron_curves(curve: "pd.DataFrame", *, oracle: float, target: float | None,
     return fig
 
 
-def selected_layer_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def selected_layer_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Neurons of a minimal set per layer: one panel per run (rows: models, columns: tasks).
 
     ``table`` has columns ``layer, count`` and ``run`` (or ``model`` and ``task``). Each panel keeps
