@@ -254,8 +254,8 @@ def _cell_pixels(fig: plt.Figure, ax: plt.Axes, row: int, col: int) -> np.ndarra
     buffer = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
     height = buffer.shape[0]
     (x0, y0), (x1, y1) = ax.transData.transform([(col - 0.3, row - 0.3), (col + 0.3, row + 0.3)])
-    xs = slice(int(round(min(x0, x1))), int(round(max(x0, x1))))
-    ys = slice(height - int(round(max(y0, y1))), height - int(round(min(y0, y1))))
+    xs = slice(round(min(x0, x1)), round(max(x0, x1)))
+    ys = slice(height - round(max(y0, y1)), height - round(min(y0, y1)))
     return buffer[ys, xs].reshape(-1, 3)
 
 

@@ -78,7 +78,11 @@ sns.set_theme(
 
 
 def save(fig: plt.Figure, path: str | os.PathLike, *, dpi: int = DPI) -> Path:
-    """Save ``fig`` as PNG at ``path`` (parent folders created, written atomically); return the path."""
+    """Save ``fig`` as PNG at ``path`` (parent folders created, written atomically); return the path.
+
+    At the default ``DPI`` a figure of this module is at most 1,500 px wide (``bbox_inches="tight"``
+    trims the margins).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
@@ -303,9 +307,19 @@ def heatmap_panels(
 def norm_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Mean activation norm per layer: one panel per model (own layer axis), one line per task.
 
-    ``table`` has columns ``model, task, layer, mean_norm``. The norm axis is shared and logarithmic
-    when the norms span two decades or more (a 31-layer decoder reaches 1,000 where a 13-layer
-    encoder stays below 20).
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, one row per (model, task, layer), columns ``model, task, layer, mean_norm``.
+    title : str
+        Figure title.
+
+    The norm axis is shared and logarithmic when the norms span two decades or more (a 31-layer
+    decoder reaches 1,000 where a 13-layer encoder stays below 20).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(table, ["model", "task", "layer", "mean_norm"], "norm_curves")
     models = _groups(table, "model")
@@ -334,9 +348,21 @@ def norm_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
 def transfer_steps(steps: pd.DataFrame, *, title: str) -> plt.Figure:
     """Test score against % of neurons kept through the pipeline's steps: one panel per task.
 
-    ``steps`` has columns ``model, task, step, pct_kept, test``; steps are ``oracle``, ``LS``,
-    ``LS+CC``, ``LS+CC+FS``, each with its own marker; one colour per model. The % axis is logarithmic
-    (the pipeline keeps 100 % down to under 1 %) and runs from all neurons (left) to fewest (right).
+    Parameters
+    ----------
+    steps : pandas.DataFrame
+        Tidy, one row per (model, task, step), columns ``step, pct_kept, test`` and ``model``,
+        ``task``; steps ``oracle``, ``LS``, ``LS+CC``, ``LS+CC+FS`` each get their own marker, models
+        their own colour.
+    title : str
+        Figure title.
+
+    The % axis is logarithmic (the pipeline keeps 100 % down to under 1 %) and runs from all neurons
+    (left) to the fewest (right).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(steps, ["step", "pct_kept", "test"], "transfer_steps")
     tasks = _groups(steps, "task")
@@ -379,8 +405,20 @@ def kept_curves(
 ) -> plt.Figure:
     """``pct_kept`` against clustering ``threshold``, one line per run, with a reference level.
 
-    ``table`` has columns ``threshold, pct_kept`` and ``run`` (or ``model`` and ``task``). With
-    ``model`` and ``task`` columns the colour follows the model and the line style the task.
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, one row per (run, threshold), columns ``threshold, pct_kept`` and ``run`` (or ``model``
+        and ``task``). With ``model`` and ``task`` the colour follows the model, the line style the task.
+    title : str
+        Figure title.
+    reference_pct_kept : float, optional
+        A horizontal dashed line at this % (e.g. the paper's 15 % kept), labelled ``reference_label``.
+    reference_label : str
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(table, ["threshold", "pct_kept"], "kept_curves")
     table = table.assign(_run=_run_label(table))
@@ -409,9 +447,20 @@ def kept_curves(
 def span_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Clusters per span (layers a cluster covers): one panel per model (own span axis), one line per task.
 
-    ``table`` has columns ``span, n_clusters`` and ``model``/``task`` (or ``run``). Counts run from a
-    handful to thousands, so the count axis is logarithmic when they span two decades; spans with no
-    cluster cannot sit on a log axis and are left out (the y label says so).
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, one row per (model, task, span), columns ``span, n_clusters`` and ``model``, ``task``
+        (or ``run``).
+    title : str
+        Figure title.
+
+    Counts run from a handful to thousands, so the count axis is logarithmic when they span two
+    decades; spans with no cluster cannot sit on a log axis and are left out (the y label says so).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(table, ["span", "n_clusters"], "span_bars")
     models = _groups(table, "model")
@@ -440,7 +489,20 @@ def span_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
 
 
 def layer_share_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
-    """``pct_redundant`` against ``layer``: one panel per model (own layer axis), one line per task."""
+    """``pct_redundant`` against ``layer``: one panel per model (own layer axis), one line per task.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, one row per (model, task, layer), columns ``layer, pct_redundant`` and ``model``,
+        ``task`` (or ``run``).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
     _require(table, ["layer", "pct_redundant"], "layer_share_curves")
     models = _groups(table, "model")
     key = "task" if "task" in table.columns else _series_key(table)
@@ -467,8 +529,17 @@ def layer_share_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
 def layer_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Dev accuracy (left) and selectivity (right) per layer, independent and incremental probes.
 
-    ``table`` has columns ``layer, mode, score, control_score, selectivity`` with modes
-    ``independent``, ``incremental`` and one ``oracle`` row, drawn as a horizontal line.
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One run, columns ``layer, mode, score, control_score, selectivity``; modes ``independent``
+        and ``incremental`` (one row per layer each) and one ``oracle`` row, drawn as a horizontal line.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(table, ["layer", "mode", "score", "control_score", "selectivity"], "layer_probe_curves")
     fig, (ax_score, ax_sel) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 4.0), layout="constrained")
@@ -510,8 +581,21 @@ def layer_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
 def neuron_curves(curve: pd.DataFrame, *, oracle: float, target: float | None, title: str) -> plt.Figure:
     """Dev score against the number of top neurons kept (log scale), one line per ``ordering``.
 
-    ``curve`` has columns ``ordering, k, score``; orderings are named as the text names them
-    (``ORDERING_LABELS``: LCA, random, bottom, F statistic).
+    Parameters
+    ----------
+    curve : pandas.DataFrame
+        One run, one row per (ordering, k), columns ``ordering, k, score``; orderings are shown as the
+        text names them (``ORDERING_LABELS``: LCA, random, bottom, F statistic).
+    oracle : float
+        Dev score of the probe on all neurons (dotted line).
+    target : float or None
+        Minimal-set target (dashed line), if any.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(curve, ["ordering", "k", "score"], "neuron_curves")
     fig, ax = plt.subplots(figsize=(7.0, 4.3), layout="constrained")
@@ -533,8 +617,20 @@ def neuron_curves(curve: pd.DataFrame, *, oracle: float, target: float | None, t
 def selected_layer_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Neurons of a minimal set per layer: one panel per run (rows: models, columns: tasks).
 
-    ``table`` has columns ``layer, count`` and ``run`` (or ``model`` and ``task``). Each panel keeps
-    its own layer axis (models differ in depth); panels of one model share their count axis.
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, one row per (run, layer), columns ``layer, count`` and ``run`` (or ``model`` and
+        ``task``).
+    title : str
+        Figure title.
+
+    Each panel keeps its own layer axis (models differ in depth); panels of one model share their
+    count axis.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
     """
     _require(table, ["layer", "count"], "selected_layer_bars")
     table = table.assign(_run=_run_label(table))
