@@ -196,7 +196,8 @@ def test_figure_fits_reader_width_and_text_stays_8pt(name, tmp_path):
     fig = FIGURES[name]()
     dpi = _default_dpi()
     path = plots.save(fig, tmp_path / f"{name}.png")
-    width_px = Image.open(path).size[0]
+    with Image.open(path) as image:
+        width_px = image.size[0]
     assert width_px <= MAX_PX, f"{name}: {width_px} px wide at the default {dpi:g} dpi; at most {MAX_PX}"
     shrink = min(1.0, READER_PX / width_px) * dpi / SCREEN_PPI
     sizes = {t.get_text(): t.get_fontsize() * shrink for t in _visible_texts(fig)}
