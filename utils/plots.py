@@ -54,7 +54,7 @@ ORDERING_LABELS = {"lca": "LCA", "random": "random", "bottom": "bottom (LCA reve
 #: A quantity spanning at least this many decades (max / min ≥ 10**LOG_DECADES) gets a log axis.
 LOG_DECADES = 2.0
 
-_ORDERING_COLORS = {"lca": "C0", "random": "C1", "bottom": "C2", "mean_difference": "C3"}
+_ORDERING_COLORS = {"lca": "C0", "random": "C1", "bottom": "C2", "mean_difference": "C4"}
 _STEP_MARKERS = {"oracle": "*", "LS": "o", "LS+CC": "^", "LS+CC+FS": "D"}
 _ANNOT_PT = 8.0
 
@@ -569,9 +569,10 @@ def layer_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     ax_score.set_ylabel("accuracy")
     ax_sel.set_title("selectivity = task − control accuracy")
     ax_sel.set_ylabel("selectivity")
-    depth = _depth_note(table[table["mode"] != "oracle"])
+    layers = table.loc[table["mode"] != "oracle", "layer"]
+    of = f" of {int(layers.max()) + 1}" if len(layers) else ""
     for ax in (ax_score, ax_sel):
-        ax.set_xlabel(f"layer{depth}; incremental: layers 0..l")
+        ax.set_xlabel(f"layer l{of} (0 = embeddings; incremental: layers 0..l)")
         _layer_ticks(ax)
     _legend_below(fig, handles, labels, ncols=3)
     fig.suptitle(title)
