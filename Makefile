@@ -8,10 +8,13 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 NOTEBOOKS := 01_activation_extraction 02_general_redundancy 03_task_specific_redundancy 04_feature_selected_transfer
+# the explorer (widgets; unexecuted in the repository) runs in make quick as a check that it builds
+QUICK_NOTEBOOKS := $(NOTEBOOKS) 05_explore
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 PAPERMILL := $(PY) -m papermill -k python3 --cwd . --progress-bar
 PYTEST_ARGS ?= -m "not slow and not network"
 
-.PHONY: all venv reproduce quick test pytest lab html bench clean-quick
+.PHONY: all venv reproduce quick test pytest lab explore html bench clean-quick
 
 all: test
 
@@ -43,7 +46,7 @@ html: $(STAMP)
 quick: $(STAMP)
 	@mkdir -p build/quick/notebooks
 	@start=$$(date +%s); \
-	for nb in $(NOTEBOOKS); do \
+	for nb in $(QUICK_NOTEBOOKS); do \
 	  [ -f notebooks/$$nb.ipynb ] || continue; \
 	  echo "== $$nb (quick)"; \
 	  $(PAPERMILL) notebooks/$$nb.ipynb build/quick/notebooks/$$nb.ipynb -f notebooks/params/quick.yaml || exit 1; \
@@ -56,7 +59,11 @@ pytest: $(STAMP)
 test: pytest quick
 
 lab: $(STAMP)
-	$(PY) -m jupyter lab --notebook-dir=notebooks
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT)
+
+# The explorer of notebook 05 as a standalone page (Voila), on http://127.0.0.1:8866
+explore: $(STAMP)
+	$(PY) -m voila notebooks/05_explore.ipynb --no-browser --Voila.ip=127.0.0.1 --port=8866
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extraction.py

@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import inspection
 from .activations import ActivationStore, StoreError
-from .clustering import NeuronClusters, cluster_neurons, linkage_tree
+from .clustering import NeuronClusters, cluster_neurons, cluster_sweep, linkage_tree
 from .paths import cache_dir, resolve
 from .selection import TransferResult
 from .similarity import gram_statistics
@@ -46,7 +46,9 @@ STORE_HINT = ("run notebooks/01_activation_extraction.ipynb (make quick: MiniLM 
 TRANSFER_HINT = ("run notebooks/04_feature_selected_transfer.ipynb (make quick writes build/quick/figures/transfer; "
                  "make reproduce writes figures/transfer)")
 DEFAULT_FIGURES_DIRS = ("figures", "build/quick/figures")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+"""Clustering thresholds precomputed once per store (the slider's steps); others are cut on demand."""
 
 
 class MissingInput(LookupError):
@@ -168,7 +170,11 @@ def _precompute(store: ActivationStore, folder: Path, *, progress: bool) -> None
     corr = acc.correlation(warn=False)
     del acc
     np.save(tmp / "corr.npy", corr)
-    np.save(tmp / "linkage.npy", linkage_tree(corr))
+    tree = linkage_tree(corr)
+    np.save(tmp / "linkage.npy", tree)
+    sweep = cluster_sweep(corr, THRESHOLDS, linkage=tree)
+    np.save(tmp / "cluster_labels.npy", np.stack([c.labels for c in sweep]).astype(np.int32))
+    np.savez(tmp / "representatives.npz", *[c.representatives for c in sweep])
     (tmp / "meta.json").write_text(json.dumps({"cache_version": CACHE_VERSION, "store": str(store.path),
                                                "activations_sha256": store.meta.get("activations_sha256")}))
     if folder.exists():
@@ -233,9 +239,14 @@ def prepare(model: str, task: str, *, root: str | os.PathLike | None = None,
     digest = str(store.meta.get("activations_sha256", "nosum"))[:16]
     base = Path(cache_root) if cache_root is not None else cache_dir() / "explorer"
     folder = base / model.replace("/", "__") / f"{path.name}-{digest}"
-    if not (folder / "meta.json").exists():
+    meta_file = folder / "meta.json"
+    if not meta_file.exists() or json.loads(meta_file.read_text()).get("cache_version") != CACHE_VERSION:
         _precompute(store, folder, progress=progress)
     corr = np.load(folder / "corr.npy", mmap_mode="r")
+    labels = np.load(folder / "cluster_labels.npy").astype(np.int64)
+    with np.load(folder / "representatives.npz") as z:
+        reps = [z[f"arr_{k}"] for k in range(len(THRESHOLDS))]
+    sweep = {t: NeuronClusters(t, labels[k], reps[k]) for k, t in enumerate(THRESHOLDS)}
     std = np.load(folder / "std.npy")
     transfer, note = _find_transfer(model, task, store.n_layers * store.hidden, figures_dirs)
     lca = None
@@ -244,7 +255,7 @@ def prepare(model: str, task: str, *, root: str | os.PathLike | None = None,
         lca = inspection.lca_table(np.atleast_2d(transfer.oracle.coef_) * scale,
                                    classes=transfer.oracle.classes_ if transfer.oracle.classes_ is not None else None)
     prepared = Prepared(model, task, store, corr, np.load(folder / "linkage.npy"), np.load(folder / "cka.npy"), std,
-                        transfer, note, lca)
+                        transfer, note, lca, _clusters=sweep)
     if len(_PREPARED) >= 2:
         _PREPARED.pop(next(iter(_PREPARED)))
     _PREPARED[key] = prepared
@@ -330,8 +341,8 @@ class Explorer:
             model = "mpnet" if "mpnet" in models else models[0]
         self.model = w.Dropdown(options=models, value=model if model in models else None, description="model")
         self.task = w.Dropdown(options=[], description="task")
-        self.threshold = w.FloatSlider(value=0.3, min=0.05, max=0.95, step=0.05, description="threshold t",
-                                       readout_format=".2f", continuous_update=False)
+        self.threshold = w.FloatSlider(value=0.3, min=0.1, max=0.9, step=0.1, description="threshold t",
+                                       readout_format=".1f", continuous_update=False)
         self.layer = w.IntSlider(value=0, min=0, max=0, description="layer", continuous_update=False)
         self.unit = w.BoundedIntText(value=0, min=0, max=0, description="unit")
         self.layer_i = w.Dropdown(options=[0], description="CKA row")
@@ -516,9 +527,11 @@ class Explorer:
                                          clusters=d.clusters(self.threshold.value))
         values = inspection.neuron_values(d.store, layer, unit)
         if d.lca is not None:
+            chosen_for = (f"selected for class(es) {html.escape(', '.join(map(str, prof.classes)))}" if prof.classes
+                          else "no p of LCA's grid selects it (ranked by its weight alone)")
+            strongest = ", ".join(map(str, d.lca.loc[prof.neuron, "strongest"]))
             lca_text = (f"LCA rank <b>{prof.lca_rank:,}</b> of {d.n_layers * d.hidden:,} (oracle probe of notebook 04), "
-                        f"selected for class(es) {html.escape(', '.join(map(str, prof.classes)))}; Σ|w| = "
-                        f"{prof.weight:.3g}")
+                        f"{chosen_for}; largest |w| for {html.escape(strongest)}; Σ|w| = {prof.weight:.3g}")
             if d.transfer is not None:
                 kept = prof.neuron in set(d.transfer.neurons.tolist())
                 lca_text += f"; {'kept' if kept else 'not kept'} by the transfer pipeline"

@@ -272,7 +272,9 @@ def lca_table(coef: Any, *, classes: Sequence | None = None, step: float = 0.001
         One row per neuron, indexed by neuron (0 .. n_features - 1): ``rank`` (1 = first in
         ``ranking.lca_ordering``), ``entry_step`` (``ranking.lca_entry_steps``), ``classes``
         (tuple of the classes whose own LCA selection takes the neuron in at that step, largest
-        |w| first) and ``weight`` (Σ over classes of |w|, LCA's tie-break).
+        |w| first; empty when no p of the grid selects it, and it is ranked by weight alone),
+        ``weight`` (Σ over classes of |w|, LCA's tie-break) and ``strongest`` (the three classes
+        with the largest |w|).
     """
     coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
     n_classes, n = coef.shape
@@ -284,14 +286,16 @@ def lca_table(coef: Any, *, classes: Sequence | None = None, step: float = 0.001
     rank[order] = np.arange(1, n + 1)
     per_class = np.stack([lca_entry_steps(coef[c], step=step) for c in range(n_classes)])  # (n_classes, n)
     entry = per_class.min(axis=0)
+    never = int(round(1.0 / step)) + 1  # lca_entry_steps' value for a neuron no p of the grid selects
     absw = np.abs(coef)
-    served = []
+    by_weight = np.argsort(-absw, axis=0, kind="stable")  # (n_classes, n): classes by |w|, per neuron
+    served, strongest = [], []
     for i in range(n):
-        cs = np.flatnonzero(per_class[:, i] == entry[i])
-        cs = cs[np.argsort(-absw[cs, i], kind="stable")]
-        served.append(tuple(names[cs].tolist()))
-    return pd.DataFrame({"rank": rank, "entry_step": entry, "classes": served, "weight": absw.sum(axis=0)},
-                        index=pd.RangeIndex(n, name="neuron"))
+        cs = by_weight[:, i]
+        served.append(tuple(names[cs[per_class[cs, i] == entry[i]]].tolist()) if entry[i] < never else ())
+        strongest.append(tuple(names[cs[:3]].tolist()))
+    return pd.DataFrame({"rank": rank, "entry_step": entry, "classes": served, "weight": absw.sum(axis=0),
+                         "strongest": strongest}, index=pd.RangeIndex(n, name="neuron"))
 
 
 @dataclass(frozen=True)
