@@ -72,7 +72,9 @@ def notebook_copy(folder: Path, **params: object) -> Path:
 def open_explorer(notebook: Path, screenshot: Path, *, expect_status: str, timeout: float = 300.0) -> dict:
     """Serve ``notebook`` with Voila, open it in headless Chromium, pick CKA column 2, screenshot it.
 
-    Returns what was seen: the page's text before and after the change, the images drawn, the tab titles.
+    Then open the neuron card tab and screenshot that too (``<screenshot stem>-card.png``). Returns what
+    was seen: the page's text before and after the change and on the card tab, the images drawn, the tab
+    titles.
     """
     chromium, driver_path = _browser()
     from selenium import webdriver
@@ -113,7 +115,12 @@ def open_explorer(notebook: Path, screenshot: Path, *, expect_status: str, timeo
         tabs = [t.text for t in browser.find_elements(By.CSS_SELECTOR, ".lm-TabBar-tabLabel, .p-TabBar-tabLabel")]
         after = browser.find_element(By.TAG_NAME, "body").text
         browser.save_screenshot(str(screenshot))
-        return {"before": before, "after": after, "images": images, "tabs": tabs}
+        card_tab = browser.find_element(By.XPATH, "//*[contains(@class,'TabBar-tabLabel')][normalize-space()='Neuron card']")
+        card_tab.click()
+        wait.until(ec.visibility_of_element_located((By.XPATH, "//*[contains(text(),'highest activations')]")))
+        card = browser.find_element(By.TAG_NAME, "body").text
+        browser.save_screenshot(str(screenshot.with_name(screenshot.stem + "-card.png")))
+        return {"before": before, "after": after, "images": images, "tabs": tabs, "card": card}
     finally:
         if browser is not None:
             browser.quit()
@@ -137,7 +144,8 @@ def test_explorer_renders_and_answers_in_headless_chromium(tmp_path):
     shot = tmp_path / "explorer.png"
     seen = open_explorer(notebook, shot, expect_status=f"minilm · pos: {len(store):,} words")
     assert "Redundancy explorer" in seen["before"] and "CKA(layer 0, layer 0) = 1.000" in seen["before"]
-    assert "CKA(layer 0, layer 2)" in seen["after"] and "|r| of neurons" not in seen["after"]  # titles live in images
+    assert "CKA(layer 0, layer 2)" in seen["after"] and "CKA(layer 0, layer 0)" not in seen["after"]
+    assert "neuron 0:0" in seen["card"] and "[[" in seen["card"]  # the card tab: a neuron's top words in context
     assert "notebooks/04_feature_selected_transfer.ipynb" in seen["after"]  # no transfer result here: says who makes it
     assert seen["tabs"][:4] == ["Layers (CKA)", "Clusters", "Neuron card", "Your sentence"]
     assert sum(1 for w, h in seen["images"] if w > 100 and h > 100) >= 2  # the CKA heatmap and the pair heatmap
@@ -146,3 +154,4 @@ def test_explorer_renders_and_answers_in_headless_chromium(tmp_path):
         target = Path(os.environ["EXPLORER_SCREENSHOT"])
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
+        shutil.copyfile(shot.with_name("explorer-card.png"), target.with_name(target.stem + "-card.png"))

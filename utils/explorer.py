@@ -362,7 +362,7 @@ class Explorer:
         clusters_tab = w.VBox([w.HTML("<b>Clusters</b> at the threshold t (distance 1 − |r|) with a member in the "
                                       "chosen layer, largest first."), self.cluster,
                                w.HBox([self.cluster_html, self.cluster_image])])
-        card_tab = w.VBox([self.unit, self.card_html, self.card_image])
+        card_tab = w.VBox([self.unit, w.HBox([self.card_html, self.card_image])])
         sentence_tab = w.VBox([w.HBox([self.sentence, self.run_button]), self.extra, self.sentence_html])
         self.tabs = w.Tab(children=[layers_tab, clusters_tab, card_tab, sentence_tab])
         for i, name in enumerate(["Layers (CKA)", "Clusters", "Neuron card", "Your sentence"]):
@@ -443,6 +443,9 @@ class Explorer:
         im = ax.imshow(d.cka, vmin=0, vmax=1, cmap="viridis")
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
         ax.set(title=f"{d.model} · {d.task}: layer CKA", xlabel="layer (column)", ylabel="layer (row)")
+        ticks = np.arange(0, d.n_layers, 1 if d.n_layers <= 16 else 4)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
         fig.colorbar(im, ax=ax, label="linear CKA")
         self.cka_image.value = _png(fig)
         h = d.hidden
@@ -457,7 +460,8 @@ class Explorer:
         if i == j:
             work[np.tril_indices(h)] = -1  # each pair once, no self-pairs
             np.fill_diagonal(best_match, 0.0)
-        flat = np.argsort(-work, axis=None, kind="stable")[:10]
+        top = np.argpartition(-work, 10, axis=None)[:10]  # the 10 largest, then sorted (ties: lower index)
+        flat = top[np.lexsort((top, -work.ravel()[top]))]
         a, b = np.unravel_index(flat, work.shape)
         best = pd.DataFrame({"neuron A": [f"{i}:{x}" for x in a], "neuron B": [f"{j}:{y}" for y in b],
                              "|r|": block[a, b]})
@@ -476,11 +480,13 @@ class Explorer:
         in_layer = np.unique(cl.labels[layer * h:(layer + 1) * h])
         sizes = cl.sizes()[in_layer]
         order = np.lexsort((in_layer, -sizes))
-        options = []
-        for c in in_layer[order][:200]:
-            members = np.flatnonzero(cl.labels == c)
-            layers = np.unique(members // h)
-            options.append((f"cluster {c}: {len(members)} neuron(s), layers {', '.join(map(str, layers))}", int(c)))
+        shown = in_layer[order][:200]
+        # (cluster, layer) pairs of every neuron of the shown clusters, once each
+        mask = np.isin(cl.labels, shown)
+        pairs = np.unique(np.stack([cl.labels[mask], np.flatnonzero(mask) // h]), axis=1)
+        layers_of = {int(c): pairs[1, pairs[0] == c] for c in shown}
+        options = [(f"cluster {c}: {cl.sizes()[c]} neuron(s), layers {', '.join(map(str, layers_of[int(c)]))}", int(c))
+                   for c in shown]
         self.cluster.options = options
         self.cluster.value = options[0][1] if options else None
         self.render_cluster()
@@ -585,8 +591,15 @@ class Explorer:
         if self._loaded_model is None or self._loaded_model[0] != d.model:
             self._loaded_model = (d.model, load_model(d.model, device="cpu"))
         loaded = self._loaded_model[1]
-        acts = extract(loaded, [words], level="word", aggregation=d.store.meta.get("aggregation", "last")
-                       if d.level == "word" else "last", progress=False)  # (n_words, n_layers, hidden)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one short sentence: threads gain nothing and stall on a busy machine
+        try:
+            acts = extract(loaded, [words], level="word", aggregation=d.store.meta.get("aggregation", "last")
+                           if d.level == "word" else "last", progress=False)  # (n_words, n_layers, hidden)
+        finally:
+            torch.set_num_threads(threads)
         layer, unit = int(self.layer.value), int(self.unit.value)
         cl = d.clusters(self.threshold.value)
         idx = inspection.neuron_index(layer, unit, hidden=d.hidden)
