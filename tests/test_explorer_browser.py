@@ -31,8 +31,10 @@ def _browser() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver): "
-                    "the browser test of the explorer is skipped")
+        pytest.skip(
+            "headless Chromium is not installed (apt-get install chromium chromium-driver): "
+            "the browser test of the explorer is skipped"
+        )
     pytest.importorskip("selenium", reason="selenium is not installed (pip install -r requirements.txt)")
     pytest.importorskip("voila", reason="voila is not installed (pip install -r requirements.txt)")
     return chromium, driver
@@ -84,15 +86,36 @@ def open_explorer(notebook: Path, screenshot: Path, *, expect_status: str, timeo
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     log = open(screenshot.with_suffix(".voila.log"), "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-         "--VoilaConfiguration.show_tracebacks=True"],
-        cwd=notebook.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "voila",
+            str(notebook),
+            "--no-browser",
+            "--Voila.ip=127.0.0.1",
+            f"--port={port}",
+            "--VoilaConfiguration.show_tracebacks=True",
+        ],
+        cwd=notebook.parent,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1700"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1700",
+    ):
         options.add_argument(arg)
     browser = None
     try:
@@ -105,17 +128,25 @@ def open_explorer(notebook: Path, screenshot: Path, *, expect_status: str, timeo
         wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "CKA(layer 0, layer 0)"))
         before = browser.find_element(By.TAG_NAME, "body").text
         column = browser.find_element(
-            By.XPATH, "//div[contains(@class,'widget-dropdown')][.//label[contains(., 'CKA column')]]//select")
+            By.XPATH, "//div[contains(@class,'widget-dropdown')][.//label[contains(., 'CKA column')]]//select"
+        )
         Select(column).select_by_visible_text("2")
         wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "CKA(layer 0, layer 2)"))
-        wait.until(lambda b: b.execute_script(
-            "return [...document.images].filter(i => i.complete && i.naturalWidth > 100).length") >= 2)
+        wait.until(
+            lambda b: (
+                b.execute_script("return [...document.images].filter(i => i.complete && i.naturalWidth > 100).length")
+                >= 2
+            )
+        )
         images = browser.execute_script(
-            "return [...document.images].filter(i => i.offsetParent !== null).map(i => [i.naturalWidth, i.naturalHeight])")
+            "return [...document.images].filter(i => i.offsetParent !== null).map(i => [i.naturalWidth, i.naturalHeight])"
+        )
         tabs = [t.text for t in browser.find_elements(By.CSS_SELECTOR, ".lm-TabBar-tabLabel, .p-TabBar-tabLabel")]
         after = browser.find_element(By.TAG_NAME, "body").text
         browser.save_screenshot(str(screenshot))
-        card_tab = browser.find_element(By.XPATH, "//*[contains(@class,'TabBar-tabLabel')][normalize-space()='Neuron card']")
+        card_tab = browser.find_element(
+            By.XPATH, "//*[contains(@class,'TabBar-tabLabel')][normalize-space()='Neuron card']"
+        )
         card_tab.click()
         wait.until(ec.visibility_of_element_located((By.XPATH, "//*[contains(text(),'highest activations')]")))
         card = browser.find_element(By.TAG_NAME, "body").text
@@ -137,10 +168,17 @@ def test_explorer_renders_and_answers_in_headless_chromium(tmp_path):
     from utils.activations import task_stores
 
     stores = tmp_path / "activations"
-    store = task_stores("minilm", "pos", token_budget=QUICK_TRAIN_TOKENS, seed=0, splits=("train",), root=stores,
-                        progress=False)["train"]
-    notebook = notebook_copy(tmp_path / "nb", model="minilm", task="pos", store_root=str(stores),
-                             cache_root=str(tmp_path / "explorer-cache"), figures_dirs=[str(tmp_path / "figures")])
+    store = task_stores(
+        "minilm", "pos", token_budget=QUICK_TRAIN_TOKENS, seed=0, splits=("train",), root=stores, progress=False
+    )["train"]
+    notebook = notebook_copy(
+        tmp_path / "nb",
+        model="minilm",
+        task="pos",
+        store_root=str(stores),
+        cache_root=str(tmp_path / "explorer-cache"),
+        figures_dirs=[str(tmp_path / "figures")],
+    )
     shot = tmp_path / "explorer.png"
     seen = open_explorer(notebook, shot, expect_status=f"minilm · pos: {len(store):,} words")
     assert "Redundancy explorer" in seen["before"] and "CKA(layer 0, layer 0) = 1.000" in seen["before"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.cluster.hierarchy import fcluster, linkage as scipy_linkage
+from scipy.cluster.hierarchy import fcluster
+from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 
 from utils import inspection
@@ -42,8 +43,9 @@ def _grouped_activations(n: int, n_layers: int, hidden: int, rng: np.random.Gene
     return acts
 
 
-def _memory_store(acts: np.ndarray, words: list, sids: np.ndarray, labels: np.ndarray, level: str = "word",
-                  path: Path = Path(".")) -> ActivationStore:
+def _memory_store(
+    acts: np.ndarray, words: list, sids: np.ndarray, labels: np.ndarray, level: str = "word", path: Path = Path(".")
+) -> ActivationStore:
     return ActivationStore(path, acts, labels, words, sids, {"level": level})
 
 
@@ -85,8 +87,9 @@ def test_context_shows_the_word_inside_its_own_sentence(store):
 
 
 def test_sentence_level_items_have_no_context_and_bad_neurons_are_refused(store):
-    sentence_store = _memory_store(store.activations[:20], [f"text {i}" for i in range(20)], np.arange(20),
-                                   store.labels[:20], level="sentence")
+    sentence_store = _memory_store(
+        store.activations[:20], [f"text {i}" for i in range(20)], np.arange(20), store.labels[:20], level="sentence"
+    )
     items = inspection.top_items(sentence_store, 2, 1, k=3)
     assert "context" not in items.columns and items["text"].str.startswith("text ").all()
     with pytest.raises(ValueError, match="unit must lie in"):
@@ -132,8 +135,9 @@ def test_cluster_members_equal_the_clustering_labels():
         sizes.append(len(members))
     assert max(sizes) > 1 and min(sizes) >= 1  # the data do make clusters
     by_threshold = inspection.cluster_members(corr, 5, hidden=16, threshold=t)
-    pd.testing.assert_frame_equal(by_threshold.members, inspection.cluster_members(corr, 5, hidden=16,
-                                                                                   clusters=clusters).members)
+    pd.testing.assert_frame_equal(
+        by_threshold.members, inspection.cluster_members(corr, 5, hidden=16, clusters=clusters).members
+    )
     with pytest.raises(ValueError, match="threshold"):
         inspection.cluster_members(corr, 5, hidden=16)
 
@@ -185,10 +189,18 @@ def test_neuron_profile_collects_class_profile_lca_and_cluster(store):
 
 def test_neuron_lists_round_trip_through_csv(tmp_path):
     classes = [("NN", "NA"), (), ("``", "''"), (",",), ("-NONE-", "#", "$"), ("None",)]
-    table = inspection.neuron_list([17, 3, 40, 41, 0, 9], model="mpnet", task="pos", hidden=8,
-                                   ranks=[2, 1, 3, 6, 5, 4], classes=classes,
-                                   weights=[0.5, 1 / 3, np.nan, 2e-9, 7.0, 1e300])
-    assert table["rank"].tolist() == [1, 2, 3, 4, 5, 6] and table.columns.tolist() == list(inspection.NEURON_LIST_COLUMNS)
+    table = inspection.neuron_list(
+        [17, 3, 40, 41, 0, 9],
+        model="mpnet",
+        task="pos",
+        hidden=8,
+        ranks=[2, 1, 3, 6, 5, 4],
+        classes=classes,
+        weights=[0.5, 1 / 3, np.nan, 2e-9, 7.0, 1e300],
+    )
+    assert table["rank"].tolist() == [1, 2, 3, 4, 5, 6] and table.columns.tolist() == list(
+        inspection.NEURON_LIST_COLUMNS
+    )
     assert table.loc[0, ["layer", "unit"]].tolist() == [0, 3] and table.loc[1, ["layer", "unit"]].tolist() == [2, 1]
     path = inspection.write_neuron_list(table, tmp_path / "lists" / "mpnet-pos-lca.csv")
     back = inspection.read_neuron_list(path)
@@ -207,27 +219,58 @@ def test_lca_and_minimal_set_lists_round_trip(tmp_path):
     lca = inspection.lca_table(coef, classes=["x", "y", "z"])
     full = inspection.lca_neuron_list(coef, model="m", task="t", hidden=8, classes=["x", "y", "z"])
     np.testing.assert_array_equal(full["layer"] * 8 + full["unit"], lca_ordering(coef))
-    pd.testing.assert_frame_equal(inspection.read_neuron_list(inspection.write_neuron_list(full, tmp_path / "a.csv")),
-                                  full, check_exact=True)
+    pd.testing.assert_frame_equal(
+        inspection.read_neuron_list(inspection.write_neuron_list(full, tmp_path / "a.csv")), full, check_exact=True
+    )
     minimal = inspection.minimal_set_neuron_list([20, 2, 11], lca, model="m", task="t", hidden=8)
     assert sorted(minimal["layer"] * 8 + minimal["unit"]) == [2, 11, 20]
     assert minimal["rank"].is_monotonic_increasing
     assert set(minimal["rank"]) == set(lca.loc[[20, 2, 11], "rank"])
-    pd.testing.assert_frame_equal(inspection.read_neuron_list(inspection.write_neuron_list(minimal, tmp_path / "m.csv")),
-                                  minimal, check_exact=True)
+    pd.testing.assert_frame_equal(
+        inspection.read_neuron_list(inspection.write_neuron_list(minimal, tmp_path / "m.csv")),
+        minimal,
+        check_exact=True,
+    )
 
 
 def _transfer_result(n_layers: int, hidden: int, kept: np.ndarray, classes: list[str], rng) -> TransferResult:
     n = n_layers * hidden
-    reduced = ReducedProbe(int(kept.max() // hidden), hidden, kept, rng.normal(size=(len(classes), len(kept))),
-                           rng.normal(size=len(classes)), np.array(classes))
-    oracle = ReducedProbe(n_layers - 1, hidden, np.arange(n), rng.normal(size=(len(classes), n)),
-                          rng.normal(size=len(classes)), np.array(classes))
-    return TransferResult(n_layers=n_layers, hidden=hidden, neurons_total=n, oracle_dev=0.9, oracle_test=0.9,
-                          delta_layer=3.0, delta_neuron=1.0, threshold=0.3, selected_layer=int(kept.max() // hidden),
-                          neurons=kept, dev=0.88, test=0.87, grid=pd.DataFrame({"a": [1]}),
-                          steps=pd.DataFrame({"step": ["oracle"]}), reduced=reduced, oracle=oracle,
-                          test_predictions=np.array(classes[:1]), info={"model": "minilm", "task": "pos"})
+    reduced = ReducedProbe(
+        int(kept.max() // hidden),
+        hidden,
+        kept,
+        rng.normal(size=(len(classes), len(kept))),
+        rng.normal(size=len(classes)),
+        np.array(classes),
+    )
+    oracle = ReducedProbe(
+        n_layers - 1,
+        hidden,
+        np.arange(n),
+        rng.normal(size=(len(classes), n)),
+        rng.normal(size=len(classes)),
+        np.array(classes),
+    )
+    return TransferResult(
+        n_layers=n_layers,
+        hidden=hidden,
+        neurons_total=n,
+        oracle_dev=0.9,
+        oracle_test=0.9,
+        delta_layer=3.0,
+        delta_neuron=1.0,
+        threshold=0.3,
+        selected_layer=int(kept.max() // hidden),
+        neurons=kept,
+        dev=0.88,
+        test=0.87,
+        grid=pd.DataFrame({"a": [1]}),
+        steps=pd.DataFrame({"step": ["oracle"]}),
+        reduced=reduced,
+        oracle=oracle,
+        test_predictions=np.array(classes[:1]),
+        info={"model": "minilm", "task": "pos"},
+    )
 
 
 def test_transfer_neuron_list_round_trips_from_a_saved_result(tmp_path):
@@ -246,8 +289,10 @@ def test_transfer_neuron_list_round_trips_from_a_saved_result(tmp_path):
     pd.testing.assert_frame_equal(back, table, check_exact=True)
 
 
-@pytest.mark.skipif(not (Path(__file__).parents[1] / "figures/transfer/mpnet-pos/result.json").exists(),
-                    reason="the committed figures/transfer/mpnet-pos result is absent")
+@pytest.mark.skipif(
+    not (Path(__file__).parents[1] / "figures/transfer/mpnet-pos/result.json").exists(),
+    reason="the committed figures/transfer/mpnet-pos result is absent",
+)
 def test_transfer_neuron_list_of_the_committed_mpnet_result():
     result = TransferResult.load(Path(__file__).parents[1] / "figures/transfer/mpnet-pos")
     table = inspection.transfer_neuron_list(result)
@@ -260,8 +305,9 @@ def test_transfer_neuron_list_of_the_committed_mpnet_result():
 # the explorer: missing inputs and widget callbacks
 
 
-def _write_store(root: Path, model: str, task: str, acts: np.ndarray, words: list, sids: np.ndarray,
-                 labels: np.ndarray) -> Path:
+def _write_store(
+    root: Path, model: str, task: str, acts: np.ndarray, words: list, sids: np.ndarray, labels: np.ndarray
+) -> Path:
     """A finished train store on disk in the layout of activations.store_path (no model needed)."""
     path = root / model / f"{task}-train-auto-encoder-float32-b{len(words)}-s0"
     path.mkdir(parents=True)
@@ -270,9 +316,19 @@ def _write_store(root: Path, model: str, task: str, acts: np.ndarray, words: lis
     np.save(path / "sentence_ids.npy", sids)
     (path / "words.json").write_text(json.dumps(words))
     n, L, h = acts.shape
-    meta = {"model": model, "task": task, "split": "train", "level": "word", "aggregation": "last",
-            "dtype": "float32", "n_items": n, "n_layers": L, "hidden": h, "complete": True,
-            "activations_sha256": sha256_file(path / "activations.npy")}
+    meta = {
+        "model": model,
+        "task": task,
+        "split": "train",
+        "level": "word",
+        "aggregation": "last",
+        "dtype": "float32",
+        "n_items": n,
+        "n_layers": L,
+        "hidden": h,
+        "complete": True,
+        "activations_sha256": sha256_file(path / "activations.npy"),
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
@@ -306,7 +362,8 @@ def app(tmp_path):
     acts = _grouped_activations(len(words), 3, 8, rng)
     _write_store(tmp_path / "acts", "minilm", "pos", acts, words, sids, labels)
     _transfer_result(3, 8, np.array([2, 9, 17]), ["DT", "JJ", "NN", "VB"], rng).save(
-        tmp_path / "figs" / "transfer" / "minilm-pos")
+        tmp_path / "figs" / "transfer" / "minilm-pos"
+    )
     a = explorer.Explorer(root=tmp_path / "acts", cache_root=tmp_path / "cache", figures_dirs=[tmp_path / "figs"])
     a.test_acts = acts
     return a
@@ -353,8 +410,15 @@ def test_sentence_callback_runs_the_model(tmp_path, minilm):
 
     rng = np.random.default_rng(9)
     words, sids, labels = _sentences(50, rng)
-    _write_store(tmp_path / "acts", "minilm", "pos", rng.normal(size=(len(words), 7, 384)).astype(np.float32),
-                 words, sids, labels)
+    _write_store(
+        tmp_path / "acts",
+        "minilm",
+        "pos",
+        rng.normal(size=(len(words), 7, 384)).astype(np.float32),
+        words,
+        sids,
+        labels,
+    )
     app = explorer.Explorer(root=tmp_path / "acts", cache_root=tmp_path / "cache", figures_dirs=[tmp_path / "none"])
     app._loaded_model = ("minilm", minilm)  # the session's model, loaded once
     app.layer.value, app.unit.value = 4, 100

@@ -24,9 +24,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,13 +39,25 @@ from .paths import cache_dir, resolve
 from .selection import TransferResult
 from .similarity import gram_statistics
 
-__all__ = ["MissingInput", "STORE_HINT", "TRANSFER_HINT", "find_stores", "find_store", "Prepared", "prepare",
-           "Explorer"]
+__all__ = [
+    "MissingInput",
+    "STORE_HINT",
+    "TRANSFER_HINT",
+    "find_stores",
+    "find_store",
+    "Prepared",
+    "prepare",
+    "Explorer",
+]
 
-STORE_HINT = ("run notebooks/01_activation_extraction.ipynb (make quick: MiniLM on small budgets; "
-              "make reproduce: MPNet and SmolLM2)")
-TRANSFER_HINT = ("run notebooks/04_feature_selected_transfer.ipynb (make quick writes build/quick/figures/transfer; "
-                 "make reproduce writes figures/transfer)")
+STORE_HINT = (
+    "run notebooks/01_activation_extraction.ipynb (make quick: MiniLM on small budgets; "
+    "make reproduce: MPNet and SmolLM2)"
+)
+TRANSFER_HINT = (
+    "run notebooks/04_feature_selected_transfer.ipynb (make quick writes build/quick/figures/transfer; "
+    "make reproduce writes figures/transfer)"
+)
 DEFAULT_FIGURES_DIRS = ("figures", "build/quick/figures")
 CACHE_VERSION = 2
 THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -81,12 +94,21 @@ def find_stores(root: str | os.PathLike | None = None) -> pd.DataFrame:
             continue
         if not meta.get("complete") or meta.get("split") != "train":
             continue
-        rows.append({"model": meta.get("model", meta_path.parent.parent.name), "task": meta.get("task"),
-                     "level": meta.get("level"), "n_items": int(meta["n_items"]), "n_layers": int(meta["n_layers"]),
-                     "hidden": int(meta["hidden"]), "path": str(meta_path.parent)})
+        rows.append(
+            {
+                "model": meta.get("model", meta_path.parent.parent.name),
+                "task": meta.get("task"),
+                "level": meta.get("level"),
+                "n_items": int(meta["n_items"]),
+                "n_layers": int(meta["n_layers"]),
+                "hidden": int(meta["hidden"]),
+                "path": str(meta_path.parent),
+            }
+        )
     table = pd.DataFrame(rows, columns=["model", "task", "level", "n_items", "n_layers", "hidden", "path"])
-    return table.sort_values(["model", "task", "n_items"], ascending=[True, True, False],
-                             kind="stable").reset_index(drop=True)
+    return table.sort_values(["model", "task", "n_items"], ascending=[True, True, False], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def find_store(model: str, task: str, *, root: str | os.PathLike | None = None) -> Path:
@@ -175,15 +197,23 @@ def _precompute(store: ActivationStore, folder: Path, *, progress: bool) -> None
     sweep = cluster_sweep(corr, THRESHOLDS, linkage=tree)
     np.save(tmp / "cluster_labels.npy", np.stack([c.labels for c in sweep]).astype(np.int32))
     np.savez(tmp / "representatives.npz", *[c.representatives for c in sweep])
-    (tmp / "meta.json").write_text(json.dumps({"cache_version": CACHE_VERSION, "store": str(store.path),
-                                               "activations_sha256": store.meta.get("activations_sha256")}))
+    (tmp / "meta.json").write_text(
+        json.dumps(
+            {
+                "cache_version": CACHE_VERSION,
+                "store": str(store.path),
+                "activations_sha256": store.meta.get("activations_sha256"),
+            }
+        )
+    )
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
 
 
-def _find_transfer(model: str, task: str, n_features: int, figures_dirs: Sequence[str | os.PathLike]
-                   ) -> tuple[TransferResult | None, str]:
+def _find_transfer(
+    model: str, task: str, n_features: int, figures_dirs: Sequence[str | os.PathLike]
+) -> tuple[TransferResult | None, str]:
     """The first saved transfer result of (model, task) in ``figures_dirs`` that fits, and a note."""
     tried = []
     for d in figures_dirs:
@@ -199,9 +229,15 @@ def _find_transfer(model: str, task: str, n_features: int, figures_dirs: Sequenc
 _PREPARED: dict[tuple, Prepared] = {}
 
 
-def prepare(model: str, task: str, *, root: str | os.PathLike | None = None,
-            figures_dirs: Sequence[str | os.PathLike] = DEFAULT_FIGURES_DIRS,
-            cache_root: str | os.PathLike | None = None, progress: bool = False) -> Prepared:
+def prepare(
+    model: str,
+    task: str,
+    *,
+    root: str | os.PathLike | None = None,
+    figures_dirs: Sequence[str | os.PathLike] = DEFAULT_FIGURES_DIRS,
+    cache_root: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Prepared:
     """Open the (model, task) train store and load (or make, once) its precomputation.
 
     Parameters
@@ -252,10 +288,23 @@ def prepare(model: str, task: str, *, root: str | os.PathLike | None = None,
     lca = None
     if transfer is not None and transfer.oracle is not None:
         scale = np.where(std > 0, std, 1.0)
-        lca = inspection.lca_table(np.atleast_2d(transfer.oracle.coef_) * scale,
-                                   classes=transfer.oracle.classes_ if transfer.oracle.classes_ is not None else None)
-    prepared = Prepared(model, task, store, corr, np.load(folder / "linkage.npy"), np.load(folder / "cka.npy"), std,
-                        transfer, note, lca, _clusters=sweep)
+        lca = inspection.lca_table(
+            np.atleast_2d(transfer.oracle.coef_) * scale,
+            classes=transfer.oracle.classes_ if transfer.oracle.classes_ is not None else None,
+        )
+    prepared = Prepared(
+        model,
+        task,
+        store,
+        corr,
+        np.load(folder / "linkage.npy"),
+        np.load(folder / "cka.npy"),
+        std,
+        transfer,
+        note,
+        lca,
+        _clusters=sweep,
+    )
     if len(_PREPARED) >= 2:
         _PREPARED.pop(next(iter(_PREPARED)))
     _PREPARED[key] = prepared
@@ -277,8 +326,9 @@ def _png(fig: Any) -> bytes:
 
 
 def _table_html(table: pd.DataFrame, *, digits: int = 3) -> str:
-    return table.to_html(index=False, escape=True, float_format=lambda x: f"{x:.{digits}f}", border=0,
-                         classes="explorer-table")
+    return table.to_html(
+        index=False, escape=True, float_format=lambda x: f"{x:.{digits}f}", border=0, classes="explorer-table"
+    )
 
 
 def _message(text: str) -> str:
@@ -327,9 +377,15 @@ class Explorer:
         The current (model, task); None when there is nothing to show (``status`` says why).
     """
 
-    def __init__(self, *, root: str | os.PathLike | None = None,
-                 figures_dirs: Sequence[str | os.PathLike] = DEFAULT_FIGURES_DIRS,
-                 cache_root: str | os.PathLike | None = None, model: str | None = None, task: str | None = None):
+    def __init__(
+        self,
+        *,
+        root: str | os.PathLike | None = None,
+        figures_dirs: Sequence[str | os.PathLike] = DEFAULT_FIGURES_DIRS,
+        cache_root: str | os.PathLike | None = None,
+        model: str | None = None,
+        task: str | None = None,
+    ):
         import ipywidgets as w
 
         self._root, self._figures_dirs, self._cache_root = root, tuple(figures_dirs), cache_root
@@ -341,34 +397,65 @@ class Explorer:
             model = "mpnet" if "mpnet" in models else models[0]
         self.model = w.Dropdown(options=models, value=model if model in models else None, description="model")
         self.task = w.Dropdown(options=[], description="task")
-        self.threshold = w.FloatSlider(value=0.3, min=0.1, max=0.9, step=0.1, description="threshold t",
-                                       readout_format=".1f", continuous_update=False)
+        self.threshold = w.FloatSlider(
+            value=0.3,
+            min=0.1,
+            max=0.9,
+            step=0.1,
+            description="threshold t",
+            readout_format=".1f",
+            continuous_update=False,
+        )
         self.layer = w.IntSlider(value=0, min=0, max=0, description="layer", continuous_update=False)
         self.unit = w.BoundedIntText(value=0, min=0, max=0, description="unit")
         self.layer_i = w.Dropdown(options=[0], description="CKA row")
         self.layer_j = w.Dropdown(options=[0], description="CKA column")
         self.cluster = w.Dropdown(options=[], description="cluster", layout=w.Layout(width="420px"))
-        self.sentence = w.Text(value="The quick brown fox jumps over the lazy dog .", description="sentence",
-                               layout=w.Layout(width="640px"))
+        self.sentence = w.Text(
+            value="The quick brown fox jumps over the lazy dog .",
+            description="sentence",
+            layout=w.Layout(width="640px"),
+        )
         self.extra = w.Text(value="", placeholder="more neurons, e.g. 3:17, 5:200", description="neurons")
         self.run_button = w.Button(description="run sentence", button_style="primary")
         self.status = w.HTML()
         self.cka_image, self.pair_image, self.cluster_image, self.card_image = (w.Image(format="png") for _ in range(4))
         self.pair_html, self.cluster_html, self.card_html, self.sentence_html = (w.HTML() for _ in range(4))
-        layers_tab = w.VBox([w.HTML("<b>Layer × layer linear CKA</b> — pick a cell (row, column) to see the "
-                                    "neuron correlations of that layer pair."),
-                             w.HBox([self.layer_i, self.layer_j]), w.HBox([self.cka_image, self.pair_image]),
-                             self.pair_html])
-        clusters_tab = w.VBox([w.HTML("<b>Clusters</b> at the threshold t (distance 1 − |r|) with a member in the "
-                                      "chosen layer, largest first."), self.cluster,
-                               w.HBox([self.cluster_html, self.cluster_image])])
+        layers_tab = w.VBox(
+            [
+                w.HTML(
+                    "<b>Layer × layer linear CKA</b> — pick a cell (row, column) to see the "
+                    "neuron correlations of that layer pair."
+                ),
+                w.HBox([self.layer_i, self.layer_j]),
+                w.HBox([self.cka_image, self.pair_image]),
+                self.pair_html,
+            ]
+        )
+        clusters_tab = w.VBox(
+            [
+                w.HTML(
+                    "<b>Clusters</b> at the threshold t (distance 1 − |r|) with a member in the "
+                    "chosen layer, largest first."
+                ),
+                self.cluster,
+                w.HBox([self.cluster_html, self.cluster_image]),
+            ]
+        )
         card_tab = w.VBox([self.unit, w.HBox([self.card_html, self.card_image])])
         sentence_tab = w.VBox([w.HBox([self.sentence, self.run_button]), self.extra, self.sentence_html])
         self.tabs = w.Tab(children=[layers_tab, clusters_tab, card_tab, sentence_tab])
         for i, name in enumerate(["Layers (CKA)", "Clusters", "Neuron card", "Your sentence"]):
             self.tabs.set_title(i, name)
-        self.widget = w.VBox([w.HTML("<h3>Redundancy explorer</h3>"), w.HBox([self.model, self.task]),
-                              w.HBox([self.threshold, self.layer]), self.status, self.tabs])
+        self.widget = w.VBox(
+            [
+                w.HTML("<h3>Redundancy explorer</h3>"),
+                w.HBox([self.model, self.task]),
+                w.HBox([self.threshold, self.layer]),
+                self.status,
+                self.tabs,
+            ]
+        )
         self.model.observe(self._on_model, names="value")
         self.task.observe(self._on_task, names="value")
         self.threshold.observe(lambda _: self._refresh_clusters(), names="value")
@@ -409,15 +496,22 @@ class Explorer:
             return self.status.value
         try:
             self.status.value = f"<i>preparing {html.escape(self.model.value)} · {html.escape(self.task.value)} …</i>"
-            self.data = prepare(self.model.value, self.task.value, root=self._root, figures_dirs=self._figures_dirs,
-                                cache_root=self._cache_root)
+            self.data = prepare(
+                self.model.value,
+                self.task.value,
+                root=self._root,
+                figures_dirs=self._figures_dirs,
+                cache_root=self._cache_root,
+            )
         except MissingInput as exc:
             self.status.value = _message(str(exc))
             return self.status.value
         d = self.data
-        self.status.value = (f"{d.model} · {d.task}: {len(d.store):,} {d.level}s × {d.n_layers} layers × {d.hidden} "
-                             f"units = {d.n_layers * d.hidden:,} neurons (store {html.escape(d.store.path.name)}); "
-                             f"{html.escape(d.transfer_note)}")
+        self.status.value = (
+            f"{d.model} · {d.task}: {len(d.store):,} {d.level}s × {d.n_layers} layers × {d.hidden} "
+            f"units = {d.n_layers * d.hidden:,} neurons (store {html.escape(d.store.path.name)}); "
+            f"{html.escape(d.transfer_note)}"
+        )
         with self.layer.hold_trait_notifications(), self.unit.hold_trait_notifications():
             self.layer.max = d.n_layers - 1
             self.unit.max = d.hidden - 1
@@ -449,7 +543,7 @@ class Explorer:
         fig.colorbar(im, ax=ax, label="linear CKA")
         self.cka_image.value = _png(fig)
         h = d.hidden
-        block = np.abs(np.asarray(d.corr[i * h:(i + 1) * h, j * h:(j + 1) * h], dtype=np.float32))
+        block = np.abs(np.asarray(d.corr[i * h : (i + 1) * h, j * h : (j + 1) * h], dtype=np.float32))
         fig, ax = plt.subplots(figsize=(4.6, 4))
         im = ax.imshow(block, vmin=0, vmax=1, cmap="magma", interpolation="nearest")
         ax.set(title=f"|r| of neurons: layer {i} × layer {j}", xlabel=f"unit in layer {j}", ylabel=f"unit in layer {i}")
@@ -463,11 +557,15 @@ class Explorer:
         top = np.argpartition(-work, 10, axis=None)[:10]  # the 10 largest, then sorted (ties: lower index)
         flat = top[np.lexsort((top, -work.ravel()[top]))]
         a, b = np.unravel_index(flat, work.shape)
-        best = pd.DataFrame({"neuron A": [f"{i}:{x}" for x in a], "neuron B": [f"{j}:{y}" for y in b],
-                             "|r|": block[a, b]})
-        self.pair_html.value = (f"<b>CKA(layer {i}, layer {j}) = {d.cka[i, j]:.3f}</b>; mean |r| over the "
-                                f"{h}×{h} unit pairs {block.mean():.3f}; mean over the units of layer {i} of their best |r| in "
-                                f"layer {j}{' (other units)' if i == j else ''}: {best_match.max(axis=1).mean():.3f}. Most correlated pairs:" + _table_html(best))
+        best = pd.DataFrame(
+            {"neuron A": [f"{i}:{x}" for x in a], "neuron B": [f"{j}:{y}" for y in b], "|r|": block[a, b]}
+        )
+        self.pair_html.value = (
+            f"<b>CKA(layer {i}, layer {j}) = {d.cka[i, j]:.3f}</b>; mean |r| over the "
+            f"{h}×{h} unit pairs {block.mean():.3f}; mean over the units of layer {i} of their best |r| in "
+            f"layer {j}{' (other units)' if i == j else ''}: {best_match.max(axis=1).mean():.3f}. Most correlated pairs:"
+            + _table_html(best)
+        )
         return self.pair_html.value
 
     def _refresh_clusters(self) -> None:
@@ -477,7 +575,7 @@ class Explorer:
             return
         cl = d.clusters(self.threshold.value)
         h, layer = d.hidden, int(self.layer.value)
-        in_layer = np.unique(cl.labels[layer * h:(layer + 1) * h])
+        in_layer = np.unique(cl.labels[layer * h : (layer + 1) * h])
         sizes = cl.sizes()[in_layer]
         order = np.lexsort((in_layer, -sizes))
         shown = in_layer[order][:200]
@@ -485,8 +583,10 @@ class Explorer:
         mask = np.isin(cl.labels, shown)
         pairs = np.unique(np.stack([cl.labels[mask], np.flatnonzero(mask) // h]), axis=1)
         layers_of = {int(c): pairs[1, pairs[0] == c] for c in shown}
-        options = [(f"cluster {c}: {cl.sizes()[c]} neuron(s), layers {', '.join(map(str, layers_of[int(c)]))}", int(c))
-                   for c in shown]
+        options = [
+            (f"cluster {c}: {cl.sizes()[c]} neuron(s), layers {', '.join(map(str, layers_of[int(c)]))}", int(c))
+            for c in shown
+        ]
         self.cluster.options = options
         self.cluster.value = options[0][1] if options else None
         self.render_cluster()
@@ -505,10 +605,11 @@ class Explorer:
         view = inspection.cluster_members(d.corr, first, hidden=d.hidden, clusters=cl)
         kept = d.n_layers * d.hidden - int(cl.redundant().sum())
         table = view.members[["layer", "unit", "representative", "mean_abs_r"]].head(50)
-        self.cluster_html.value = (f"t = {cl.threshold:.2f}: {cl.n_clusters:,} clusters, {kept:,} neurons kept of "
-                                   f"{cl.n_features:,}. This cluster: {view.size} neuron(s), representative "
-                                   f"{view.representative // d.hidden}:{view.representative % d.hidden}"
-                                   + _table_html(table))
+        self.cluster_html.value = (
+            f"t = {cl.threshold:.2f}: {cl.n_clusters:,} clusters, {kept:,} neurons kept of "
+            f"{cl.n_features:,}. This cluster: {view.size} neuron(s), representative "
+            f"{view.representative // d.hidden}:{view.representative % d.hidden}" + _table_html(table)
+        )
         m = min(view.size, 40)
         fig, ax = plt.subplots(figsize=(3.8, 3.3))
         im = ax.imshow(view.abs_r[:m, :m], vmin=0, vmax=1, cmap="magma")
@@ -529,23 +630,34 @@ class Explorer:
             self.card_html.value = self.status.value
             return self.card_html.value
         layer, unit = int(self.layer.value), int(self.unit.value)
-        prof = inspection.neuron_profile(d.store, layer, unit, lca=d.lca, corr=d.corr,
-                                         clusters=d.clusters(self.threshold.value))
+        prof = inspection.neuron_profile(
+            d.store, layer, unit, lca=d.lca, corr=d.corr, clusters=d.clusters(self.threshold.value)
+        )
         values = inspection.neuron_values(d.store, layer, unit)
         if d.lca is not None:
-            chosen_for = (f"selected for class(es) {html.escape(', '.join(map(str, prof.classes)))}" if prof.classes
-                          else "no p of LCA's grid selects it (ranked by its weight alone)")
+            chosen_for = (
+                f"selected for class(es) {html.escape(', '.join(map(str, prof.classes)))}"
+                if prof.classes
+                else "no p of LCA's grid selects it (ranked by its weight alone)"
+            )
             strongest = ", ".join(map(str, d.lca.loc[prof.neuron, "strongest"]))
-            lca_text = (f"LCA rank <b>{prof.lca_rank:,}</b> of {d.n_layers * d.hidden:,} (oracle probe of notebook 04), "
-                        f"{chosen_for}; largest |w| for {html.escape(strongest)}; Σ|w| = {prof.weight:.3g}")
+            lca_text = (
+                f"LCA rank <b>{prof.lca_rank:,}</b> of {d.n_layers * d.hidden:,} (oracle probe of notebook 04), "
+                f"{chosen_for}; largest |w| for {html.escape(strongest)}; Σ|w| = {prof.weight:.3g}"
+            )
             if d.transfer is not None:
                 kept = prof.neuron in set(d.transfer.neurons.tolist())
                 lca_text += f"; {'kept' if kept else 'not kept'} by the transfer pipeline"
         else:
             lca_text = _message(f"LCA rank unknown: {d.transfer_note}")
         others = prof.cluster.members[prof.cluster.members.neuron != prof.neuron].head(8)
-        members = ", ".join(f"{r.layer}:{r.unit}{' (rep.)' if r.representative else ''} |r| {r.abs_r:.2f}"
-                            for r in others.itertuples()) or "none (a singleton)"
+        members = (
+            ", ".join(
+                f"{r.layer}:{r.unit}{' (rep.)' if r.representative else ''} |r| {r.abs_r:.2f}"
+                for r in others.itertuples()
+            )
+            or "none (a singleton)"
+        )
         rep = prof.cluster.representative
         top = inspection.top_items(d.store, layer, unit, k=8)
         bottom = inspection.top_items(d.store, layer, unit, k=5, bottom=True)
@@ -554,17 +666,22 @@ class Explorer:
             f"<h4>neuron {layer}:{unit} (index {prof.neuron:,})</h4><p>{lca_text}</p>"
             f"<p>cluster at t = {self.threshold.value:.2f}: {prof.cluster.size} neuron(s), representative "
             f"{rep // d.hidden}:{rep % d.hidden}; others: {html.escape(members)}</p>"
-            "<b>highest activations</b>" + _table_html(top[["activation", "label", text_col]])
-            + "<b>lowest activations</b>" + _table_html(bottom[["activation", "label", text_col]])
-            + "<b>by class</b> (highest mean first)" + _table_html(prof.by_class.head(12)))
+            "<b>highest activations</b>"
+            + _table_html(top[["activation", "label", text_col]])
+            + "<b>lowest activations</b>"
+            + _table_html(bottom[["activation", "label", text_col]])
+            + "<b>by class</b> (highest mean first)"
+            + _table_html(prof.by_class.head(12))
+        )
         classes = prof.by_class.sort_values("count", ascending=False, kind="stable")["class"].head(6).tolist()
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
         bins = np.histogram_bin_edges(values, bins=40)
         labels = np.asarray(d.store.labels)
         for c in classes:
             ax.hist(values[labels == c], bins=bins, histtype="step", linewidth=1.5, label=str(c))
-        ax.hist(values[~np.isin(labels, classes)], bins=bins, histtype="stepfilled", alpha=0.2, color="grey",
-                label="other")
+        ax.hist(
+            values[~np.isin(labels, classes)], bins=bins, histtype="stepfilled", alpha=0.2, color="grey", label="other"
+        )
         ax.set(title=f"neuron {layer}:{unit}: activation by class", xlabel="activation", ylabel="items")
         ax.legend(fontsize=7, ncol=2)
         self.card_image.value = _png(fig)
@@ -596,8 +713,13 @@ class Explorer:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one short sentence: threads gain nothing and stall on a busy machine
         try:
-            acts = extract(loaded, [words], level="word", aggregation=d.store.meta.get("aggregation", "last")
-                           if d.level == "word" else "last", progress=False)  # (n_words, n_layers, hidden)
+            acts = extract(
+                loaded,
+                [words],
+                level="word",
+                aggregation=d.store.meta.get("aggregation", "last") if d.level == "word" else "last",
+                progress=False,
+            )  # (n_words, n_layers, hidden)
         finally:
             torch.set_num_threads(threads)
         layer, unit = int(self.layer.value), int(self.unit.value)
@@ -613,13 +735,15 @@ class Explorer:
             z = (v - mean) / (d.std[g] if d.std[g] > 0 else 1.0)
             cells = "".join(
                 f'<td style="background:{_colour(zi)};padding:2px 6px" title="z = {zi:.2f}">{vi:.2f}</td>'
-                for vi, zi in zip(v, z))
+                for vi, zi in zip(v, z)
+            )
             rows.append(f"<tr><th>{lay}:{un}</th>{cells}</tr>")
         head = "".join(f"<th>{html.escape(wd)}</th>" for wd in words)
         self.sentence_html.value = (
             f"<p>{d.model}, word vectors ({loaded.n_layers} layers); colour: standard scores against the "
             f"{d.task} train store (red high, blue low).</p>"
-            f'<table class="explorer-sentence"><tr><th>neuron</th>{head}</tr>{"".join(rows)}</table>')
+            f'<table class="explorer-sentence"><tr><th>neuron</th>{head}</tr>{"".join(rows)}</table>'
+        )
         return self.sentence_html.value
 
 

@@ -20,9 +20,10 @@ Quantities and their shapes:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,8 +82,10 @@ def _check_store(store: Any) -> None:
     """TypeError unless ``store`` looks like an ActivationStore."""
     for name in ("activations", "labels", "words", "sentence_ids"):
         if not hasattr(store, name):
-            raise TypeError(f"expected an ActivationStore (with .{name}), got {type(store).__name__}; "
-                            "open one with ActivationStore.open(path) or activations.get_activations(...)")
+            raise TypeError(
+                f"expected an ActivationStore (with .{name}), got {type(store).__name__}; "
+                "open one with ActivationStore.open(path) or activations.get_activations(...)"
+            )
 
 
 def neuron_values(store: Any, layer: int, unit: int) -> np.ndarray:
@@ -110,8 +113,9 @@ def _context(store: Any, rows: np.ndarray, width: int) -> list[str]:
     return out
 
 
-def top_items(store: Any, layer: int, unit: int, *, k: int = 10, bottom: bool = False,
-              context: int = 6) -> pd.DataFrame:
+def top_items(
+    store: Any, layer: int, unit: int, *, k: int = 10, bottom: bool = False, context: int = 6
+) -> pd.DataFrame:
     """The k items on which one neuron is highest (or lowest), with their label and text.
 
     Parameters
@@ -139,10 +143,15 @@ def top_items(store: Any, layer: int, unit: int, *, k: int = 10, bottom: bool = 
         raise ValueError(f"k must be a positive number of items, got {k}")
     values = neuron_values(store, layer, unit)
     order = np.argsort(values if bottom else -values, kind="stable")[:k]
-    table = pd.DataFrame({
-        "rank": np.arange(1, len(order) + 1), "row": order, "activation": values[order],
-        "label": np.asarray(store.labels)[order], "text": [store.words[i] for i in order],
-    })
+    table = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(order) + 1),
+            "row": order,
+            "activation": values[order],
+            "label": np.asarray(store.labels)[order],
+            "text": [store.words[i] for i in order],
+        }
+    )
     if store.meta.get("level", "word") == "word":
         table["context"] = _context(store, order, context)
     return table
@@ -183,8 +192,15 @@ class ClusterView:
         return int(self.members.loc[self.members["representative"], "neuron"].iloc[0])
 
 
-def cluster_members(corr: Any, neuron: int, *, hidden: int, threshold: float | None = None,
-                    clusters: NeuronClusters | None = None, linkage: np.ndarray | None = None) -> ClusterView:
+def cluster_members(
+    corr: Any,
+    neuron: int,
+    *,
+    hidden: int,
+    threshold: float | None = None,
+    clusters: NeuronClusters | None = None,
+    linkage: np.ndarray | None = None,
+) -> ClusterView:
     """The members of ``neuron``'s cluster, as (layer, unit), with pairwise |r| and the representative.
 
     Parameters
@@ -221,11 +237,20 @@ def cluster_members(corr: Any, neuron: int, *, hidden: int, threshold: float | N
     m = len(members)
     mean_abs = (block.sum(axis=1) - np.diag(block)) / (m - 1) if m > 1 else np.full(m, np.nan)
     layers, units = layer_unit(members, hidden=hidden)
-    table = pd.DataFrame({"neuron": members, "layer": layers, "unit": units, "representative": members == rep,
-                          "abs_r": with_neuron, "mean_abs_r": mean_abs})
+    table = pd.DataFrame(
+        {
+            "neuron": members,
+            "layer": layers,
+            "unit": units,
+            "representative": members == rep,
+            "abs_r": with_neuron,
+            "mean_abs_r": mean_abs,
+        }
+    )
     order = np.lexsort((members, -with_neuron, members != rep))
-    return ClusterView(neuron, float(clusters.threshold), table.iloc[order].reset_index(drop=True),
-                       block[np.ix_(order, order)])
+    return ClusterView(
+        neuron, float(clusters.threshold), table.iloc[order].reset_index(drop=True), block[np.ix_(order, order)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,8 +274,16 @@ def class_profile(values: Any, labels: Any) -> pd.DataFrame:
     if values.shape != labels.shape or values.ndim != 1:
         raise ValueError(f"values and labels must be 1D of one length, got {values.shape} and {labels.shape}")
     g = pd.DataFrame({"class": labels, "v": values}).groupby("class", sort=True)["v"]
-    table = pd.DataFrame({"count": g.size(), "mean": g.mean(), "std": g.std(ddof=0), "q25": g.quantile(0.25),
-                          "median": g.median(), "q75": g.quantile(0.75)}).reset_index()
+    table = pd.DataFrame(
+        {
+            "count": g.size(),
+            "mean": g.mean(),
+            "std": g.std(ddof=0),
+            "q25": g.quantile(0.25),
+            "median": g.median(),
+            "q75": g.quantile(0.75),
+        }
+    ).reset_index()
     return table.sort_values(["mean", "class"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
@@ -294,8 +327,10 @@ def lca_table(coef: Any, *, classes: Sequence | None = None, step: float = 0.001
         cs = by_weight[:, i]
         served.append(tuple(names[cs[per_class[cs, i] == entry[i]]].tolist()) if entry[i] < never else ())
         strongest.append(tuple(names[cs[:3]].tolist()))
-    return pd.DataFrame({"rank": rank, "entry_step": entry, "classes": served, "weight": absw.sum(axis=0),
-                         "strongest": strongest}, index=pd.RangeIndex(n, name="neuron"))
+    return pd.DataFrame(
+        {"rank": rank, "entry_step": entry, "classes": served, "weight": absw.sum(axis=0), "strongest": strongest},
+        index=pd.RangeIndex(n, name="neuron"),
+    )
 
 
 @dataclass(frozen=True)
@@ -327,8 +362,15 @@ class NeuronProfile:
     cluster: ClusterView | None
 
 
-def neuron_profile(store: Any, layer: int, unit: int, *, lca: pd.DataFrame | None = None, corr: Any = None,
-                   clusters: NeuronClusters | None = None) -> NeuronProfile:
+def neuron_profile(
+    store: Any,
+    layer: int,
+    unit: int,
+    *,
+    lca: pd.DataFrame | None = None,
+    corr: Any = None,
+    clusters: NeuronClusters | None = None,
+) -> NeuronProfile:
     """A neuron's activation by class, its LCA rank and classes, and its cluster.
 
     Parameters
@@ -352,17 +394,30 @@ def neuron_profile(store: Any, layer: int, unit: int, *, lca: pd.DataFrame | Non
     if lca is not None:
         row = lca.loc[idx]
         rank, classes, weight = int(row["rank"]), tuple(row["classes"]), float(row["weight"])
-    cluster = cluster_members(corr, idx, hidden=hidden, clusters=clusters) if corr is not None and clusters is not None else None
-    return NeuronProfile(idx, int(layer), int(unit), class_profile(values, store.labels), rank, classes or (),
-                         weight, cluster)
+    cluster = (
+        cluster_members(corr, idx, hidden=hidden, clusters=clusters)
+        if corr is not None and clusters is not None
+        else None
+    )
+    return NeuronProfile(
+        idx, int(layer), int(unit), class_profile(values, store.labels), rank, classes or (), weight, cluster
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # neuron lists as tidy CSV
 
 
-def neuron_list(neurons: Any, *, model: str, task: str, hidden: int, ranks: Any = None,
-                classes: Sequence[Sequence] | None = None, weights: Any = None) -> pd.DataFrame:
+def neuron_list(
+    neurons: Any,
+    *,
+    model: str,
+    task: str,
+    hidden: int,
+    ranks: Any = None,
+    classes: Sequence[Sequence] | None = None,
+    weights: Any = None,
+) -> pd.DataFrame:
     """A tidy neuron list: one row per neuron, columns ``NEURON_LIST_COLUMNS``, sorted by rank.
 
     Parameters
@@ -388,8 +443,10 @@ def neuron_list(neurons: Any, *, model: str, task: str, hidden: int, ranks: Any 
     weights = np.full(n, np.nan) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     classes = [()] * n if classes is None else list(classes)
     if not (len(ranks) == len(weights) == len(classes) == n):
-        raise ValueError(f"neurons, ranks, classes and weights must have one length; got {n}, {len(ranks)}, "
-                         f"{len(classes)}, {len(weights)}")
+        raise ValueError(
+            f"neurons, ranks, classes and weights must have one length; got {n}, {len(ranks)}, "
+            f"{len(classes)}, {len(weights)}"
+        )
     cells = []
     for cs in classes:
         names = [str(c) for c in cs]
@@ -398,20 +455,38 @@ def neuron_list(neurons: Any, *, model: str, task: str, hidden: int, ranks: Any 
             raise ValueError(f"class name {bad[0]!r} contains the separator {CLASS_SEPARATOR!r}; rename the class")
         cells.append(CLASS_SEPARATOR.join(names))
     layers, units = layer_unit(neurons, hidden=hidden)
-    table = pd.DataFrame({"model": model, "task": task, "layer": layers, "unit": units, "rank": ranks,
-                          "classes": cells, "weight": weights}, columns=list(NEURON_LIST_COLUMNS))
+    table = pd.DataFrame(
+        {
+            "model": model,
+            "task": task,
+            "layer": layers,
+            "unit": units,
+            "rank": ranks,
+            "classes": cells,
+            "weight": weights,
+        },
+        columns=list(NEURON_LIST_COLUMNS),
+    )
     return table.sort_values("rank", kind="stable").reset_index(drop=True)
 
 
-def lca_neuron_list(coef: Any, *, model: str, task: str, hidden: int, classes: Sequence | None = None,
-                    step: float = 0.001) -> pd.DataFrame:
+def lca_neuron_list(
+    coef: Any, *, model: str, task: str, hidden: int, classes: Sequence | None = None, step: float = 0.001
+) -> pd.DataFrame:
     """The LCA ordering of every neuron as a neuron list (rank 1 = most important).
 
     ``coef`` and ``classes`` as in ``lca_table``.
     """
     t = lca_table(coef, classes=classes, step=step)
-    return neuron_list(t.index.to_numpy(), model=model, task=task, hidden=hidden, ranks=t["rank"],
-                       classes=t["classes"].tolist(), weights=t["weight"])
+    return neuron_list(
+        t.index.to_numpy(),
+        model=model,
+        task=task,
+        hidden=hidden,
+        ranks=t["rank"],
+        classes=t["classes"].tolist(),
+        weights=t["weight"],
+    )
 
 
 def minimal_set_neuron_list(neurons: Any, lca: pd.DataFrame, *, model: str, task: str, hidden: int) -> pd.DataFrame:
@@ -421,12 +496,20 @@ def minimal_set_neuron_list(neurons: Any, lca: pd.DataFrame, *, model: str, task
     """
     neurons = np.asarray(neurons, dtype=np.int64)
     rows = lca.loc[neurons]
-    return neuron_list(neurons, model=model, task=task, hidden=hidden, ranks=rows["rank"],
-                       classes=rows["classes"].tolist(), weights=rows["weight"])
+    return neuron_list(
+        neurons,
+        model=model,
+        task=task,
+        hidden=hidden,
+        ranks=rows["rank"],
+        classes=rows["classes"].tolist(),
+        weights=rows["weight"],
+    )
 
 
-def transfer_neuron_list(result: Any, *, model: str | None = None, task: str | None = None,
-                         scale: Any = None, step: float = 0.001) -> pd.DataFrame:
+def transfer_neuron_list(
+    result: Any, *, model: str | None = None, task: str | None = None, scale: Any = None, step: float = 0.001
+) -> pd.DataFrame:
     """The neurons the transfer pipeline kept (``selection.TransferResult``), ranked by LCA of its final probe.
 
     Parameters
@@ -452,17 +535,25 @@ def transfer_neuron_list(result: Any, *, model: str | None = None, task: str | N
         coef = coef * np.asarray(scale, dtype=np.float64)[np.asarray(r.neurons)]
     classes = r.classes_ if r.classes_ is not None else ["value"]
     t = lca_table(coef, classes=classes, step=step)
-    return neuron_list(np.asarray(r.neurons)[t.index.to_numpy()], model=model or result.info.get("model", ""),
-                       task=task or result.info.get("task", ""), hidden=result.hidden, ranks=t["rank"],
-                       classes=t["classes"].tolist(), weights=t["weight"])
+    return neuron_list(
+        np.asarray(r.neurons)[t.index.to_numpy()],
+        model=model or result.info.get("model", ""),
+        task=task or result.info.get("task", ""),
+        hidden=result.hidden,
+        ranks=t["rank"],
+        classes=t["classes"].tolist(),
+        weights=t["weight"],
+    )
 
 
 def write_neuron_list(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a neuron list as CSV (atomically); return the path."""
     missing = [c for c in NEURON_LIST_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"a neuron list needs the columns {list(NEURON_LIST_COLUMNS)}; missing {missing}. "
-                         "Make it with inspection.neuron_list(...)")
+        raise ValueError(
+            f"a neuron list needs the columns {list(NEURON_LIST_COLUMNS)}; missing {missing}. "
+            "Make it with inspection.neuron_list(...)"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -476,9 +567,20 @@ def read_neuron_list(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no neuron list at {path}; write one with inspection.write_neuron_list")
-    table = pd.read_csv(path, dtype={"model": str, "task": str, "classes": str, "layer": np.int64,
-                                     "unit": np.int64, "rank": np.int64, "weight": np.float64},
-                        keep_default_na=False, na_values={"weight": ["", "nan", "NaN"]})
+    table = pd.read_csv(
+        path,
+        dtype={
+            "model": str,
+            "task": str,
+            "classes": str,
+            "layer": np.int64,
+            "unit": np.int64,
+            "rank": np.int64,
+            "weight": np.float64,
+        },
+        keep_default_na=False,
+        na_values={"weight": ["", "nan", "NaN"]},
+    )
     if list(table.columns) != list(NEURON_LIST_COLUMNS):
         raise ValueError(f"{path} has columns {list(table.columns)}, expected {list(NEURON_LIST_COLUMNS)}")
     return table
