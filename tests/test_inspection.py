@@ -433,3 +433,16 @@ def test_sentence_callback_runs_the_model(tmp_path, minilm):
     assert "<th>sharply</th>" in out
     app.sentence.value = "   "
     assert "type a sentence" in app.render_sentence()
+
+
+def test_explorer_writes_the_neuron_lists_it_knows(app, tmp_path):
+    from utils import explorer
+
+    lca_path, transfer_path = explorer.write_neuron_lists(app.data, tmp_path / "neurons")
+    assert lca_path.name == "minilm-pos-lca.csv" and transfer_path.name == "minilm-pos-transfer.csv"
+    lca = inspection.read_neuron_list(lca_path)
+    flat = app.test_acts.reshape(len(app.test_acts), -1)
+    order = lca_ordering(app.data.transfer.oracle.coef_ * flat.std(axis=0))
+    np.testing.assert_array_equal((lca["layer"] * 8 + lca["unit"]).to_numpy(), order)
+    kept = inspection.read_neuron_list(transfer_path)
+    assert sorted(kept["layer"] * 8 + kept["unit"]) == [2, 9, 17]

@@ -36,10 +36,12 @@ from . import inspection
 from .activations import ActivationStore, StoreError
 from .clustering import NeuronClusters, cluster_neurons, cluster_sweep, linkage_tree
 from .paths import cache_dir, resolve
+from .probing import feature_stats
 from .selection import TransferResult
 from .similarity import gram_statistics
 
 __all__ = [
+    "write_neuron_lists",
     "MissingInput",
     "STORE_HINT",
     "TRANSFER_HINT",
@@ -59,7 +61,7 @@ TRANSFER_HINT = (
     "make reproduce writes figures/transfer)"
 )
 DEFAULT_FIGURES_DIRS = ("figures", "build/quick/figures")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 """Clustering thresholds precomputed once per store (the slider's steps); others are cut on demand."""
 
@@ -136,7 +138,8 @@ class Prepared:
     cka : ndarray of shape (n_layers, n_layers)
         Linear CKA between layers.
     std : ndarray of shape (n_features,)
-        Standard deviation of every neuron over the store (ddof 0).
+        Standard deviation of every neuron over the store (ddof 0, ``probing.feature_stats``: what the
+        probes standardise with).
     transfer : TransferResult or None
         Notebook 04's result for (model, task), when it exists and fits the store's shape.
     transfer_note : str
@@ -188,7 +191,9 @@ def _precompute(store: ActivationStore, folder: Path, *, progress: bool) -> None
     tmp.mkdir(parents=True)
     acc = gram_statistics(store, progress=progress)
     np.save(tmp / "cka.npy", acc.block_similarity())
-    np.save(tmp / "std.npy", np.sqrt(acc.diag() / acc.n_samples_))
+    # the probe's own statistics (probing.feature_stats, float64 and shifted): raw weights x this std give
+    # back its standardised weights exactly, even for near-constant neurons the Gram's float32 sums lose
+    np.save(tmp / "std.npy", feature_stats(store.activations)[1].reshape(-1))
     corr = acc.correlation(warn=False)
     del acc
     np.save(tmp / "corr.npy", corr)
@@ -310,6 +315,44 @@ def prepare(
     _PREPARED[key] = prepared
     prepared.seconds = time.perf_counter() - t0
     return prepared
+
+
+def write_neuron_lists(prepared: Prepared, folder: str | os.PathLike) -> list[Path]:
+    """Write the neuron lists known for one (model, task) as tidy CSV (``inspection.NEURON_LIST_COLUMNS``).
+
+    ``<model>-<task>-lca.csv``: every neuron in the LCA order of notebook 04's oracle probe (weights
+    standardised with the store's std); ``<model>-<task>-transfer.csv``: the neurons the transfer
+    pipeline kept, ranked by LCA of its final probe. Lists whose source is missing are not written.
+
+    Parameters
+    ----------
+    prepared : Prepared
+    folder : path
+
+    Returns
+    -------
+    paths : list of Path
+        The files written (empty without a transfer result).
+    """
+    d, folder, out = prepared, Path(folder), []
+    stem = f"{d.model}-{d.task}"
+    if d.lca is not None:
+        table = inspection.neuron_list(
+            d.lca.index.to_numpy(),
+            model=d.model,
+            task=d.task,
+            hidden=d.hidden,
+            ranks=d.lca["rank"],
+            classes=d.lca["classes"].tolist(),
+            weights=d.lca["weight"],
+        )
+        out.append(inspection.write_neuron_list(table, folder / f"{stem}-lca.csv"))
+    if d.transfer is not None:
+        table = inspection.transfer_neuron_list(
+            d.transfer, model=d.model, task=d.task, scale=np.where(d.std > 0, d.std, 1.0)
+        )
+        out.append(inspection.write_neuron_list(table, folder / f"{stem}-transfer.csv"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
