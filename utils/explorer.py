@@ -462,7 +462,12 @@ class Explorer:
         self.extra = w.Text(value="", placeholder="more neurons, e.g. 3:17, 5:200", description="neurons")
         self.run_button = w.Button(description="run sentence", button_style="primary")
         self.status = w.HTML()
-        self.cka_image, self.pair_image, self.cluster_image, self.card_image = (w.Image(format="png") for _ in range(4))
+        self.cka_image, self.pair_image, self.cluster_image, self.card_image = (
+            w.Image(
+                format="png", layout=w.Layout(width=f"{px}px", height="auto", flex="0 0 auto", object_fit="contain")
+            )
+            for px in (380, 380, 320, 440)
+        )
         self.pair_html, self.cluster_html, self.card_html, self.sentence_html = (w.HTML() for _ in range(4))
         layers_tab = w.VBox(
             [
@@ -482,10 +487,12 @@ class Explorer:
                     "chosen layer, largest first."
                 ),
                 self.cluster,
-                w.HBox([self.cluster_html, self.cluster_image]),
+                w.HBox([self.cluster_html, self.cluster_image], layout=w.Layout(align_items="flex-start")),
             ]
         )
-        card_tab = w.VBox([self.unit, w.HBox([self.card_html, self.card_image])])
+        card_tab = w.VBox(
+            [self.unit, w.HBox([self.card_html, self.card_image], layout=w.Layout(align_items="flex-start"))]
+        )
         sentence_tab = w.VBox([w.HBox([self.sentence, self.run_button]), self.extra, self.sentence_html])
         self.tabs = w.Tab(children=[layers_tab, clusters_tab, card_tab, sentence_tab])
         for i, name in enumerate(["Layers (CKA)", "Clusters", "Neuron card", "Your sentence"]):
