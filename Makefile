@@ -7,9 +7,10 @@ PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?= -m "not slow and not network"
 
-.PHONY: all venv reproduce quick test pytest lab html bench clean-quick check-tutorial
+.PHONY: all venv reproduce quick test pytest lab explore html bench clean-quick check-tutorial
 
 all: test
 
@@ -36,9 +37,11 @@ html: $(STAMP)
 check-tutorial: $(STAMP)
 	$(PY) -m utils.tutorial check
 
-# Quick configuration (MiniLM, small budgets): executed copies and figures go to build/quick/.
+# Quick configuration (MiniLM, small budgets): executed copies and figures go to build/quick/. The explorer
+# (widgets; its source stays unexecuted) runs here as a check that it builds.
 quick: $(STAMP)
-	$(PY) -m utils.tutorial run --params notebooks/params/quick.yaml --out build/quick/notebooks --figures build/quick/figures
+	$(PY) -m utils.tutorial run --params notebooks/params/quick.yaml --out build/quick/notebooks --figures build/quick/figures \
+	  --extra 05_explore
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -46,7 +49,11 @@ pytest: $(STAMP)
 test: pytest quick
 
 lab: $(STAMP)
-	$(PY) -m jupyter lab --notebook-dir=notebooks
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT)
+
+# The explorer of notebook 05 as a standalone page (Voila), on http://127.0.0.1:8866
+explore: $(STAMP)
+	$(PY) -m voila notebooks/05_explore.ipynb --no-browser --Voila.ip=127.0.0.1 --port=8866
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extraction.py

@@ -370,11 +370,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--params", required=True, help="papermill parameters YAML")
     run.add_argument("--out", required=True, help="folder for the executed copies")
     run.add_argument("--figures", required=True, help="folder for provenance.json (the run's figures folder)")
-    run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS))
+    run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), help="notebook stems, in order")
+    run.add_argument("--extra", nargs="*", default=[], help="notebook stems run after --notebooks")
     sub.add_parser("check", help="print what is wrong with the committed tutorial; exit 1 if anything")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run_notebooks(args.notebooks, params_file=args.params, out_dir=args.out, figures_dir=args.figures)
+        run_notebooks([*args.notebooks, *args.extra], params_file=args.params, out_dir=args.out, figures_dir=args.figures)
         record = json.loads((Path(args.figures) / PROVENANCE_FILE).read_text(encoding="utf-8"))
         print(timing_table(record))
     else:
