@@ -11,17 +11,14 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from utils.metrics import accuracy, bootstrap_ci, macro_f1, pearson
+from utils.training import auto_lr
 from utils.probing import (
     LinearProbe,
     LinearProbeRegressor,
-    accuracy,
-    bootstrap_ci,
     control_labels,
-    auto_lr,
     fit_layer_probes,
     layer_probe_table,
-    macro_f1,
-    pearson,
     restrict_to_classes,
 )
 
@@ -192,7 +189,7 @@ def test_memmap_input_gives_the_same_probe(tmp_path):
 
 
 def test_bfloat16_and_streamed_inputs_train_the_same_probe(monkeypatch):
-    from utils import probing
+    from utils import training
 
     X, y = noisy_problem(n=1200)
     params = dict(solver="adam", max_epochs=4, batch_size=64)
@@ -201,7 +198,7 @@ def test_bfloat16_and_streamed_inputs_train_the_same_probe(monkeypatch):
     assert abs(half.score(X[900:], y[900:]) - ref.score(X[900:], y[900:])) <= 0.02
     np.testing.assert_allclose(half.standardized_coef_, ref.standardized_coef_, atol=0.05)
     # inputs too large to copy are standardised batch by batch: the same probe up to rounding
-    monkeypatch.setattr(probing, "_MATERIALISE_BYTES", 0)
+    monkeypatch.setattr(training, "_MATERIALISE_BYTES", 0)
     streamed = LinearProbe(**params).fit(X[:900], y[:900], X_dev=X[900:], y_dev=y[900:])
     np.testing.assert_allclose(streamed.coef_, ref.coef_, rtol=1e-4, atol=1e-5)
     assert streamed.best_epoch_ == ref.best_epoch_

@@ -1,7 +1,11 @@
 """Figures from tidy tables: one consistent style, titled axes, colour bars. No statistics here.
 
-Functions take numbers that were computed elsewhere and return the matplotlib ``Figure`` so that a
-notebook can show it; ``save`` writes it as PNG.
+Start reading at ``save`` and ``heatmap_panels`` (one layer x layer matrix per run). Every function
+takes numbers computed elsewhere (tidy pandas tables with the columns named in its docstring, or
+matrices of shape (n_layers, n_layers)) and returns the matplotlib ``Figure`` so that a notebook can
+show it; ``save`` writes it as PNG. One function per figure kind, in notebook order: 01
+(``norm_curves``), 02 (``heatmap_panels``, ``kept_curves``, ``span_bars``, ``layer_share_curves``),
+03 (``layer_probe_curves``, ``neuron_curves``, ``selected_layer_bars``), 04 (``transfer_steps``).
 """
 
 from __future__ import annotations
@@ -25,40 +29,6 @@ def save(fig: plt.Figure, path: str | os.PathLike, *, dpi: int = 130) -> Path:
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     os.replace(tmp, path)
     return path
-
-
-def heatmap(
-    matrix: np.ndarray,
-    *,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    cbar_label: str,
-    ticklabels: Sequence[str] | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    annotate: bool = False,
-    fmt: str = ".2f",
-    cmap: str = "viridis",
-    ax: plt.Axes | None = None,
-) -> plt.Figure:
-    """Draw a square matrix of shape (n_rows, n_cols) as an annotated heatmap with a colour bar."""
-    matrix = np.asarray(matrix)
-    if ax is None:
-        size = max(4.0, 0.45 * matrix.shape[1] + 2.0)
-        fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    else:
-        fig = ax.figure
-    labels = list(ticklabels) if ticklabels is not None else "auto"
-    sns.heatmap(
-        matrix, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=annotate, fmt=fmt,
-        annot_kws={"fontsize": 7}, xticklabels=labels, yticklabels=labels, square=True,
-        cbar_kws={"label": cbar_label},
-    )
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    return fig
 
 
 def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
