@@ -22,9 +22,9 @@ from utils.clustering import (
     layer_pair_counts,
     layer_redundancy,
     linkage_tree,
-    same_unit_share,
     neuron_correlation,
     redundancy_by_threshold,
+    same_unit_share,
 )
 from utils.similarity import gram_statistics
 

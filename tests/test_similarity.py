@@ -19,7 +19,6 @@ from utils.similarity import (
     linear_cka,
 )
 
-
 # ---------------------------------------------------------------------------------------------
 # independent references (plain numpy, n x n kernels)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 
 sns.set_theme(context="notebook", style="whitegrid")
@@ -31,7 +31,7 @@ def save(fig: plt.Figure, path: str | os.PathLike, *, dpi: int = 130) -> Path:
     return path
 
 
-def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def norm_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Plot ``mean_norm`` against ``layer``, one line per (model, task) of a tidy table."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for (model, task), group in table.groupby(["model", "task"], sort=False):
@@ -43,7 +43,7 @@ def norm_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     return fig
 
 
-def transfer_steps(steps: "pd.DataFrame", *, title: str) -> plt.Figure:
+def transfer_steps(steps: pd.DataFrame, *, title: str) -> plt.Figure:
     """Test score against % of neurons kept through the pipeline's steps, one line per (model, task)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (model, task), g in steps.groupby(["model", "task"], sort=False):
@@ -65,7 +65,7 @@ def transfer_steps(steps: "pd.DataFrame", *, title: str) -> plt.Figure:
 
 
 def heatmap_panels(
-    matrices: "dict[str, np.ndarray]",
+    matrices: dict[str, np.ndarray],
     *,
     title: str,
     xlabel: str,
@@ -112,7 +112,7 @@ def heatmap_panels(
 
 
 def kept_curves(
-    table: "pd.DataFrame",
+    table: pd.DataFrame,
     *,
     title: str,
     reference_pct_kept: float | None = None,
@@ -133,7 +133,7 @@ def kept_curves(
     return fig
 
 
-def span_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def span_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Grouped bars of ``n_clusters`` per ``span`` (layers a cluster covers), one colour per ``run``."""
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
     sns.barplot(data=table, x="span", y="n_clusters", hue="run", ax=ax)
@@ -144,7 +144,7 @@ def span_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     return fig
 
 
-def layer_share_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def layer_share_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """``pct_redundant`` against ``layer``, one line per ``run`` of a tidy table."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for run, group in table.groupby("run", sort=False):
@@ -160,7 +160,7 @@ def layer_share_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
 # ---- task-specific redundancy (notebook 03) -------------------------------------------------
 
 
-def layer_probe_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def layer_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Dev accuracy (left) and selectivity (right) per layer, independent and incremental probes.
 
     ``table`` has columns ``layer, mode, score, control_score, selectivity`` with modes
@@ -197,7 +197,7 @@ def layer_probe_curves(table: "pd.DataFrame", *, title: str) -> plt.Figure:
     return fig
 
 
-def neuron_curves(curve: "pd.DataFrame", *, oracle: float, target: float | None, title: str) -> plt.Figure:
+def neuron_curves(curve: pd.DataFrame, *, oracle: float, target: float | None, title: str) -> plt.Figure:
     """Dev score against the number of top neurons kept (log scale), one line per ``ordering``."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, g in curve.groupby("ordering", sort=False):
@@ -214,7 +214,7 @@ def neuron_curves(curve: "pd.DataFrame", *, oracle: float, target: float | None,
     return fig
 
 
-def selected_layer_bars(table: "pd.DataFrame", *, title: str) -> plt.Figure:
+def selected_layer_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Bars of ``count`` per ``layer``, one colour per ``run`` (e.g. model · task): where selected neurons sit."""
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     sns.barplot(data=table, x="layer", y="count", hue="run", ax=ax)

@@ -42,7 +42,9 @@ Quantities and shapes:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,7 @@ from .validation import check_features, check_targets, encode_labels, is_regress
 __all__ = [
     "LinearProbe",
     "LinearProbeRegressor",
+    "ProbeSplits",
     "control_labels",
     "fit_layer_probes",
     "layer_probe_table",
@@ -178,7 +181,7 @@ class _BaseProbe(BaseEstimator):
         else:
             self.standardized_coef_, self.coef_, self.intercept_ = w_std, coef, intercept
 
-    def _fit(self, X: Any, y: Any, X_dev: Any, y_dev: Any) -> "_BaseProbe":
+    def _fit(self, X: Any, y: Any, X_dev: Any, y_dev: Any) -> _BaseProbe:
         X = check_features(X)
         y = check_targets(y, X.shape[0])
         if (X_dev is None) != (y_dev is None):
@@ -291,7 +294,7 @@ class LinearProbe(ClassifierMixin, _BaseProbe):
 
     _task = "classification"
 
-    def fit(self, X: Any, y: Any, *, X_dev: Any = None, y_dev: Any = None) -> "LinearProbe":
+    def fit(self, X: Any, y: Any, *, X_dev: Any = None, y_dev: Any = None) -> LinearProbe:
         """Fit the probe.
 
         Parameters
@@ -339,7 +342,7 @@ class LinearProbeRegressor(RegressorMixin, _BaseProbe):
 
     _task = "regression"
 
-    def fit(self, X: Any, y: Any, *, X_dev: Any = None, y_dev: Any = None) -> "LinearProbeRegressor":
+    def fit(self, X: Any, y: Any, *, X_dev: Any = None, y_dev: Any = None) -> LinearProbeRegressor:
         """Fit the probe on real-valued targets ``y`` of shape (n_samples,); dev for early stopping."""
         return self._fit(X, y, X_dev, y_dev)
 
@@ -356,7 +359,7 @@ class LinearProbeRegressor(RegressorMixin, _BaseProbe):
         return METRICS[metric](y.astype(np.float64), self.predict(X))
 
 
-def make_probe(y: Any, **params: Any) -> "LinearProbe | LinearProbeRegressor":
+def make_probe(y: Any, **params: Any) -> LinearProbe | LinearProbeRegressor:
     """A ``LinearProbe`` for class labels or a ``LinearProbeRegressor`` for a real-valued ``y``, with ``params``."""
     return (LinearProbeRegressor if is_regression_target(y) else LinearProbe)(**params)
 
@@ -614,3 +617,74 @@ def restrict_to_classes(X: Any, y: Any, classes: Sequence) -> tuple[Any, np.ndar
     if keep.all():
         return X, y, 0
     return X[np.flatnonzero(keep)], y[keep], int((~keep).sum())
+
+
+@dataclass
+class ProbeSplits:
+    """Train and dev data of one model × task for probing, dev restricted to the classes seen in train.
+
+    Build it with ``ProbeSplits.from_stores(train, dev)`` from two ``ActivationStore``s (or anything
+    with ``activations``, ``labels`` and ``words``); ``features()`` gives the flattened neurons and
+    ``test_features(test)`` the test split treated the same way.
+
+    Attributes
+    ----------
+    activations : array-like of shape (n, n_layers, hidden)
+        Train activations (a memmap stays a memmap).
+    labels : ndarray of shape (n,)
+    words : list of str of length n
+    activations_dev : array-like of shape (n_dev, n_layers, hidden)
+        Dev items whose label occurs in train.
+    labels_dev : ndarray of shape (n_dev,)
+    words_dev : list of str of length n_dev
+    dropped_dev : int
+        Dev items dropped (their label never occurs in train).
+    """
+
+    activations: Any
+    labels: np.ndarray
+    words: list
+    activations_dev: Any
+    labels_dev: np.ndarray
+    words_dev: list
+    dropped_dev: int
+
+    @classmethod
+    def from_stores(cls, train: Any, dev: Any) -> ProbeSplits:
+        """Train and dev splits, dropping dev items of classes never seen in train (regression: none)."""
+        labels = np.asarray(train.labels)
+        if is_regression_target(labels):
+            return cls(train.activations, labels, list(train.words), dev.activations, np.asarray(dev.labels),
+                       list(dev.words), 0)
+        classes = np.unique(labels)
+        activations_dev, labels_dev, dropped = restrict_to_classes(dev.activations, dev.labels, classes)
+        words_dev, _, _ = restrict_to_classes(np.asarray(dev.words, dtype=object), dev.labels, classes)
+        return cls(train.activations, labels, list(train.words), activations_dev, labels_dev, list(words_dev), dropped)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.activations.shape[1])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.activations.shape[2])
+
+    def features(self) -> tuple[Any, Any]:
+        """Train and dev activations with the layers flattened: shapes (n, n_layers * hidden) and (n_dev, ...)."""
+        return (self.activations.reshape(len(self.labels), -1),
+                self.activations_dev.reshape(len(self.labels_dev), -1))
+
+    def test_features(self, test: Any) -> tuple[Any, np.ndarray, int]:
+        """A test split (``activations``, ``labels``) restricted to train's classes and flattened.
+
+        Returns
+        -------
+        X_test : array-like of shape (n_test, n_layers * hidden)
+        y_test : ndarray of shape (n_test,)
+        n_dropped : int
+        """
+        if is_regression_target(self.labels):
+            A, y, dropped = test.activations, np.asarray(test.labels), 0
+        else:
+            A, y, dropped = restrict_to_classes(test.activations, test.labels, np.unique(self.labels))
+        return A.reshape(len(y), -1), y, dropped

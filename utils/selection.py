@@ -24,9 +24,10 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,7 +102,7 @@ class ReducedProbe:
     classes_: np.ndarray | None
 
     @classmethod
-    def from_probe(cls, probe: Any, *, neurons: np.ndarray, hidden: int) -> "ReducedProbe":
+    def from_probe(cls, probe: Any, *, neurons: np.ndarray, hidden: int) -> ReducedProbe:
         """Wrap a fitted ``LinearProbe`` trained on ``X[:, neurons]``."""
         neurons = np.asarray(neurons, dtype=np.int64)
         return cls(int(neurons.max() // hidden), hidden, neurons, np.asarray(probe.coef_, dtype=np.float64),
@@ -237,7 +238,7 @@ class TransferResult:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TransferResult":
+    def load(cls, path: str | os.PathLike) -> TransferResult:
         """Read a result written by ``save``."""
         path = Path(path)
         if not (path / "result.json").exists():

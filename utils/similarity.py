@@ -38,7 +38,8 @@ All means and reductions are taken in float64.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -320,7 +321,7 @@ class GramAccumulator:
 
     # -- update --------------------------------------------------------------------------------
 
-    def add(self, batch: Any) -> "GramAccumulator":
+    def add(self, batch: Any) -> GramAccumulator:
         """Add a batch of rows.
 
         Parameters
@@ -572,7 +573,7 @@ class GramAccumulator:
         state.update({f"strip_{i}": s for i, s in enumerate(self._strips)})
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> "GramAccumulator":
+    def load_state_dict(self, state: dict[str, Any]) -> GramAccumulator:
         """Restore from ``state_dict()`` (e.g. ``dict(np.load(path))``); returns self."""
         self.compute_dtype = np.dtype(str(state["compute_dtype"]))
         self.n_samples_ = int(state["n_samples"])
