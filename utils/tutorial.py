@@ -274,7 +274,7 @@ def _same_cell(shown: str, value: object, digits: int) -> bool:
         return False
 
 
-def table_problems(markdown: str, table: "pd.DataFrame", *, digits: int = 3) -> list[str]:  # noqa: F821
+def table_problems(markdown: str, table: pd.DataFrame, *, digits: int = 3) -> list[str]:  # noqa: F821
     """Where the first markdown table in ``markdown`` differs from ``table`` (columns it shows only).
 
     Parameters
