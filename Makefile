@@ -9,7 +9,7 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow and not network"
 
-.PHONY: all venv reproduce quick test pytest lab html bench clean-quick check-tutorial
+.PHONY: all venv reproduce quick test pytest lint lab html bench clean-quick check-tutorial
 
 all: test
 
@@ -43,7 +43,11 @@ quick: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: pytest quick
+# The linter (rules and line length in pyproject.toml [tool.ruff]); make test runs it first.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint pytest quick
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab --notebook-dir=notebooks
