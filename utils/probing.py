@@ -266,8 +266,8 @@ class LinearProbe(ClassifierMixin, _BaseProbe):
         Torch device; defaults to the CPU (bit-for-bit reproducible).
     precision : {"float32", "bfloat16"}
         Adam only: keep the standardised inputs and do the matrix products in bfloat16 (weights,
-        losses and accumulation stay float32). About 4x faster matrix products on CPUs with
-        AVX512-BF16 (and on GPUs), at 3 significant digits per standardised input.
+        losses and accumulation stay float32): faster on hardware with bfloat16 matrix units, at
+        3 significant digits per standardised input.
     progress : bool
         Show a tqdm bar over Adam steps.
 
