@@ -80,7 +80,7 @@ class RunningMoments:
 
     def add(self, batch: Any) -> RunningMoments:
         """Add a batch of rows, array-like of shape (n_chunk, *feature_shape); returns self."""
-        b = np.asarray(batch, dtype=np.float64)
+        b = np.array(batch, dtype=np.float64)  # a copy: centred in place below, the caller's array untouched
         if len(b) == 0:
             return self
         mean_b = b.mean(axis=0)
