@@ -10,6 +10,7 @@ from utils.report import (
     PAPER_CLAIMS,
     check_runs,
     describe_general_redundancy,
+    describe_norms,
     describe_task_redundancy,
     markdown_table,
     oracle_score,
@@ -75,6 +76,20 @@ def test_oracle_score_reads_the_single_oracle_row():
     assert oracle_score(tl, "m", "pos") == pytest.approx(0.9)
     with pytest.raises(ValueError, match="expected one oracle row for m · sst"):
         oracle_score(tl, "m", "sst")
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 01
+
+
+def test_norm_reading_names_the_peak_per_run():
+    norms = pd.DataFrame({"model": "m", "task": ["pos"] * 3 + ["sst"] * 3, "layer": [0, 1, 2] * 2,
+                          "mean_norm": [1.0, 5.5, 2.25, 3.0, 2.0, np.inf]})
+    lines = describe_norms(norms).splitlines()
+    assert lines[0] == ("m · pos: mean norm 1.00 at the embeddings, peak 5.50 at layer 1, 2.25 at the last layer "
+                        "(3 layers; all finite: True).")
+    assert lines[1].startswith("m · sst: mean norm 3.00 at the embeddings, peak inf at layer 2")
+    assert lines[1].endswith("all finite: False).")
 
 
 # ---------------------------------------------------------------------------------------------

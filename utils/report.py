@@ -2,7 +2,7 @@
 
 Start reading at ``PAPER_CLAIMS`` (each claim of the paper's abstract with the bounds it sets: the
 one place where 85%, 92%, 97% and 10% are written), then the readings, one per notebook:
-``describe_general_redundancy`` (notebook 02), ``describe_task_redundancy`` (notebook 03) and
+``describe_norms`` (notebook 01), ``describe_general_redundancy`` (notebook 02), ``describe_task_redundancy`` (notebook 03) and
 ``reproduction_report`` (notebook 04 and the README). ``read_artifact`` is how a notebook reads what
 an earlier one wrote: a missing file or column is an error naming the notebook that makes it.
 
@@ -154,6 +154,28 @@ def oracle_score(task_layers: pd.DataFrame, model: str, task: str) -> float:
     if len(rows) != 1:
         raise ValueError(f"expected one oracle row for {model} · {task} in task_layers, found {len(rows)}")
     return float(rows["score"].iloc[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 01: activation norms
+
+
+def describe_norms(norms: pd.DataFrame) -> str:
+    """A short reading of a ``model, task, layer, mean_norm`` table: where norms peak and how they change.
+
+    Returns one line per model × task (in table order): the mean norm at the embeddings, its peak and
+    the layer of the peak, the last layer's, and whether every value is finite.
+    """
+    lines = []
+    for (model, task), g in norms.groupby(["model", "task"], sort=False):
+        values = g["mean_norm"].to_numpy()
+        peak = int(g["layer"].to_numpy()[values.argmax()])
+        lines.append(
+            f"{model} · {task}: mean norm {values[0]:.2f} at the embeddings, peak {values.max():.2f} at layer "
+            f"{peak}, {values[-1]:.2f} at the last layer ({len(values)} layers; all finite: "
+            f"{bool(np.isfinite(values).all())})."
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
