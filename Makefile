@@ -10,7 +10,7 @@ STAMP    := $(VENV)/.installed
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?= -m "not slow and not network"
 
-.PHONY: all venv reproduce quick test pytest lab explore html bench clean-quick check-tutorial
+.PHONY: all venv reproduce quick test pytest lint lab explore html bench clean-quick check-tutorial
 
 all: test
 
@@ -46,7 +46,11 @@ quick: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: pytest quick
+# The linter (rules and line length in pyproject.toml [tool.ruff]); make test runs it first.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint pytest quick
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab --notebook-dir=notebooks $(ALLOW_ROOT)

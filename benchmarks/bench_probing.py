@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.probing import LinearProbe, fit_layer_probes, restrict_to_classes  # noqa: E402
+from utils.probing import fit_layer_probes, restrict_to_classes  # noqa: E402
 
 
 def load(args: argparse.Namespace):

@@ -18,14 +18,13 @@ from utils.clustering import (
     cluster_layer_spans,
     cluster_neurons,
     cluster_sweep,
-    describe_general_redundancy,
     layer_duplication,
     layer_pair_counts,
     layer_redundancy,
     linkage_tree,
-    same_unit_share,
     neuron_correlation,
     redundancy_by_threshold,
+    same_unit_share,
 )
 from utils.similarity import gram_statistics
 
@@ -259,39 +258,6 @@ def test_same_unit_share_matches_a_loop():
     c = NeuronClusters(0.3, labels, np.array([0, 1, 2, 4, 7, 8]))
     assert same_unit_share(c, hidden=3) == pytest.approx(0.5)
     assert np.isnan(same_unit_share(NeuronClusters(0.3, np.arange(9), np.arange(9)), hidden=3))
-
-
-# ---------------------------------------------------------------------------------------------
-# the written reading
-
-
-def _tables(layer_share_by_layer, spans):
-    kept = pd.DataFrame({"run": "m", "threshold": [0.1, 0.3, 0.5], "pct_kept": [90.0, 40.0, 12.0]})
-    share = pd.DataFrame({"run": "m", "threshold": 0.3, "layer": np.arange(4), "pct_redundant": layer_share_by_layer})
-    span_df = pd.DataFrame({"run": "m", "span": [1, 2, 3, 4], "n_clusters": spans})
-    return kept, share, span_df
-
-
-def test_reading_is_generated_from_the_numbers():
-    banded = np.array([[1.0, 0.9, 0.5, 0.2], [0.9, 1.0, 0.8, 0.4], [0.5, 0.8, 1.0, 0.7], [0.2, 0.4, 0.7, 1.0]])
-    kept, share, spans = _tables([60.0, 50.0, 20.0, 10.0], [8, 2, 0, 0])
-    text = describe_general_redundancy({"m": banded}, kept, share, spans, reference_threshold=0.3,
-                                       same_unit={"m": 0.75}, constant_neurons={"m": 3})
-    assert "for 100% of layers the most similar other layer is a neighbour" in text
-    assert "75% of them are one unit index repeated" in text
-    assert "3 constant neurons stay as singletons" in text
-    assert "40.0% kept at t = 0.3" in text and "15% or fewer remain from threshold 0.5 on" in text
-    assert "lower half 55.0% vs upper half 15.0% redundant" in text
-    assert "10 multi-neuron clusters; 80% lie in one layer, 100% span at most two" in text
-    assert "differs" not in text
-
-    # the opposite numbers give the opposite verdicts
-    scrambled = np.array([[1.0, 0.1, 0.3, 0.9], [0.1, 1.0, 0.9, 0.1], [0.3, 0.9, 1.0, 0.2], [0.9, 0.1, 0.2, 1.0]])
-    kept, share, spans = _tables([10.0, 20.0, 50.0, 60.0], [0, 1, 3, 6])
-    kept["pct_kept"] = [95.0, 80.0, 60.0]
-    text = describe_general_redundancy({"m": scrambled}, kept, share, spans, reference_threshold=0.3)
-    assert text.count("differs") == 3
-    assert "no threshold up to 0.5 leaves 15% or fewer" in text
 
 
 # ---------------------------------------------------------------------------------------------

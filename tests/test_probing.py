@@ -11,19 +11,17 @@ from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from utils.metrics import accuracy, bootstrap_ci, macro_f1, pearson
 from utils.probing import (
     LinearProbe,
     LinearProbeRegressor,
-    accuracy,
-    bootstrap_ci,
+    ProbeSplits,
     control_labels,
-    auto_lr,
     fit_layer_probes,
     layer_probe_table,
-    macro_f1,
-    pearson,
     restrict_to_classes,
 )
+from utils.training import auto_lr
 
 pytestmark = pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning")
 
@@ -192,7 +190,7 @@ def test_memmap_input_gives_the_same_probe(tmp_path):
 
 
 def test_bfloat16_and_streamed_inputs_train_the_same_probe(monkeypatch):
-    from utils import probing
+    from utils import training
 
     X, y = noisy_problem(n=1200)
     params = dict(solver="adam", max_epochs=4, batch_size=64)
@@ -201,7 +199,7 @@ def test_bfloat16_and_streamed_inputs_train_the_same_probe(monkeypatch):
     assert abs(half.score(X[900:], y[900:]) - ref.score(X[900:], y[900:])) <= 0.02
     np.testing.assert_allclose(half.standardized_coef_, ref.standardized_coef_, atol=0.05)
     # inputs too large to copy are standardised batch by batch: the same probe up to rounding
-    monkeypatch.setattr(probing, "_MATERIALISE_BYTES", 0)
+    monkeypatch.setattr(training, "_MATERIALISE_BYTES", 0)
     streamed = LinearProbe(**params).fit(X[:900], y[:900], X_dev=X[900:], y_dev=y[900:])
     np.testing.assert_allclose(streamed.coef_, ref.coef_, rtol=1e-4, atol=1e-5)
     assert streamed.best_epoch_ == ref.best_epoch_
@@ -407,3 +405,26 @@ def test_lbfgs_warns_when_it_runs_out_of_iterations():
     X, y = noisy_problem(n=300)
     with pytest.raises(ConvergenceWarning, match="did not converge"):
         LinearProbe(solver="lbfgs", max_iter=2, tol=1e-12).fit(X, y)
+
+
+def test_probe_splits_drop_unseen_dev_and_test_items_with_their_words():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(10, 3, 4)).astype(np.float32)
+    train = SimpleNamespace(activations=acts[:6], labels=np.array(list("aabbab")), words=list("uvwxyz"))
+    dev = SimpleNamespace(activations=acts[6:], labels=np.array(list("aczb")), words=["p", "q", "r", "s"])
+    d = ProbeSplits.from_stores(train, dev)
+    assert d.dropped_dev == 2 and d.labels_dev.tolist() == ["a", "b"] and d.words_dev == ["p", "s"]
+    np.testing.assert_array_equal(d.activations_dev, acts[[6, 9]])
+    X, Xd = d.features()
+    assert X.shape == (6, 12) and Xd.shape == (2, 12) and (d.n_layers, d.hidden) == (3, 4)
+    np.testing.assert_array_equal(Xd[1], acts[9].ravel())
+    Xt, yt, dropped = d.test_features(dev)
+    assert dropped == 2 and yt.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(Xt, acts[[6, 9]].reshape(2, -1))
+    # real-valued targets: nothing is dropped
+    reg = ProbeSplits.from_stores(SimpleNamespace(activations=acts[:6], labels=np.linspace(0, 1, 6), words=list("uvwxyz")),
+                                  SimpleNamespace(activations=acts[6:], labels=np.array([0.15, 2.5, 0.3, 0.7]),
+                                                  words=list("pqrs")))
+    assert reg.dropped_dev == 0 and len(reg.labels_dev) == 4

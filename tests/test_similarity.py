@@ -19,7 +19,6 @@ from utils.similarity import (
     linear_cka,
 )
 
-
 # ---------------------------------------------------------------------------------------------
 # independent references (plain numpy, n x n kernels)
 
@@ -304,3 +303,21 @@ def test_standardized_layer_cka_equals_cka_of_standardized_layers():
     assert np.isnan(partial[0]).all() and np.isfinite(partial[1:, 1:]).all()
     with pytest.raises(ValueError, match="sum of block_sizes"):
         standardized_layer_cka(corr, [5, 5])
+
+
+def test_layer_cka_variants_match_cka_of_each_layer_pair(layered):
+    from utils.similarity import layer_cka_variants
+
+    acc = gram_statistics(layered, compute_dtype=np.float64, progress=False)
+    got = layer_cka_variants(acc)
+    n_layers = layered.shape[1]
+    z = (layered - layered.mean(0)) / layered.std(0)
+    for i in range(n_layers):
+        for j in range(n_layers):
+            a, b = layered[:, i], layered[:, j]
+            assert got.biased[i, j] == pytest.approx(linear_cka(a, b), abs=1e-10)
+            assert got.debiased[i, j] == pytest.approx(linear_cka(a, b, debiased=True), abs=1e-10)
+            # read from the float32 correlation matrix: float32 precision
+            assert got.standardized[i, j] == pytest.approx(linear_cka(z[:, i], z[:, j]), abs=1e-6)
+    # the mean comes from the streamed moments
+    np.testing.assert_allclose(acc.mean(), layered.reshape(len(layered), -1).mean(0), atol=1e-12)

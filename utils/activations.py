@@ -28,9 +28,10 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -354,7 +355,7 @@ class ActivationStore:
             yield np.asarray(self.activations[start : start + chunk_size])
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> "ActivationStore":
+    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> ActivationStore:
         """Open a finished store, checking its files against the metadata.
 
         Raises
@@ -392,7 +393,7 @@ class StoreError(RuntimeError):
     """An activation store on disk is incomplete, corrupt or inconsistent."""
 
 
-def layer_norms(store: "ActivationStore", *, chunk_size: int = 4096) -> np.ndarray:
+def layer_norms(store: ActivationStore, *, chunk_size: int = 4096) -> np.ndarray:
     """Mean L2 norm of the item vectors at each layer, shape (n_layers,), in one pass over the store."""
     total = np.zeros(store.n_layers, dtype=np.float64)
     for chunk in store.iter_chunks(chunk_size):
@@ -400,7 +401,7 @@ def layer_norms(store: "ActivationStore", *, chunk_size: int = 4096) -> np.ndarr
     return total / len(store)
 
 
-def preview(store: "ActivationStore", *, rows: int = 8, layers: Sequence[int] = (0, -1), units: int = 3) -> "pd.DataFrame":
+def preview(store: ActivationStore, *, rows: int = 8, layers: Sequence[int] = (0, -1), units: int = 3) -> pd.DataFrame:
     """First ``rows`` items of a store: word, label, and the first ``units`` neurons of some layers."""
     import pandas as pd
 
@@ -652,7 +653,7 @@ def task_stores(
     return out
 
 
-def describe_norms(norms: "pd.DataFrame") -> str:
+def describe_norms(norms: pd.DataFrame) -> str:
     """A short reading of a (model, task, layer, mean_norm) table: where norms peak and how they change."""
     lines = []
     for (model, task), g in norms.groupby(["model", "task"], sort=False):

@@ -4,8 +4,10 @@ Start reading at ``neuron_correlation`` (Pearson correlation of every pair of ne
 from the streaming Gram of ``similarity.GramAccumulator``), then ``cluster_neurons`` (the authors'
 agglomerative clustering on ``1 - |r|`` with average linkage, cut at a distance threshold, with one
 deterministic representative per cluster) and ``cluster_sweep`` (one linkage tree, cut at many
-thresholds). The summaries turn clusterings into tidy pandas tables for the figures, and
-``describe_general_redundancy`` writes the reading of those tables next to the paper's findings.
+thresholds). The summaries turn clusterings into tidy pandas tables for the figures;
+``general_redundancy`` makes all of them for one store from one streaming pass (the layer CKA of the
+same pass comes from ``similarity.layer_cka_variants``). ``report.describe_general_redundancy``
+writes the reading of those tables next to the paper's findings.
 
 Quantities and their shapes:
 
@@ -20,21 +22,23 @@ Quantities and their shapes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import fcluster, linkage as scipy_linkage
+from scipy.cluster.hierarchy import fcluster
+from scipy.cluster.hierarchy import linkage as scipy_linkage
 
 from .similarity import (
-    standardized_layer_cka,
     DEFAULT_CHUNK_SIZE,
     ConstantFeatureWarning,
     GramAccumulator,
-    adjacent_layer_summary,
     gram_statistics,
+    layer_cka_variants,
 )
+from .validation import as_array
 
 __all__ = [
     "ConstantFeatureWarning",
@@ -49,13 +53,10 @@ __all__ = [
     "layer_pair_counts",
     "layer_duplication",
     "same_unit_share",
-    "describe_general_redundancy",
     "GeneralRedundancy",
     "general_redundancy",
-    "PAPER_PCT_REDUNDANT",
 ]
 
-PAPER_PCT_REDUNDANT = 85.0  # abstract: "85% of the neurons across the network are redundant"
 _ROW_BLOCK = 512  # rows of the correlation matrix handled at once by the band-wise helpers
 
 
@@ -510,7 +511,11 @@ def general_redundancy(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
 ) -> GeneralRedundancy:
-    """Layer CKA, neuron correlation clusters and their summaries for one store, from one pass.
+    """Neuron correlation clusters and their summaries for one store, from one streaming pass.
+
+    The pass fills one ``GramAccumulator``; its correlation matrix is clustered here, and the
+    layer x layer CKA of the same accumulator is read by ``similarity.layer_cka_variants`` so that
+    nothing is streamed twice.
 
     Parameters
     ----------
@@ -529,7 +534,7 @@ def general_redundancy(
     -------
     result : GeneralRedundancy
     """
-    array = getattr(activations, "activations", activations)
+    array = as_array(activations)
     if len(getattr(array, "shape", ())) != 3:
         raise ValueError(
             f"Expected activations of shape (n_items, n_layers, hidden), got "
@@ -537,11 +542,9 @@ def general_redundancy(
         )
     n_items, n_layers, hidden = (int(x) for x in array.shape)
     acc = gram_statistics(array, chunk_size=chunk_size, progress=progress)
-    cka_biased = acc.block_similarity()
-    cka_debiased = acc.block_similarity(debiased=True)
     constant = acc.constant_features()
     corr = acc.correlation()
-    cka_standardized = standardized_layer_cka(corr, [hidden] * n_layers, constant=constant)
+    cka = layer_cka_variants(acc, corr=corr)
     del acc  # the Gram strips: free them before the linkage needs its memory
     thresholds = sorted(set(float(t) for t in thresholds) | {float(reference_threshold)})
     sweep = cluster_sweep(corr, thresholds)
@@ -549,8 +552,8 @@ def general_redundancy(
     spans = cluster_layer_spans(at_ref, n_layers=n_layers, hidden=hidden)
     spans.insert(0, "threshold", float(reference_threshold))
     return GeneralRedundancy(
-        n_items=n_items, n_layers=n_layers, hidden=hidden, cka=cka_biased, cka_debiased=cka_debiased,
-        cka_standardized=cka_standardized,
+        n_items=n_items, n_layers=n_layers, hidden=hidden, cka=cka.biased, cka_debiased=cka.debiased,
+        cka_standardized=cka.standardized,
         kept=redundancy_by_threshold(sweep),
         layer_share=layer_redundancy(sweep, n_layers=n_layers, hidden=hidden),
         spans=spans,
@@ -558,120 +561,3 @@ def general_redundancy(
         pair_counts=layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr),
         clusters=at_ref, same_unit=same_unit_share(at_ref, hidden=hidden), constant_neurons=constant,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# the written reading
-
-
-def _first_threshold_reaching(kept: pd.DataFrame, pct_kept: float) -> float | None:
-    """Smallest threshold whose pct_kept is at most ``pct_kept``, or None."""
-    hit = kept.loc[kept["pct_kept"] <= pct_kept + 1e-9, "threshold"]
-    return float(hit.min()) if len(hit) else None
-
-
-def describe_general_redundancy(
-    cka: Mapping[str, Any],
-    kept: pd.DataFrame,
-    layer_share: pd.DataFrame,
-    spans: pd.DataFrame,
-    *,
-    reference_threshold: float,
-    same_unit: Mapping[str, float] | None = None,
-    constant_neurons: Mapping[str, int] | None = None,
-    paper_pct_redundant: float = PAPER_PCT_REDUNDANT,
-) -> str:
-    """Write the reading of the general-redundancy figures from their numbers, next to the paper's.
-
-    Parameters
-    ----------
-    cka : mapping of str to array-like of shape (n_layers, n_layers)
-        Layer CKA per run label (e.g. ``"minilm / pos"``).
-    kept : DataFrame
-        Columns ``run, threshold, pct_kept`` (as from ``redundancy_by_threshold`` plus a run column).
-    layer_share : DataFrame
-        Columns ``run, threshold, layer, pct_redundant`` (from ``layer_redundancy``).
-    spans : DataFrame
-        Columns ``run, span, n_clusters`` (from ``cluster_layer_spans`` at ``reference_threshold``).
-    reference_threshold : float
-        Threshold at which per-layer shares and spans are read (the paper's pipeline uses 0.3).
-    same_unit : mapping of str to float, optional
-        ``same_unit_share`` per run, at ``reference_threshold``.
-    constant_neurons : mapping of str to int, optional
-        Number of constant neurons per run (they stay as singletons, so they count as kept).
-    paper_pct_redundant : float, default=85
-        The paper's headline share of redundant neurons.
-
-    Returns
-    -------
-    text : str
-        Markdown bullet points, one block per finding, each saying whether our numbers agree.
-    """
-    lines: list[str] = []
-    target_kept = 100.0 - paper_pct_redundant
-    same_unit = dict(same_unit or {})
-    constant_neurons = dict(constant_neurons or {})
-
-    lines.append("**Adjacent layers are the most similar** (paper: layer-level redundancy is highest between neighbours).")
-    for run, matrix in cka.items():
-        s = adjacent_layer_summary(matrix)
-        verdict = "agrees" if s["frac_nearest_adjacent"] >= 0.5 and s["mean_adjacent"] > s["mean_non_adjacent"] else "differs"
-        undefined = (f" Layer(s) {s['undefined_layers']} are constant over these items (CKA undefined) and left out."
-                     if s["undefined_layers"] else "")
-        lines.append(
-            f"- {run}: for {100 * s['frac_nearest_adjacent']:.0f}% of layers the most similar other layer is a "
-            f"neighbour; neighbours average CKA {s['mean_adjacent']:.2f} vs {s['mean_non_adjacent']:.2f} for layers "
-            f"two or more apart; the least similar neighbours are layers {s['min_adjacent_pair']} and "
-            f"{s['min_adjacent_pair'] + 1} ({s['min_adjacent']:.2f}). Neighbours in the lower half average "
-            f"{s['lower_adjacent']:.2f}, in the upper half {s['upper_adjacent']:.2f}.{undefined} -> {verdict}."
-        )
-
-    lines.append("")
-    lines.append(f"**{paper_pct_redundant:.0f}% of neurons are redundant** (paper, abstract): here, the share kept after clustering.")
-    for run, g in kept.groupby("run", sort=False):
-        g = g.sort_values("threshold")
-        ref = g.loc[np.isclose(g["threshold"], reference_threshold), "pct_kept"]
-        reach = _first_threshold_reaching(g, target_kept)
-        where = (f"{target_kept:.0f}% or fewer remain from threshold {reach:g} on" if reach is not None
-                 else f"no threshold up to {g['threshold'].max():g} leaves {target_kept:.0f}% or fewer")
-        at_ref = f"{ref.iloc[0]:.1f}% kept at t = {reference_threshold:g}; " if len(ref) else ""
-        n_const = constant_neurons.get(run, 0)
-        const = (f" {n_const} constant neurons stay as singletons and count as kept, though they carry nothing."
-                 if n_const else "")
-        lines.append(f"- {run}: {at_ref}{g['pct_kept'].iloc[0]:.1f}% at t = {g['threshold'].iloc[0]:g}, "
-                     f"{g['pct_kept'].iloc[-1]:.1f}% at t = {g['threshold'].iloc[-1]:g}; {where}.{const}")
-
-    lines.append("")
-    lines.append(f"**Lower layers are more redundant** (paper): share of each layer's neurons dropped at t = {reference_threshold:g}.")
-    at_ref = layer_share[np.isclose(layer_share["threshold"], reference_threshold)]
-    for run, g in at_ref.groupby("run", sort=False):
-        g = g.sort_values("layer")
-        share = g["pct_redundant"].to_numpy()
-        half = len(share) // 2
-        lower, upper = share[:half].mean(), share[half:].mean()
-        rho = pd.Series(share).corr(pd.Series(np.arange(len(share), dtype=float)), method="spearman")
-        verdict = "agrees" if lower > upper else "differs"
-        lines.append(
-            f"- {run}: lower half {lower:.1f}% vs upper half {upper:.1f}% redundant (most: layer "
-            f"{int(g['layer'].iloc[int(np.argmax(share))])}, {share.max():.1f}%; Spearman rho of share vs "
-            f"depth {rho:+.2f}). -> {verdict}."
-        )
-
-    lines.append("")
-    lines.append(f"**Clusters stay within neighbouring layers** (paper: redundant neurons mostly come from the same or adjacent layers), t = {reference_threshold:g}, clusters of 2+ neurons.")
-    for run, g in spans.groupby("run", sort=False):
-        total = int(g["n_clusters"].sum())
-        if total == 0:
-            lines.append(f"- {run}: no cluster has two or more neurons at this threshold.")
-            continue
-        within = g.loc[g["span"] <= 2, "n_clusters"].sum() / total
-        one = g.loc[g["span"] == 1, "n_clusters"].sum() / total
-        verdict = "agrees" if within >= 0.5 else "differs"
-        unit = same_unit.get(run)
-        unit_text = (f" {100 * unit:.0f}% of them are one unit index repeated across consecutive layers (the residual "
-                     f"stream carrying a dimension forward)." if unit is not None and np.isfinite(unit) else "")
-        lines.append(
-            f"- {run}: {total} multi-neuron clusters; {100 * one:.0f}% lie in one layer, {100 * within:.0f}% "
-            f"span at most two; widest span {int(g.loc[g['n_clusters'] > 0, 'span'].max())} layers.{unit_text} -> {verdict}."
-        )
-    return "\n".join(lines)

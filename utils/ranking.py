@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .probing import _check_features, _check_targets, feature_stats, make_probe
+from .metrics import bootstrap_ci
+from .moments import feature_stats, row_chunks
+from .probing import make_probe
+from .validation import check_features, check_targets, is_regression_target
 
 PCT_GRID: tuple[float, ...] = (
     0.001, 0.002, 0.003, 0.004, 0.005,
@@ -160,8 +164,8 @@ def f_statistic(X: Any, y: Any) -> np.ndarray:
     F : ndarray of shape (n_features,)
         NaN for a constant feature; inf when classes differ but are constant within.
     """
-    X = _check_features(X)
-    y = _check_targets(y, X.shape[0])
+    X = check_features(X)
+    y = check_targets(y, X.shape[0])
     classes, codes = np.unique(y, return_inverse=True)
     n, C = len(y), len(classes)
     if C < 2 or n <= C:
@@ -169,8 +173,8 @@ def f_statistic(X: Any, y: Any) -> np.ndarray:
     mean, _ = feature_stats(X)  # also rejects NaN / inf with a clear message
     sums = np.zeros((C, X.shape[1]))
     sq = np.zeros(X.shape[1])
-    step = max(256, 2**24 // X.shape[1])
-    for s in range(0, n, step):
+    starts, step = row_chunks(n, X.shape[1])
+    for s in starts:
         xb = np.asarray(X[s : s + step], dtype=np.float64) - mean  # centred: no cancellation
         onehot = np.zeros((len(xb), C))
         onehot[np.arange(len(xb)), codes[s : s + step]] = 1.0
@@ -326,11 +330,11 @@ def minimal_neuron_set(
     -------
     result : MinimalSet
     """
-    X_train = _check_features(X_train, name="X_train")
-    y_train = _check_targets(y_train, X_train.shape[0], name="y_train", x_name="X_train")
+    X_train = check_features(X_train, name="X_train")
+    y_train = check_targets(y_train, X_train.shape[0], name="y_train", x_name="X_train")
     n_features = X_train.shape[1]
-    X_dev = _check_features(X_dev, name="X_dev", n_features=n_features)
-    y_dev = _check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
+    X_dev = check_features(X_dev, name="X_dev", n_features=n_features)
+    y_dev = check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
     ordering = _check_ordering(ordering, n_features)
     n_total = n_features if n_total is None else int(n_total)
     if n_total < n_features:
@@ -389,11 +393,11 @@ def accuracy_curve(
     curve : DataFrame
         Columns ``ordering, pct, k, score``, one row per (ordering, grid point).
     """
-    X_train = _check_features(X_train, name="X_train")
-    y_train = _check_targets(y_train, X_train.shape[0], name="y_train", x_name="X_train")
+    X_train = check_features(X_train, name="X_train")
+    y_train = check_targets(y_train, X_train.shape[0], name="y_train", x_name="X_train")
     n_features = X_train.shape[1]
-    X_dev = _check_features(X_dev, name="X_dev", n_features=n_features)
-    y_dev = _check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
+    X_dev = check_features(X_dev, name="X_dev", n_features=n_features)
+    y_dev = check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
     n_total = n_features if n_total is None else int(n_total)
     params = dict(probe_params or {})
     checked = {name: _check_ordering(o, n_features) for name, o in orderings.items()}
@@ -460,8 +464,6 @@ def minimal_set_table(sets: Mapping[str, MinimalSet], *, X_test: Any, y_test: An
         ``pct_kept`` in percent), then ``score_low, score_high, dev_score, oracle_dev_score, target,
         reached``.
     """
-    from .probing import bootstrap_ci, is_regression_target
-
     y_test = np.asarray(y_test)
     metric = "pearson" if is_regression_target(y_test) else "accuracy"
     oracle_score = float(oracle.score(X_test, y_test))

@@ -37,10 +37,15 @@ All means and reductions are taken in float64.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from .moments import RunningMoments
+from .validation import as_array
 
 __all__ = [
     "gram_linear",
@@ -54,6 +59,10 @@ __all__ = [
     "cross_model_similarity",
     "cka_by_layer_distance",
     "adjacent_layer_summary",
+    "standardized_layer_cka",
+    "LayerCKA",
+    "layer_cka_variants",
+    "DEFAULT_CHUNK_SIZE",
 ]
 
 DEFAULT_CHUNK_SIZE = 2048
@@ -92,11 +101,6 @@ def _check_finite(x: np.ndarray, name: str, *, row_offset: int = 0) -> None:
         f"{' ...' if len(bad_rows) > 10 else ''}). Correlation and CKA are undefined for such values: "
         f"check the extraction (e.g. float16 overflow) or drop those rows before calling."
     )
-
-
-def _unwrap(activations: Any) -> Any:
-    """Return the array behind an ``ActivationStore`` (anything with ``.activations``), else the input."""
-    return getattr(activations, "activations", activations)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +240,9 @@ class GramAccumulator:
     blocks, e.g. layers); ``state_dict()`` / ``load_state_dict()`` to save and resume.
 
     Update rule (the "shifted data" algorithm; Chan, Golub & LeVeque 1983): the first batch fixes a
-    shift ``c`` (its column means, float64). Every batch is shifted, ``z = x - c``, and we add
-    ``Σ z`` (float64) and ``Σ z zᵀ`` to the totals. At readout, with ``u = mean(x) - c``::
+    shift ``c`` (its column means, float64). Every batch is shifted, ``z = x - c``; ``Σ z zᵀ`` is added
+    to the totals and the batch's column moments are merged into ``moments_`` (a
+    ``moments.RunningMoments``, Chan et al.'s pairwise merge). At readout, with ``u = mean(x) - c``::
 
         G = Σ (x - mean)(x - mean)ᵀ = Σ z zᵀ - n u uᵀ
 
@@ -270,6 +275,8 @@ class GramAccumulator:
     n_features_ : int or None
         Set by the first batch.
     block_sizes_ : ndarray of shape (n_blocks,) or None
+    moments_ : RunningMoments
+        Column count, mean and variance of the rows added (set by the first batch).
     """
 
     def __init__(self, *, block_sizes: Sequence[int] | None = None, compute_dtype: Any = np.float32) -> None:
@@ -305,7 +312,7 @@ class GramAccumulator:
         self._starts = np.concatenate([[0], np.cumsum(self.block_sizes_)])
         # the shift as applied (rounded to compute_dtype), so that mean = shift + Σz / n exactly
         self.shift_ = first.mean(axis=0, dtype=np.float64).astype(self.compute_dtype).astype(np.float64)
-        self._sum = np.zeros(n_features)
+        self.moments_ = RunningMoments()  # column means (Chan et al. merge of the batches' moments)
         self._strips = [np.zeros((int(b), n_features - int(s))) for b, s in zip(sizes, self._starts[:-1])]
         nb = len(sizes)
         self._q_outer = np.zeros((nb, nb))
@@ -314,7 +321,7 @@ class GramAccumulator:
 
     # -- update --------------------------------------------------------------------------------
 
-    def add(self, batch: Any) -> "GramAccumulator":
+    def add(self, batch: Any) -> GramAccumulator:
         """Add a batch of rows.
 
         Parameters
@@ -346,16 +353,19 @@ class GramAccumulator:
         column_sums = z.sum(axis=0, dtype=np.float64)
         if not np.isfinite(column_sums).all():  # NaN and inf survive the sum: scan rows only then
             _check_finite(z, "the activations", row_offset=self.n_samples_)
-        self._sum += column_sums
         for strip, start, stop in zip(self._strips, self._starts[:-1], self._starts[1:]):
             product = self._buffer("product", strip.shape)
             np.matmul(z[:, start:stop].T, z[:, start:], out=product)
             strip += product
-        # per-block squared row norms, for the debiased CKA
-        q = np.stack(
-            [np.square(z[:, a:b]).sum(axis=1, dtype=np.float64) for a, b in zip(self._starts[:-1], self._starts[1:])],
-            axis=1,
-        )
+        # per-block squared row norms (for the debiased CKA) and per-column sums of squares (for the moments)
+        q = np.empty((len(z), len(self.block_sizes_)))
+        column_sq = np.empty(self.n_features_)
+        for k, (a, b) in enumerate(zip(self._starts[:-1], self._starts[1:])):
+            sq = np.square(z[:, a:b])
+            q[:, k] = sq.sum(axis=1, dtype=np.float64)
+            column_sq[a:b] = sq.sum(axis=0, dtype=np.float64)
+        mean_z = column_sums / len(z)
+        self.moments_.add_moments(len(z), self.shift_ + mean_z, np.maximum(column_sq - len(z) * mean_z**2, 0.0))
         self._q_outer += q.T @ q
         self._q_sum += q.sum(axis=0)
         self._q_cross += q.T.astype(self.compute_dtype) @ z
@@ -383,12 +393,12 @@ class GramAccumulator:
 
     def _u(self) -> np.ndarray:
         """Mean minus shift, shape (n_features,)."""
-        return self._sum / self.n_samples_
+        return self.moments_.mean() - self.shift_
 
     def mean(self) -> np.ndarray:
         """Column means, ndarray of shape (n_features,), float64."""
         self._check_ready(1)
-        return self.shift_ + self._u()
+        return self.moments_.mean()
 
     def _centred_tiles(self):
         """Yield (rows, cols, tile) for the upper block triangle of the centred Gram (float64 tiles).
@@ -471,8 +481,6 @@ class GramAccumulator:
         inv_std = 1.0 / np.sqrt(np.where(d > 0, d, 1.0))
         inv_std[constant] = 0.0
         if warn and len(constant):
-            import warnings
-
             shown = constant[:20].tolist()
             warnings.warn(
                 f"{len(constant)} constant neuron{'s' if len(constant) > 1 else ''} (no variation over "
@@ -558,13 +566,14 @@ class GramAccumulator:
         if self.n_features_ is None:
             return state
         state.update(
-            block_sizes=self.block_sizes_, shift=self.shift_, sum=self._sum, q_outer=self._q_outer,
-            q_sum=self._q_sum, q_cross=self._q_cross,
+            block_sizes=self.block_sizes_, shift=self.shift_, q_outer=self._q_outer, q_sum=self._q_sum,
+            q_cross=self._q_cross,
         )
+        state.update({f"moments_{k}": v for k, v in self.moments_.state_dict().items()})
         state.update({f"strip_{i}": s for i, s in enumerate(self._strips)})
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> "GramAccumulator":
+    def load_state_dict(self, state: dict[str, Any]) -> GramAccumulator:
         """Restore from ``state_dict()`` (e.g. ``dict(np.load(path))``); returns self."""
         self.compute_dtype = np.dtype(str(state["compute_dtype"]))
         self.n_samples_ = int(state["n_samples"])
@@ -584,7 +593,8 @@ class GramAccumulator:
                 raise ValueError(f"state strip_{i} has shape {s.shape}, expected {expected}.")
         self._strips = strips
         self.shift_ = np.array(state["shift"], dtype=np.float64)
-        self._sum = np.array(state["sum"], dtype=np.float64)
+        self.moments_ = RunningMoments().load_state_dict(
+            {k.removeprefix("moments_"): v for k, v in state.items() if k.startswith("moments_")})
         self._q_outer = np.array(state["q_outer"], dtype=np.float64)
         self._q_sum = np.array(state["q_sum"], dtype=np.float64)
         self._q_cross = np.array(state["q_cross"], dtype=np.float64)
@@ -641,7 +651,7 @@ def gram_statistics(
     -------
     acc : GramAccumulator
     """
-    array = _unwrap(activations)
+    array = as_array(activations)
     n, chunks = _chunks_2d(array, chunk_size)
     if block_sizes is None and len(array.shape) == 3:
         block_sizes = [array.shape[2]] * array.shape[1]
@@ -655,7 +665,7 @@ def gram_statistics(
 
 def _as_layers(activations: Any, name: str) -> Any:
     """Return the (n_items, n_layers, hidden) array behind ``activations`` or raise ValueError."""
-    array = _unwrap(activations)
+    array = as_array(activations)
     shape = getattr(array, "shape", None)
     if shape is None or len(shape) != 3:
         raise ValueError(
@@ -853,3 +863,36 @@ def standardized_layer_cka(corr: Any, block_sizes: Sequence[int], *, constant: A
     norms = np.sqrt(np.diagonal(hsic))
     with np.errstate(invalid="ignore", divide="ignore"):
         return hsic / np.outer(norms, norms)
+
+
+class LayerCKA(NamedTuple):
+    """The three layer x layer CKA matrices of one store, each of shape (n_layers, n_layers)."""
+
+    biased: np.ndarray
+    """Linear CKA (the paper's)."""
+    debiased: np.ndarray
+    """Linear CKA with the unbiased HSIC estimator."""
+    standardized: np.ndarray
+    """Linear CKA on dimension-standardised activations (constant neurons left out)."""
+
+
+def layer_cka_variants(acc: GramAccumulator, *, corr: Any = None) -> LayerCKA:
+    """Biased, debiased and standardised linear CKA between the blocks (layers) of one accumulator.
+
+    Parameters
+    ----------
+    acc : GramAccumulator
+        Filled with one block per layer (e.g. by ``gram_statistics`` on (n_items, n_layers, hidden)).
+    corr : array-like of shape (n_features, n_features), optional
+        ``acc.correlation()`` when the caller already has it (it is the largest readout).
+
+    Returns
+    -------
+    cka : LayerCKA
+    """
+    corr = acc.correlation() if corr is None else corr
+    return LayerCKA(
+        biased=acc.block_similarity(),
+        debiased=acc.block_similarity(debiased=True),
+        standardized=standardized_layer_cka(corr, acc.block_sizes_, constant=acc.constant_features()),
+    )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -84,7 +85,7 @@ def _children_peak_rss_mib() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 
 
-def _execute(source: str, executed: str, params: dict, progress: bool, peak: "multiprocessing.Queue") -> None:
+def _execute(source: str, executed: str, params: dict, progress: bool, peak: multiprocessing.Queue) -> None:
     """Run one notebook with papermill (in a process of its own) and report its kernel's peak memory."""
     import papermill as pm
 
@@ -128,8 +129,6 @@ def run_notebooks(
         One per notebook, in order. The provenance record is written after every notebook, so an
         interrupted run still says how far it got.
     """
-    import multiprocessing
-
     import yaml
 
     params = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
@@ -291,7 +290,7 @@ def _same_cell(shown: str, value: object, digits: int) -> bool:
         return False
 
 
-def table_problems(markdown: str, table: "pd.DataFrame", *, digits: int = 3) -> list[str]:  # noqa: F821
+def table_problems(markdown: str, table: pd.DataFrame, *, digits: int = 3) -> list[str]:  # noqa: F821
     """Where the first markdown table in ``markdown`` differs from ``table`` (columns it shows only).
 
     Parameters

@@ -1,0 +1,223 @@
+"""Tests for utils.report: the readings are computed from small hand-made tables, the claims from their bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils.report import (
+    PAPER_CLAIMS,
+    check_runs,
+    describe_general_redundancy,
+    describe_norms,
+    describe_task_redundancy,
+    markdown_table,
+    oracle_score,
+    read_artifact,
+    replace_section,
+    reproduction_report,
+    task_claim_table,
+    transfer_claims,
+)
+
+# ---------------------------------------------------------------------------------------------
+# the paper's claims
+
+
+def test_claims_hold_the_papers_numbers_and_check_each_bound():
+    assert PAPER_CLAIMS["general"].bound("pct_redundant") == 85
+    assert PAPER_CLAIMS["task"].bound("pct_removable") == 92
+    assert PAPER_CLAIMS["transfer"].bound("pct_of_oracle") == 97
+    assert PAPER_CLAIMS["transfer"].bound("pct_kept") == 10
+    table = pd.DataFrame({"pct_of_oracle": [98.0, 97.0, 99.0, 90.0], "pct_kept": [5.0, 10.0, 12.0, 1.0]})
+    checked = PAPER_CLAIMS["transfer"].check(table)
+    assert checked["pct_of_oracle_ok"].tolist() == [True, True, True, False]
+    assert checked["pct_kept_ok"].tolist() == [True, True, False, True]
+    assert checked["claim_holds"].tolist() == [True, True, False, False]
+
+
+def test_transfer_claims_name_each_bound():
+    table = pd.DataFrame({"model": ["a", "b"], "task": ["t", "t"], "pct_kept": [3.0, 20.0],
+                          "pct_of_oracle": [96.0, 99.0]})
+    c = transfer_claims(table)
+    assert c["keeps_97pct"].tolist() == [False, True]
+    assert c["at_most_10pct_neurons"].tolist() == [True, False]
+    assert not c["claim_holds"].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# reading what an earlier notebook wrote
+
+
+def test_read_artifact_names_the_notebook_that_makes_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook 02_general_redundancy writes it"):
+        read_artifact(tmp_path, "general_redundancy.csv")
+    pd.DataFrame({"model": ["m"], "task": ["t"]}).to_csv(tmp_path / "minimal_neurons.csv", index=False)
+    with pytest.raises(ValueError, match=r"lacks columns \['ordering', 'pct_kept', 'score'\].*03_task_specific"):
+        read_artifact(tmp_path, "minimal_neurons.csv")
+    with pytest.raises(ValueError, match="unknown artefact"):
+        read_artifact(tmp_path, "nothing.csv")
+    want = pd.DataFrame({"model": ["m"], "task": ["t"], "threshold": [0.3], "pct_kept": [40.0]})
+    want.to_csv(tmp_path / "general_redundancy.csv", index=False)
+    pd.testing.assert_frame_equal(read_artifact(tmp_path, "general_redundancy.csv"), want)
+
+
+def test_check_runs_names_the_missing_runs():
+    table = pd.DataFrame({"model": ["m", "m"], "task": ["pos", "sst"], "split": ["train", "train"]})
+    check_runs(table, "activation_stores.csv", [("m", "pos"), ("m", "sst")])
+    with pytest.raises(ValueError, match=r"no rows for \[\('m', 'pos', 'dev'\)\].*01_activation_extraction"):
+        check_runs(table, "activation_stores.csv", [("m", "pos", "train"), ("m", "pos", "dev")],
+                   keys=("model", "task", "split"))
+
+
+def test_oracle_score_reads_the_single_oracle_row():
+    tl = _task_layers()
+    assert oracle_score(tl, "m", "pos") == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="expected one oracle row for m · sst"):
+        oracle_score(tl, "m", "sst")
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 01
+
+
+def test_norm_reading_names_the_peak_per_run():
+    norms = pd.DataFrame({"model": "m", "task": ["pos"] * 3 + ["sst"] * 3, "layer": [0, 1, 2] * 2,
+                          "mean_norm": [1.0, 5.5, 2.25, 3.0, 2.0, np.inf]})
+    lines = describe_norms(norms).splitlines()
+    assert lines[0] == ("m · pos: mean norm 1.00 at the embeddings, peak 5.50 at layer 1, 2.25 at the last layer "
+                        "(3 layers; all finite: True).")
+    assert lines[1].startswith("m · sst: mean norm 3.00 at the embeddings, peak inf at layer 2")
+    assert lines[1].endswith("all finite: False).")
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 02
+
+
+def _tables(layer_share_by_layer, spans):
+    kept = pd.DataFrame({"run": "m", "threshold": [0.1, 0.3, 0.5], "pct_kept": [90.0, 40.0, 12.0]})
+    share = pd.DataFrame({"run": "m", "threshold": 0.3, "layer": np.arange(4), "pct_redundant": layer_share_by_layer})
+    span_df = pd.DataFrame({"run": "m", "span": [1, 2, 3, 4], "n_clusters": spans})
+    return kept, share, span_df
+
+
+def test_reading_is_generated_from_the_numbers():
+    banded = np.array([[1.0, 0.9, 0.5, 0.2], [0.9, 1.0, 0.8, 0.4], [0.5, 0.8, 1.0, 0.7], [0.2, 0.4, 0.7, 1.0]])
+    kept, share, spans = _tables([60.0, 50.0, 20.0, 10.0], [8, 2, 0, 0])
+    text = describe_general_redundancy({"m": banded}, kept, share, spans, reference_threshold=0.3,
+                                       same_unit={"m": 0.75}, constant_neurons={"m": 3})
+    assert "for 100% of layers the most similar other layer is a neighbour" in text
+    assert "75% of them are one unit index repeated" in text
+    assert "3 constant neurons stay as singletons" in text
+    assert "40.0% kept at t = 0.3" in text and "15% or fewer remain from threshold 0.5 on" in text
+    assert "lower half 55.0% vs upper half 15.0% redundant" in text
+    assert "10 multi-neuron clusters; 80% lie in one layer, 100% span at most two" in text
+    assert "differs" not in text
+
+    # the opposite numbers give the opposite verdicts
+    scrambled = np.array([[1.0, 0.1, 0.3, 0.9], [0.1, 1.0, 0.9, 0.1], [0.3, 0.9, 1.0, 0.2], [0.9, 0.1, 0.2, 1.0]])
+    kept, share, spans = _tables([10.0, 20.0, 50.0, 60.0], [0, 1, 3, 6])
+    kept["pct_kept"] = [95.0, 80.0, 60.0]
+    text = describe_general_redundancy({"m": scrambled}, kept, share, spans, reference_threshold=0.3)
+    assert text.count("differs") == 3
+    assert "no threshold up to 0.5 leaves 15% or fewer" in text
+
+
+def test_general_reading_takes_its_target_from_the_claim():
+    kept, share, spans = _tables([60.0, 50.0, 20.0, 10.0], [8, 2, 0, 0])
+    text = describe_general_redundancy({"m": np.eye(4)}, kept, share, spans, reference_threshold=0.3)
+    assert "**85% of neurons are redundant**" in text
+    text = describe_general_redundancy({"m": np.eye(4)}, kept, share, spans, reference_threshold=0.3,
+                                       paper_pct_redundant=50)
+    assert "50% or fewer remain from threshold 0.3 on" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 03
+
+
+def _task_layers():
+    rows = []
+    for layer, (ind, inc, sel) in enumerate([(0.60, 0.60, 0.10), (0.85, 0.86, 0.30), (0.80, 0.895, 0.20)]):
+        rows.append({"model": "m", "task": "pos", "layer": layer, "mode": "independent", "score": ind,
+                     "selectivity": sel})
+        rows.append({"model": "m", "task": "pos", "layer": layer, "mode": "incremental", "score": inc,
+                     "selectivity": 0.0})
+    rows.append({"model": "m", "task": "pos", "layer": 2, "mode": "oracle", "score": 0.9, "selectivity": np.nan})
+    return pd.DataFrame(rows)
+
+
+def _minimal_neurons():
+    base = {"model": "m", "task": "pos", "neurons_total": 300, "oracle_score": 0.88}
+    return pd.DataFrame([
+        {**base, "ordering": "lca", "neurons_kept": 15, "pct_kept": 5.0, "score": 0.87, "score_low": 0.85,
+         "score_high": 0.89, "reached": True},
+        {**base, "ordering": "random", "neurons_kept": 60, "pct_kept": 20.0, "score": 0.86, "score_low": 0.8,
+         "score_high": 0.9, "reached": True},
+        {**base, "ordering": "bottom", "neurons_kept": 300, "pct_kept": 100.0, "score": 0.7, "score_low": 0.6,
+         "score_high": 0.8, "reached": False},
+        {**base, "ordering": "mean_difference", "neurons_kept": 30, "pct_kept": 10.0, "score": 0.86,
+         "score_low": 0.8, "score_high": 0.9, "reached": True},
+    ])
+
+
+def test_task_reading_is_generated_from_the_tables():
+    counts = pd.DataFrame({"model": "m", "task": "pos", "layer": [0, 1, 2], "count": [2, 9, 4]})
+    text = describe_task_redundancy(_task_layers(), _minimal_neurons(), counts, delta=1.0)
+    assert "The oracle reaches 0.900 dev accuracy" in text
+    assert "best single layer is layer 1 (0.850)" in text
+    # 0.9 * 0.99 = 0.891: layer 2's incremental probe (0.895) is the first to reach it
+    assert "within 1% of the oracle at layer 2" in text
+    assert "Selectivity peaks at layer 1 (0.300)" in text
+    assert "keeps 15 of 300 neurons (5.0%, so 95.0% removable; the paper: at least 92%)" in text
+    assert "scores 0.870 on test [0.850, 0.890] against the oracle's 0.880" in text
+    assert "need 60 and all 300 (target not reached) neurons, the probe-free ranking 30" in text
+    assert "sit in layers 1, 2, 0" in text
+    assert "holds for 1 of 1 model × task pairs" in text and "fewer neurons than a random ordering in 1 of 1" in text
+
+    # a looser tolerance reaches the oracle earlier; a larger set breaks the claim
+    minimal = _minimal_neurons()
+    minimal.loc[minimal.ordering == "lca", ["neurons_kept", "pct_kept"]] = [90, 30.0]
+    text = describe_task_redundancy(_task_layers(), minimal, counts, delta=5.0)
+    assert "within 5% of the oracle at layer 1" in text
+    assert "holds for 0 of 1" in text and "fewer neurons than a random ordering in 0 of 1" in text
+
+
+def test_task_claim_table_marks_the_lca_rows():
+    claim = task_claim_table(_minimal_neurons())
+    assert claim["ordering"].tolist() == ["lca"]
+    assert claim["pct_removable"].tolist() == [95.0]
+    assert claim["claim_holds"].tolist() == [True]
+    assert claim["paper_claim"].iloc[0] == "≥ 92% removable"
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 04: the reproduction report
+
+
+def test_reproduction_report_verdicts_follow_the_bounds():
+    transfer = pd.DataFrame({"model": ["a", "b"], "task": ["pos", "pos"], "pct_kept": [4.0, 12.5],
+                             "pct_of_oracle": [98.0, 95.5]})
+    general = pd.DataFrame({"model": ["a", "a", "b"], "task": ["pos", "sst", "pos"], "threshold": [0.3, 0.3, 0.3],
+                            "pct_kept": [10.0, 14.0, 40.0]})
+    minimal = _minimal_neurons()
+    text = reproduction_report(transfer, general=general, minimal=minimal)
+    assert "a: 88% redundant; b: 60% redundant (mean over tasks): the claim **holds in part**" in text
+    assert "remove 95.0–95.0% of the neurons (1 of 1 model × task pairs reach 92%): the claim **holds**" in text
+    assert "keeps 95.5–98.0% of the oracle's test score with 4.00–12.50% of the neurons; 1 of 2" in text
+    assert "  - b · pos: keeps 95.5% of the oracle (< 97%) and needs 12.5% of the neurons (> 10%)." in text
+    # nothing met: "does not hold"
+    text = reproduction_report(transfer.assign(pct_of_oracle=[90.0, 90.0]))
+    assert "0 of 2 model × task pairs meet both bounds: the claim **does not hold**" in text
+    assert "General redundancy" not in text
+
+
+def test_markdown_helpers():
+    df = pd.DataFrame({"a": [1, 2], "b": [0.12345, np.nan]})
+    assert markdown_table(df, digits=2).splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.12 |", "| 2 | – |"]
+    text = "x\n<!-- s:start -->\nold\n<!-- s:end -->\ny"
+    assert replace_section(text, "s", "new") == "x\n<!-- s:start -->\nnew\n<!-- s:end -->\ny"
+    with pytest.raises(ValueError, match="no '<!-- t:start -->'"):
+        replace_section(text, "t", "new")
