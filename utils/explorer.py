@@ -35,8 +35,8 @@ import pandas as pd
 from . import inspection
 from .activations import ActivationStore, StoreError
 from .clustering import NeuronClusters, cluster_neurons, cluster_sweep, linkage_tree
+from .moments import feature_stats
 from .paths import cache_dir, resolve
-from .probing import feature_stats
 from .selection import TransferResult
 from .similarity import gram_statistics
 
@@ -138,7 +138,7 @@ class Prepared:
     cka : ndarray of shape (n_layers, n_layers)
         Linear CKA between layers.
     std : ndarray of shape (n_features,)
-        Standard deviation of every neuron over the store (ddof 0, ``probing.feature_stats``: what the
+        Standard deviation of every neuron over the store (ddof 0, ``moments.feature_stats``: what the
         probes standardise with).
     transfer : TransferResult or None
         Notebook 04's result for (model, task), when it exists and fits the store's shape.
@@ -191,7 +191,7 @@ def _precompute(store: ActivationStore, folder: Path, *, progress: bool) -> None
     tmp.mkdir(parents=True)
     acc = gram_statistics(store, progress=progress)
     np.save(tmp / "cka.npy", acc.block_similarity())
-    # the probe's own statistics (probing.feature_stats, float64 and shifted): raw weights x this std give
+    # the probe's own statistics (moments.feature_stats, float64 and shifted): raw weights x this std give
     # back its standardised weights exactly, even for near-constant neurons the Gram's float32 sums lose
     np.save(tmp / "std.npy", feature_stats(store.activations)[1].reshape(-1))
     corr = acc.correlation(warn=False)
