@@ -182,7 +182,8 @@ def _read_ner() -> tuple[list, list]:
     product, musicartist, sportsteam, tvshow, movie, other). The counts, types and format match the
     WNUT-16 shared task's training set (Strauss et al. 2016, from Ritter et al. 2011's tweets); the
     packager states an MIT licence and nothing else about its origin. About 95% of the tokens are
-    ``O``: report macro-F1 (``sklearn.metrics.f1_score(average="macro")``) beside accuracy.
+    ``O``: report macro-F1 (``utils.probing.macro_f1``, scikit-learn's ``f1_score(average="macro")``)
+    beside accuracy.
     """
     path = fetch("ner")
     texts, labels, words, tags = [], [], [], []
