@@ -269,3 +269,19 @@ def test_gemma3_shapes_sanity_and_glued_words():
     hs, ids, _ = _hidden_states(gemma, "Pierre Vinken")
     assert ids == gemma.tokenizer("Pierre Vinken, 61")["input_ids"][: len(ids)]
     assert (np.abs(words[1] - hs[:, -1]) <= 1e-4 * np.abs(hs).max(axis=(1, 2))[:, None]).all()
+
+
+def test_float16_output_refuses_activations_beyond_its_range(minilm):
+    """Massive activations (Gemma's reach 3e4 to 1e5) must not become inf in a float16 store."""
+    sentences = [["The", "cat", "sat."]]
+    out = np.zeros((3, minilm.n_layers, minilm.hidden), dtype=np.float16)
+    extract(minilm, sentences, level="word", out=out, progress=False)  # MiniLM's own scale fits
+    assert np.isfinite(out).all()
+    handle = minilm.model.embeddings.register_forward_hook(lambda module, args, output: output * 1e6)
+    try:
+        with pytest.raises(ValueError, match="beyond float16's range.*dtype='float32'"):
+            extract(minilm, sentences, level="word", out=np.zeros_like(out), progress=False)
+        big = extract(minilm, sentences, level="word", progress=False)  # float32 holds them
+        assert np.isfinite(big).all() and np.abs(big).max() > 1e5
+    finally:
+        handle.remove()

@@ -377,7 +377,14 @@ def extract(
                 _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
                 for h in outputs.hidden_states
             ], dim=1)  # (n_out, n_layers, hidden)
-            out[rows] = pooled.float().cpu().numpy().astype(out.dtype, copy=False)
+            values = pooled.float().cpu().numpy()
+            if out.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
+                raise ValueError(
+                    f"{loaded.name}: activations reach {np.abs(values).max():.3g}, beyond float16's range "
+                    f"({np.finfo(np.float16).max:.0f}; decoders such as gemma3 have massive activations); "
+                    "store them as float32 (dtype='float32')."
+                )
+            out[rows] = values.astype(out.dtype, copy=False)
             done[idx] = True
             if on_batch is not None:
                 on_batch()
