@@ -108,13 +108,19 @@ def glued_core(word: str) -> tuple[int, int]:
     The Penn Treebank separates punctuation, symbols and clitics into tokens of their own
     ("Pierre Vinken , 61 years old ,"; "$ 100"; "is n't"; "company 's"), and the paper's probes saw
     that tokenisation. The 10% sample we read glues them to the neighbouring word ("Vinken," "29."
-    "$100" "``The" "isn't" "company's": about 13.6% of its tokens) and keeps the tag of the word
-    itself (NNP, CD, CD, DT, VBZ, NN). With last-subword aggregation such a word's vector would be
-    that of the glued comma or clitic, so the extraction pools only over the subwords that overlap
-    the core returned here; the glued pieces stay in the input, where the model sees them as context
-    (the text is unchanged: for WordPiece encoders the input ids are exactly those of the PTB
-    tokenisation, and for causal decoders a word's vector does not depend on what follows it).
-    Leading non-word characters (``$``, quotes, brackets' dashes, ``@``/``#`` in tweets) are
+    "$100" "``The" "isn't" "company's": 16.6% of its tokens, 12.7% with trailing punctuation) and
+    keeps the tag of the word itself (NNP, CD, CD, DT, VBZ, NN). With last-subword aggregation such
+    a word's vector would be that of the glued comma or clitic, so the extraction pools only over
+    the subwords that overlap the core returned here. The glued pieces stay in the input, where the
+    model sees them as context, as it saw PTB's separate punctuation tokens.
+
+    Why pool over the core rather than re-split the text into PTB tokens: for the WordPiece encoders
+    both give the same input ids (their pre-tokenizer splits punctuation anyway) and so the same
+    vectors; for causal decoders a word's vector depends only on what precedes it, so re-splitting
+    would change it only through earlier punctuation's spelling. Keeping the text as given also
+    avoids guessing which periods belong to an abbreviation ("Nov." is one PTB token, "29." two).
+
+    Leading non-word characters (``$``, quotes, the dashes of ``-LRB-``, ``@``/``#`` in tweets) are
     stripped too; internal ones stay ("N.V", "York-based", "3,000"). A word that is all punctuation
     ("--", "&", "...") is its own core.
 
