@@ -451,3 +451,38 @@ def test_float16_output_refuses_activations_beyond_its_range(minilm):
         assert np.isfinite(big).all() and np.abs(big).max() > 1e5
     finally:
         handle.remove()
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = fetch("smollm2")
+    return AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name, local_files_only=True
+    )
+
+
+@pytest.mark.parametrize("split_glued", [False, True])
+def test_a_lone_space_token_is_never_a_words_vector(smollm2_tokenizer, split_glued):
+    """Byte-level BPE writes " 61" as "Ġ" "6" "1": the blank piece is not the vector of "Vinken,"."""
+    from utils.activations import _encode_words
+
+    words = ["Pierre", "Vinken,", "61", "years"]
+    ids, token_word, owner = _encode_words(
+        smollm2_tokenizer, words, split_glued=split_glued
+    )
+    pieces = smollm2_tokenizer.convert_ids_to_tokens(ids)
+    blank = [i for i, p in enumerate(pieces) if p == "Ġ"]
+    assert len(blank) == 1 and pieces[blank[0] + 1] == "6"
+    assert (
+        token_word[blank[0]] == -1 and owner[blank[0]] == 2
+    )  # seen as part of "61", pooled by no word
+    pooled = {
+        w: [pieces[i] for i in np.flatnonzero(token_word == w)]
+        for w in range(len(words))
+    }
+    assert "".join(pooled[1]).replace("Ġ", "") == (
+        "Vinken," if not split_glued else "Vinken"
+    )
+    assert "".join(pooled[2]) == "61"

@@ -670,7 +670,8 @@ def get_activations(
     Parameters
     ----------
     model : str
-        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, or a hub name).
+        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, ``"gemma3"``, or a
+        hub name).
     task : str or Task
         A task name for ``data.load_task`` or a ``Task`` (e.g. from your own files).
     split : {"train", "dev", "test"}

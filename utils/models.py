@@ -84,7 +84,7 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
     Parameters
     ----------
     name : str
-        ``"minilm"``, ``"mpnet"`` or ``"smollm2"`` (offline registry), or a Hugging Face hub name such
+        ``"minilm"``, ``"mpnet"``, ``"smollm2"`` or ``"gemma3"`` (offline registry), or a hub name such
         as ``"bert-base-cased"`` or ``"xlnet-base-cased"`` (needs internet), or a local model folder.
     device : str or torch.device, optional
         Defaults to CUDA when available, else CPU.
