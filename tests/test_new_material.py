@@ -8,6 +8,7 @@ hidden states read straight from the model).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import zipfile
@@ -426,6 +427,21 @@ def test_gemma3_shapes_sanity_and_glued_words():
     assert ids == gemma.tokenizer("Pierre Vinken, 61")["input_ids"][: len(ids)]
     assert (
         np.abs(words[1] - hs[:, -1]) <= 1e-4 * np.abs(hs).max(axis=(1, 2))[:, None]
+    ).all()
+    # the first blocks alone (used by the minimal-set search) reproduce the first hidden states
+    from utils.models import truncated
+
+    with truncated(gemma.model, 4):
+        short = extract(
+            dataclasses.replace(gemma, n_layers=5),
+            sentences,
+            level="word",
+            progress=False,
+        )
+    assert len(gemma.model.layers) == 18
+    assert (
+        np.abs(short - words[:, :5])
+        <= 1e-4 * np.abs(words[:, :5]).max(axis=(0, 2))[:, None]
     ).all()
 
 
