@@ -12,8 +12,11 @@ tokenized once, sorted by length, padded into batches and run under ``torch.infe
 
 - Word level: the sentence's words are joined by spaces and tokenized with character offsets; each
   subword maps to the word whose characters it covers, and a word's vector is its ``first``,
-  ``last`` (default) or ``mean`` subword. A sentence longer than the model's maximum is split into
-  consecutive word windows that each fit (a warning gives the count), so every word gets one vector.
+  ``last`` (default) or ``mean`` subword. By default only the subwords of the word's *core* count:
+  punctuation and clitics glued to it ("Vinken," "29." "isn't", as in the PTB sample) are seen by
+  the model but not pooled (``split_glued``; see ``glued_core``). A sentence longer than the model's
+  maximum is split into consecutive word windows that each fit (a warning gives the count), so every
+  word gets one vector.
 - Sentence level: ``cls`` (the first token, the encoders' classification token), ``last`` (the last
   real token, the decoders' summary) or ``mean`` over real tokens; ``"auto"`` picks ``cls`` for
   encoders and ``last`` for decoders. Texts longer than the maximum are truncated with a warning and
@@ -26,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -62,13 +66,13 @@ class _Segment:
     token_word: np.ndarray  # (n_tokens,) index into ``rows`` of each token, -1 for special tokens
 
 
-def _word_segments(tok: Any, sentence: Sequence[str], row0: int, max_length: int) -> tuple[list[_Segment], int]:
+def _word_segments(tok: Any, sentence: Sequence[str], row0: int, max_length: int,
+                   split_glued: bool = True) -> tuple[list[_Segment], int]:
     """Tokenize one sentence (joined words, char offsets); split into windows that fit; return segments and n_windows-1."""
     words = list(sentence)
-    enc = _encode_words(tok, words)
-    ids, token_word = enc
-    if (token_word >= 0).any() and len(np.unique(token_word[token_word >= 0])) < len(words):
-        missing = np.setdiff1d(np.arange(len(words)), token_word[token_word >= 0])
+    ids, token_word, owner = _encode_words(tok, words, split_glued=split_glued)
+    if (owner >= 0).any() and len(np.unique(owner[owner >= 0])) < len(words):
+        missing = np.setdiff1d(np.arange(len(words)), owner[owner >= 0])
         warnings.warn(
             f"{len(missing)} word(s) produced no subword token (e.g. {words[missing[0]]!r}); "
             "they are replaced by the unknown token so that every word still gets a vector",
@@ -76,12 +80,12 @@ def _word_segments(tok: Any, sentence: Sequence[str], row0: int, max_length: int
         )
         for i in missing:
             words[i] = tok.unk_token or "?"
-        ids, token_word = _encode_words(tok, words)
+        ids, token_word, owner = _encode_words(tok, words, split_glued=split_glued)
     if len(ids) <= max_length:
         return [_Segment(ids, row0 + np.arange(len(words)), token_word)], 0
     # Too long: split into consecutive word windows that each fit.
-    n_special = int((token_word < 0).sum())
-    counts = np.bincount(token_word[token_word >= 0], minlength=len(words))
+    n_special = int((owner < 0).sum())
+    counts = np.bincount(owner[owner >= 0], minlength=len(words))
     budget = max_length - n_special
     if counts.max() > budget:
         raise ValueError(f"a single word needs {counts.max()} tokens, more than the model's maximum {max_length}")
@@ -89,21 +93,99 @@ def _word_segments(tok: Any, sentence: Sequence[str], row0: int, max_length: int
     while start < len(words):
         csum = np.cumsum(counts[start:])
         stop = start + int(np.searchsorted(csum, budget, side="right"))
-        piece_ids, piece_tw = _encode_words(tok, words[start:stop])
+        piece_ids, piece_tw, _ = _encode_words(tok, words[start:stop], split_glued=split_glued)
         segments.append(_Segment(piece_ids, row0 + np.arange(start, stop), piece_tw))
         start = stop
     return segments, len(segments) - 1
 
 
-def _encode_words(tok: Any, words: Sequence[str]) -> tuple[list[int], np.ndarray]:
-    """Tokenize ``" ".join(words)``; return ids and each token's word index (-1 for special tokens)."""
+# A word's glued material: leading non-word characters, and trailing non-word characters and clitics.
+_GLUED = re.compile(r"(?P<lead>\W*)(?P<core>.*?)(?P<tail>(?:\W|n't|'s|'re|'ve|'ll|'d|'m)*)", re.IGNORECASE | re.DOTALL)
+
+
+def glued_core(word: str) -> tuple[int, int]:
+    """Character span ``(start, stop)`` of a word's core, without glued punctuation and clitics.
+
+    The Penn Treebank separates punctuation, symbols and clitics into tokens of their own
+    ("Pierre Vinken , 61 years old ,"; "$ 100"; "is n't"; "company 's"), and the paper's probes saw
+    that tokenisation. The 10% sample we read glues them to the neighbouring word ("Vinken," "29."
+    "$100" "``The" "isn't" "company's": 16.6% of its tokens, 12.7% with trailing punctuation) and
+    keeps the tag of the word itself (NNP, CD, CD, DT, VBZ, NN). With last-subword aggregation such
+    a word's vector would be that of the glued comma or clitic, so the extraction pools only over
+    the subwords that overlap the core returned here. The glued pieces stay in the input, where the
+    model sees them as context, as it saw PTB's separate punctuation tokens.
+
+    Why pool over the core rather than re-split the text into PTB tokens: for the WordPiece encoders
+    both give the same input ids (their pre-tokenizer splits punctuation anyway) and so the same
+    vectors; for causal decoders a word's vector depends only on what precedes it, so re-splitting
+    would change it only through earlier punctuation's spelling. Keeping the text as given also
+    avoids guessing which periods belong to an abbreviation ("Nov." is one PTB token, "29." two).
+
+    Leading non-word characters (``$``, quotes, the dashes of ``-LRB-``, ``@``/``#`` in tweets) are
+    stripped too; internal ones stay ("N.V", "York-based", "3,000"). A word that is all punctuation
+    ("--", "&", "...") is its own core.
+
+    Parameters
+    ----------
+    word : str
+
+    Returns
+    -------
+    start, stop : int
+        ``word[start:stop]`` is the core; ``(0, len(word))`` when nothing is glued or the core would be
+        empty.
+
+    Examples
+    --------
+    >>> [w[slice(*glued_core(w))] for w in ["Vinken,", "29.", "$100", "``It's", "isn't", "-RRB-.", "--"]]
+    ['Vinken', '29', '100', 'It', 'is', 'RRB', '--']
+    """
+    m = _GLUED.fullmatch(word)
+    if m is None or not m.group("core"):
+        return 0, len(word)
+    return m.start("core"), m.end("core")
+
+
+def _encode_words(tok: Any, words: Sequence[str], *, split_glued: bool = True) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Tokenize ``" ".join(words)`` and align every token with a word by character offsets.
+
+    A token belongs to the word holding its last non-space character; a token of spaces only
+    (SentencePiece's lone "▁" before digits, say) belongs to the word after it. A token is pooled
+    into its word's vector when it overlaps the word's characters: with ``split_glued``, only those
+    of the word's core (``glued_core``). Should no token of a word overlap its core, all its tokens
+    are pooled.
+
+    Returns
+    -------
+    ids : list of int
+        Token ids, special tokens included.
+    token_word : ndarray of shape (n_tokens,)
+        Word index of each token pooled into a word's vector; -1 for special tokens and for tokens
+        the model sees but no word pools (glued punctuation, spaces).
+    owner : ndarray of shape (n_tokens,)
+        Word index of each non-special token (-1 for special tokens): what a word costs in tokens.
+    """
     text = " ".join(words)
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)
     starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     real = offsets[:, 1] > offsets[:, 0]
-    token_word = np.where(real, np.searchsorted(starts, offsets[:, 1] - 1, side="right") - 1, -1)
-    return list(enc["input_ids"]), token_word.astype(np.int64)
+    blank = np.array([real[i] and not text[a:b].strip() for i, (a, b) in enumerate(offsets)], dtype=bool)
+    # first non-space character of each token (a token may carry the space before its word)
+    first = np.array([a + len(text[a:b]) - len(text[a:b].lstrip()) for a, b in offsets], dtype=np.int64)
+    anchor = np.where(blank, offsets[:, 1], offsets[:, 1] - 1)
+    owner = np.where(real, np.searchsorted(starts, anchor, side="right") - 1, -1)
+    owner = np.minimum(owner, len(words) - 1)  # a blank token at the very end
+    if split_glued:
+        spans = np.array([glued_core(w) for w in words], dtype=np.int64).reshape(-1, 2) + starts[:, None]
+    else:
+        spans = np.stack([starts, starts + np.array([len(w) for w in words], dtype=np.int64)], axis=1)
+    lo, hi = spans[np.maximum(owner, 0), 0], spans[np.maximum(owner, 0), 1]
+    pooled = real & ~blank & (first < hi) & (offsets[:, 1] > lo)
+    orphan = np.setdiff1d(owner[real & ~blank], owner[pooled])
+    pooled |= real & ~blank & np.isin(owner, orphan)
+    token_word = np.where(pooled, owner, -1)
+    return list(enc["input_ids"]), token_word.astype(np.int64), owner.astype(np.int64)
 
 
 def _sentence_segments(tok: Any, texts: Sequence, max_length: int) -> tuple[list[_Segment], int]:
@@ -119,13 +201,17 @@ def _sentence_segments(tok: Any, texts: Sequence, max_length: int) -> tuple[list
     return segments, n_trunc
 
 
-def build_segments(loaded: LoadedModel, texts: Sequence, *, level: str) -> tuple[list[_Segment], int]:
-    """Tokenize ``texts`` into model inputs; return the segments and the total number of output rows."""
+def build_segments(loaded: LoadedModel, texts: Sequence, *, level: str,
+                   split_glued: bool = True) -> tuple[list[_Segment], int]:
+    """Tokenize ``texts`` into model inputs; return the segments and the total number of output rows.
+
+    ``split_glued`` (word level): pool each word over its core's subwords only (see ``glued_core``).
+    """
     tok, max_len = loaded.tokenizer, loaded.max_length
     if level == "word":
         segments, n_split, row = [], 0, 0
         for sentence in texts:
-            segs, extra = _word_segments(tok, sentence, row, max_len)
+            segs, extra = _word_segments(tok, sentence, row, max_len, split_glued)
             segments += segs
             n_split += extra > 0
             row += len(sentence)
@@ -227,6 +313,7 @@ def extract(
     done: np.ndarray | None = None,
     on_batch: Callable[[], None] | None = None,
     progress: bool = True,
+    split_glued: bool = True,
 ) -> np.ndarray:
     """Run the model over ``texts`` and return every layer's vector per word or per text.
 
@@ -250,6 +337,10 @@ def extract(
         Called after each batch is written (the store uses it to checkpoint).
     progress : bool
         Show a tqdm bar.
+    split_glued : bool
+        Word level: pool each word only over the subwords of its core, leaving out punctuation and
+        clitics glued to it ("Vinken," pools "Vinken"'s pieces; see ``glued_core`` for why). False
+        pools every subword the word's characters produced. The input text is the same either way.
 
     Returns
     -------
@@ -257,7 +348,7 @@ def extract(
         ``n_items`` is the number of words (word level) or texts (sentence level).
     """
     aggregation = resolve_aggregation(aggregation, level=level, kind=loaded.kind)
-    segments, n_items = build_segments(loaded, texts, level=level)
+    segments, n_items = build_segments(loaded, texts, level=level, split_glued=split_glued)
     if n_items == 0:
         raise ValueError("nothing to extract: the input holds no sentences")
     shape = (n_items, loaded.n_layers, loaded.hidden)
@@ -293,7 +384,14 @@ def extract(
                 _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
                 for h in outputs.hidden_states
             ], dim=1)  # (n_out, n_layers, hidden)
-            out[rows] = pooled.float().cpu().numpy().astype(out.dtype, copy=False)
+            values = pooled.float().cpu().numpy()
+            if out.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
+                raise ValueError(
+                    f"{loaded.name}: activations reach {np.abs(values).max():.3g}, beyond float16's range "
+                    f"({np.finfo(np.float16).max:.0f}; decoders such as gemma3 have massive activations); "
+                    "store them as float32 (dtype='float32')."
+                )
+            out[rows] = values.astype(out.dtype, copy=False)
             done[idx] = True
             if on_batch is not None:
                 on_batch()
@@ -438,7 +536,7 @@ def store_path(model: str, task: str, split: str, *, aggregation: str, budget: i
 def build_store(
     loaded: LoadedModel, split: Split, path: str | os.PathLike, *, level: str, aggregation: str = "auto",
     dtype: str = "float32", meta: dict | None = None, batch_size: int = 32, checkpoint_every: int = 20,
-    progress: bool = True,
+    progress: bool = True, split_glued: bool = True,
 ) -> ActivationStore:
     """Extract ``split`` with ``loaded`` into a store at ``path`` (resumable, renamed into place when done).
 
@@ -456,6 +554,8 @@ def build_store(
         Extra metadata to record (task name, budgets, ...).
     checkpoint_every : int
         Batches between flushes of the activations and the resume state.
+    split_glued : bool
+        As in ``extract`` (recorded in the metadata for word-level stores).
 
     Returns
     -------
@@ -475,9 +575,11 @@ def build_store(
         "n_sentences": len(split), "n_layers": loaded.n_layers, "hidden": loaded.hidden,
         "data_sha256": _texts_sha256(split), "max_length": loaded.max_length, **(meta or {}),
     }
+    if word_level:
+        record["split_glued"] = bool(split_glued)
     partial = path.with_name(path.name + ".partial")
     act_file, done_file, state_file = partial / "activations.npy", partial / "done.npy", partial / "state.json"
-    segments_count = len(build_segments(loaded, split.texts, level=level)[0]) if word_level else len(split)
+    segments_count = len(build_segments(loaded, split.texts, level=level, split_glued=split_glued)[0]) if word_level else len(split)
     resumable = False
     if partial.exists() and state_file.exists():
         try:
@@ -507,7 +609,7 @@ def build_store(
             os.replace(tmp, done_file)
 
     extract(loaded, split.texts, level=level, aggregation=aggregation, batch_size=batch_size,
-            out=acts, done=done, on_batch=checkpoint, progress=progress)
+            out=acts, done=done, on_batch=checkpoint, progress=progress, split_glued=split_glued)
     checkpoint(force=True)
     del acts
     if word_level:
@@ -562,13 +664,15 @@ def get_activations(
     root: str | os.PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
+    split_glued: bool = True,
 ) -> ActivationStore:
     """Return the activation store of (model, task, split), extracting it only when needed.
 
     Parameters
     ----------
     model : str
-        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, or a hub name).
+        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, ``"gemma3"``, or a
+        hub name).
     task : str or Task
         A task name for ``data.load_task`` or a ``Task`` (e.g. from your own files).
     split : {"train", "dev", "test"}
@@ -582,6 +686,9 @@ def get_activations(
         Where stores live; defaults to ``cache_dir()/activations``.
     device : str, optional
     progress : bool
+    split_glued : bool
+        Word level: pool each word over its core's subwords only (see ``extract``). False keeps the
+        stores apart (``-keepglued`` in the folder name).
 
     Returns
     -------
@@ -593,12 +700,16 @@ def get_activations(
     data = task_obj.split(split)
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
-    kind_hint = "decoder" if model == "smollm2" else "encoder"
+    kind_hint = "decoder" if model in ("smollm2", "gemma3") else "encoder"
     agg_key = aggregation if aggregation != "auto" else f"auto-{kind_hint}"
+    if task_obj.level == "word" and not split_glued:
+        agg_key += "-keepglued"
     path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
                       seed=seed, dtype=dtype, root=root)
     expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype,
                 "data_sha256": _texts_sha256(data)}
+    if task_obj.level == "word":
+        expected["split_glued"] = bool(split_glued)  # stores made before the option existed are rebuilt
     if path.exists():
         try:
             store = ActivationStore.open(path, verify=True)
@@ -611,7 +722,7 @@ def get_activations(
     loaded = _cached_model(model, device)
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
     return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
-                       meta=meta, batch_size=batch_size, progress=progress)
+                       meta=meta, batch_size=batch_size, progress=progress, split_glued=split_glued)
 
 
 def task_stores(

