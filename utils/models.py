@@ -165,17 +165,22 @@ def model_identity(name: str) -> str | None:
         return _local_identity(check_model_folder(name))
     if _is_path_like(name):
         return None
+    commit = _hub_commit(name)
+    return f"hub:{commit}" if commit else None
+
+
+def _hub_commit(name: str) -> str | None:
+    """The commit a hub name resolves to now: the hub's answer when reachable, else the local hub cache's."""
     if offline_reason() is None:
         try:
             from huggingface_hub import HfApi
 
             sha = HfApi().model_info(name, timeout=10).sha
             if sha:
-                return f"hub:{sha}"
+                return sha
         except Exception:  # noqa: BLE001, S110 - unknown or private name, or the network dropped: use the cache
             pass
-    commit = _cached_hub_revision(name)
-    return f"hub:{commit}" if commit else None
+    return _cached_hub_revision(name)
 
 
 def model_kind(name: str) -> Kind | None:
@@ -208,8 +213,6 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
     -------
     loaded : LoadedModel
     """
-    from transformers import AutoModel, AutoTokenizer
-
     device = torch.device(device) if device is not None else default_device()
     gguf_file = None
     if name in OFFLINE_MODELS:
@@ -228,7 +231,6 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
     elif _is_path_like(name):
         raise OSError(f"there is no model folder {name!r}; check the path (offline models: {', '.join(OFFLINE_MODELS)})")
     else:
-        sha = "hub"
         kwargs = {}
         where = name
         reason = offline_reason()
@@ -242,6 +244,12 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
                     + f"Offline models: {', '.join(OFFLINE_MODELS)}; or give the path of a local model folder."
                 )
             kwargs["local_files_only"] = True
+        commit = _hub_commit(name)
+        sha = f"hub:{commit}" if commit else "hub:unresolved"
+        if commit:
+            kwargs["revision"] = commit  # the weights loaded are the ones the identity names
+    from transformers import AutoModel, AutoTokenizer
+
     if gguf_file is not None:
         try:
             import gguf  # noqa: F401
@@ -262,9 +270,6 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval().to(device)
     config = model.config
-    if sha == "hub":
-        commit = getattr(config, "_commit_hash", None)
-        sha = f"hub:{commit}" if commit else "hub:unresolved"
     max_len = getattr(config, "max_position_embeddings", None) or 512
     if config.model_type in {"mpnet", "roberta", "xlm-roberta"}:
         max_len -= 2  # position ids start after the padding index
