@@ -186,3 +186,25 @@ def test_float16_store(minilm, tmp_path):
     assert store.activations.dtype == np.float16
     ref = extract(minilm, SENTENCES, level="word", progress=False)
     np.testing.assert_allclose(np.asarray(store.activations, dtype=np.float32), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_store_paths_stay_inside_the_root(tmp_path):
+    kw = dict(aggregation="last", budget=None, eval_budget=None, seed=0, dtype="float32", root=tmp_path)
+    for model in ("..", "../../etc", "/abs/model", "./local model"):
+        path = act.store_path(model, "pos", "train", **kw).resolve()
+        assert path.is_relative_to(tmp_path.resolve()), path
+    with pytest.raises(ValueError, match="task name '../../escape' cannot be used as a folder name"):
+        act.store_path("minilm", "../../escape", "train", **kw)
+    with pytest.raises(ValueError, match="aggregation"):
+        act.store_path("minilm", "pos", "train", **{**kw, "aggregation": "../x"})
+
+
+def test_store_from_an_older_version_is_rebuilt(minilm, tmp_path, monkeypatch):
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    store = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    meta = json.loads((store.path / "meta.json").read_text())
+    meta["store_version"] = 1
+    (store.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="written by store version 1"):
+        get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert json.loads((store.path / "meta.json").read_text())["store_version"] == act.STORE_VERSION

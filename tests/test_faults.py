@@ -97,7 +97,7 @@ def _done_count(partial: Path) -> int:
         return 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def reference(minilm, tmp_path_factory):
     """The task's train store built in one uninterrupted run, batch 2, as an array."""
     path = tmp_path_factory.mktemp("reference") / "store"
@@ -124,7 +124,7 @@ def test_kill_9_during_extraction_then_resume_is_bit_identical(tmp_path, referen
     script = tmp_path / "builder.py"
     script.write_text(BUILDER)
     root = tmp_path / "stores"
-    child = _spawn(script, str(root), str(tmp_path / "child"), "0.3", str(torch.get_num_threads()))
+    child = _spawn(script, str(root), str(tmp_path / "child"), "0.15", str(torch.get_num_threads()))
     path = act.store_path("minilm", "faults", "train", aggregation="auto-encoder", budget=None, eval_budget=None,
                           seed=0, dtype="float32", root=root)
     partial = path.with_name(path.name + ".partial")
