@@ -338,7 +338,9 @@ class ActivationStore:
     sentence_ids : ndarray of shape (n_items,)
         Index of the sentence each row came from.
     meta : dict
-        What made the store: model, archive sha256, task, split, aggregation, dtype, counts, versions.
+        What made the store: model and the identity of its weights (``model_sha256``), task, split,
+        aggregation, dtype, counts, library versions, the size and sha256 of every file (``files``)
+        and the sha256 of the metadata itself (``meta_sha256``).
     """
 
     path: Path
@@ -719,8 +721,10 @@ def get_activations(
     Returns
     -------
     store : ActivationStore
-        Reused when a finished store with the same metadata and a valid checksum exists; rebuilt
-        (with a warning saying why) when it is corrupt, truncated or made from other inputs.
+        Reused when a finished store with the same metadata, the same weights (``models.model_identity``)
+        and valid checksums exists; rebuilt (with a warning saying why) when it is corrupt, truncated or
+        made from other inputs. While another process builds the same store, this call waits for it
+        and then reuses its store.
     """
     task_obj = task if isinstance(task, Task) else load_task(task, budget=budget, eval_budget=eval_budget, seed=seed)
     data = task_obj.split(split)
