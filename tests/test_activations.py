@@ -208,3 +208,25 @@ def test_store_from_an_older_version_is_rebuilt(minilm, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="written by store version 1"):
         get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
     assert json.loads((store.path / "meta.json").read_text())["store_version"] == act.STORE_VERSION
+
+
+def test_weights_that_only_the_loaded_model_can_name_are_compared_after_loading(minilm, tmp_path, monkeypatch):
+    """A name whose identity is unknown before loading (e.g. an unresolved hub commit): reuse only same weights."""
+    import dataclasses
+
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    first = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    monkeypatch.setattr(act, "model_identity", lambda name: None)
+    forward_calls = []
+    monkeypatch.setattr(act, "extract", lambda *a, **k: forward_calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert not forward_calls and again.meta["meta_sha256"] == first.meta["meta_sha256"]
+    monkeypatch.undo()
+    other = dataclasses.replace(minilm, source_sha256="other-weights")
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), other)
+    monkeypatch.setattr(act, "model_identity", lambda name: None)
+    with pytest.warns(UserWarning, match="made from other weights"):
+        rebuilt = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert rebuilt.meta["model_sha256"] == "other-weights"

@@ -224,9 +224,11 @@ def test_valid_looking_edits_are_caught(tmp_path, in_process_minilm, edit):
     assert list(rebuilt.words) == words
 
 
-def test_damaged_resume_state_is_not_trusted(tmp_path, minilm, reference):
+def test_damaged_resume_state_is_not_trusted(tmp_path, minilm):
     """A done mask that claims unfinished segments are done would leave rows of zeros: refuse it."""
-    split = fault_task().train
+    split = fault_task(16).train
+    reference = np.array(build_store(minilm, split, tmp_path / "reference", level="word", batch_size=2,
+                                     progress=False).activations)
     path = tmp_path / "store"
     forward, calls = minilm.model.forward, [0]
 

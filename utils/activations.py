@@ -734,18 +734,28 @@ def get_activations(
     agg_key = aggregation if aggregation != "auto" else (f"auto-{kind}" if kind else "auto")
     path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
                       seed=seed, dtype=dtype, root=root)
+    identity = model_identity(model)  # None: only the loaded model can tell (an unresolved hub commit)
     expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype,
-                "data_sha256": _texts_sha256(data), "model_sha256": model_identity(model)}
+                "data_sha256": _texts_sha256(data), "model_sha256": identity}
+    undecided = None
     if path.exists():
         try:
             store = ActivationStore.open(path, verify=True)
             diff = {k: (store.meta.get(k), v) for k, v in expected.items() if store.meta.get(k) != v}
             if not diff:
                 return store
-            warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
+            if identity is None and set(diff) == {"model_sha256"}:
+                undecided = store  # decided below, once the loaded model names its weights
+            else:
+                warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
         except StoreError as exc:
             warnings.warn(f"activation store {path} is unusable ({exc}); recomputing", stacklevel=2)
-    loaded = _cached_model(model, device, expected["model_sha256"])
+    loaded = _cached_model(model, device, identity)
+    if undecided is not None:
+        if undecided.meta["model_sha256"] == loaded.source_sha256:
+            return undecided
+        warnings.warn(f"activation store {path} was made from other weights ({undecided.meta['model_sha256']}, "
+                      f"now {loaded.source_sha256}); recomputing", stacklevel=2)
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
     return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
                        meta=meta, batch_size=batch_size, progress=progress)

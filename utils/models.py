@@ -186,7 +186,7 @@ def _hub_commit(name: str) -> str | None:
 def model_kind(name: str) -> Kind | None:
     """``"encoder"`` or ``"decoder"`` from the registry or a local ``config.json``; None for hub names."""
     if name in OFFLINE_MODELS:
-        return OFFLINE_MODELS[name]["kind"]
+        return OFFLINE_MODELS[name].get("kind")
     config = Path(name).expanduser() / "config.json"
     if config.is_file():
         try:
