@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -160,7 +161,9 @@ def test_interrupted_extraction_resumes_where_it_stopped(minilm, tmp_path):
         with pytest.raises(KeyboardInterrupt):
             build_store(minilm, split, path, level="word", batch_size=2, checkpoint_every=1, progress=False)
         assert (tmp_path / "store.partial").exists() and not path.exists()
-        done_before = int(np.load(tmp_path / "store.partial" / "done.npy").sum())
+        state = json.loads((tmp_path / "store.partial" / "state.json").read_text())
+        done_before = int(np.unpackbits(np.frombuffer(bytes.fromhex(state["done"]), dtype=np.uint8),
+                                        count=state["n_segments"]).sum())
         assert done_before == 4  # two batches of two segments were checkpointed
         calls["n"] = 100
         store = build_store(minilm, split, path, level="word", batch_size=2, checkpoint_every=1, progress=False)
@@ -184,3 +187,47 @@ def test_float16_store(minilm, tmp_path):
     assert store.activations.dtype == np.float16
     ref = extract(minilm, SENTENCES, level="word", progress=False)
     np.testing.assert_allclose(np.asarray(store.activations, dtype=np.float32), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_store_paths_stay_inside_the_root(tmp_path):
+    kw = dict(aggregation="last", budget=None, eval_budget=None, seed=0, dtype="float32", root=tmp_path)
+    for model in ("..", "../../etc", "/abs/model", "./local model"):
+        path = act.store_path(model, "pos", "train", **kw).resolve()
+        assert path.is_relative_to(tmp_path.resolve()), path
+    with pytest.raises(ValueError, match="task name '../../escape' cannot be used as a folder name"):
+        act.store_path("minilm", "../../escape", "train", **kw)
+    with pytest.raises(ValueError, match="aggregation"):
+        act.store_path("minilm", "pos", "train", **{**kw, "aggregation": "../x"})
+
+
+def test_store_from_an_older_version_is_rebuilt(minilm, tmp_path, monkeypatch):
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    store = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    meta = json.loads((store.path / "meta.json").read_text())
+    meta["store_version"] = 1
+    (store.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="written by store version 1"):
+        get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert json.loads((store.path / "meta.json").read_text())["store_version"] == act.STORE_VERSION
+
+
+def test_weights_that_only_the_loaded_model_can_name_are_compared_after_loading(minilm, tmp_path, monkeypatch):
+    """A name whose identity is unknown before loading (e.g. an unresolved hub commit): reuse only same weights."""
+    import dataclasses
+
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    first = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    monkeypatch.setattr(act, "model_identity", lambda name: None)
+    forward_calls = []
+    monkeypatch.setattr(act, "extract", lambda *a, **k: forward_calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert not forward_calls and again.meta["meta_sha256"] == first.meta["meta_sha256"]
+    monkeypatch.undo()
+    other = dataclasses.replace(minilm, source_sha256="other-weights")
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), other)
+    monkeypatch.setattr(act, "model_identity", lambda name: None)
+    with pytest.warns(UserWarning, match="made from other weights"):
+        rebuilt = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
+    assert rebuilt.meta["model_sha256"] == "other-weights"

@@ -104,3 +104,33 @@ def test_tsv_reading_and_missing_columns(tmp_path):
     task = sentence_task_from_tsv(tsv, text_columns=["sentence"])
     assert len(task.train) + len(task.dev) + len(task.test) == 30
     assert set(task.classes) == {"0", "1"}
+
+
+def test_non_utf8_input_names_the_file_line_and_column(tmp_path):
+    s, l = tmp_path / "sents.txt", tmp_path / "labels.txt"
+    s.write_bytes("a b\nc d\ncaf\xe9 e\n".encode("latin-1"))
+    l.write_text("X Y\nX Y\nX Y\n")
+    with pytest.raises(DataError, match=r"sents\.txt: line 3, column 4 is not valid UTF-8 \(byte 0xe9\).*iconv"):
+        word_task_from_files(s, l)
+    tsv = tmp_path / "d.tsv"
+    tsv.write_bytes(b"text\tlabel\n" + b"".join(f"ok {i}\t1\n".encode() for i in range(5)) + b"na\xefve\t0\n")
+    with pytest.raises(DataError, match=r"d\.tsv: line 7, column 3 is not valid UTF-8"):
+        sentence_task_from_tsv(tsv)
+
+
+def test_utf8_byte_order_mark_is_dropped(tmp_path):
+    tsv = tmp_path / "bom.tsv"
+    tsv.write_bytes("\ufefftext\tlabel\n".encode() + "".join(f"café {i}\t{i % 2}\n" for i in range(10)).encode())
+    task = sentence_task_from_tsv(tsv)
+    assert any("café" in t for t in task.train.texts)
+
+
+@pytest.mark.parametrize("name", ["..", "../escape", "a/b", "", " spaced", ".hidden", "x" * 200])
+def test_unsafe_task_names_are_refused(tmp_path, name):
+    from utils.data import Split, Task
+
+    split = Split([["a"]], [["X"]])
+    with pytest.raises(ValueError, match="cannot be used as a folder name"):
+        Task(name, "word", split, split, split)
+    with pytest.raises(ValueError, match="cannot be used as a folder name"):
+        word_task_from_files(*_write(tmp_path, ["a b"] * 5, ["X Y"] * 5), name=name)

@@ -41,3 +41,33 @@ def test_truncated_model_reproduces_the_first_layers(minilm):
     assert len(minilm.model.encoder.layer) == 6  # restored
     with pytest.raises(ValueError, match="between 0 and 6"):
         truncated(minilm.model, 9)
+
+
+def test_a_folder_that_is_not_a_model_says_so(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OSError, match=r"this folder is not a model \(no config.json / no \*.safetensors weights\)"):
+        load_model(str(empty), device="cpu")
+    (empty / "config.json").write_text("{}")
+    (empty / "pytorch_model.bin").write_bytes(b"\0")
+    with pytest.raises(OSError, match=r"not a model \(no \*.safetensors weights\) \(it holds pickled \*.bin"):
+        load_model(str(empty), device="cpu")
+    with pytest.raises(OSError, match="there is no model folder './no-such-folder'"):
+        load_model("./no-such-folder", device="cpu")
+
+
+def test_model_identity_names_the_weights(tmp_path):
+    from utils.models import model_identity, model_kind
+    from utils.resources import RESOURCES
+
+    assert model_identity("minilm") == RESOURCES["minilm"].archives[0].sha256
+    assert model_kind("minilm") == "encoder" and model_kind("smollm2") == "decoder"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"weights-1")
+    first = model_identity(str(folder))
+    assert first.startswith("local-sha256:") and model_kind(str(folder)) == "decoder"
+    assert model_identity(str(folder)) == first  # same files, same identity
+    (folder / "model.safetensors").write_bytes(b"weights-2")
+    assert model_identity(str(folder)) not in (first, None)

@@ -74,3 +74,55 @@ def test_registry_pins_every_archive():
         for a in res.archives:
             assert len(a.sha256) == 64 and int(a.sha256, 16) >= 0
             assert ("==" in a.spec) if a.client.startswith("pip") else ("@" in a.spec)
+
+
+def test_unpacked_files_are_recorded_and_rechecked(fake_resource):
+    archive, register, calls = fake_resource
+    register(sha256_file(archive))
+    path = fetch("fake")
+    record = (path.parent.parent / resources.RECORD_FILE).read_text()
+    assert "pkg/data.txt" in record and hashlib.sha256(b"hello\n").hexdigest() in record
+    path.write_text("hellp\n")  # altered after unpacking
+    with pytest.warns(UserWarning, match="pkg/data.txt was modified since unpacking.*unpacking it again"):
+        again = fetch("fake")
+    assert again.read_text() == "hello\n"
+    assert calls == ["fake@1.0"]  # unpacked again from the archive already in the cache
+
+
+def test_a_file_added_to_an_unpacked_folder_is_noticed(fake_resource, monkeypatch):
+    archive, _, _ = fake_resource
+    folder_res = Resource("fake", "data", (Archive("npm", "fake@1.0", sha256_file(archive)),), "pkg", "a fake", "none")
+    monkeypatch.setitem(resources.RESOURCES, "fake", folder_res)
+    folder = fetch("fake")
+    (folder / "extra.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"were added \['pkg/extra.txt'\]"):
+        assert fetch("fake") == folder
+    assert not (folder / "extra.txt").exists() and (folder / "data.txt").read_text() == "hello\n"
+
+
+def test_unpacked_by_an_older_version_is_unpacked_again(fake_resource):
+    archive, register, _ = fake_resource
+    register(sha256_file(archive))
+    path = fetch("fake")
+    (path.parent.parent / resources.RECORD_FILE).unlink()
+    path.write_text("stale\n")
+    with pytest.warns(UserWarning, match="no readable record"):
+        assert fetch("fake").read_text() == "hello\n"
+
+
+def test_offline_reason(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(resources, "_REACHABLE", {})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resources.offline_reason() == "HF_HUB_OFFLINE is set"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with socket.socket() as server:  # a real listening socket stands for a reachable hub
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert resources.offline_reason() is None
+    resources._REACHABLE.clear()  # the answer is remembered for a minute; ask again now that the port is closed
+    assert f"127.0.0.1:{port} is not reachable" in resources.offline_reason()

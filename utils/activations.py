@@ -7,6 +7,20 @@ embedding output — with ``labels`` and ``words`` aligned to its rows. The stor
 renamed into place when complete (atomic), resumed after an interruption, reused when present, and
 rebuilt with a warning when its metadata or checksum disagrees.
 
+What makes a store safe to reuse:
+
+- One builder at a time: building holds a file lock per store (``paths.locked``; the kernel releases
+  it when its holder dies, even on ``kill -9``). A second process asking for the same store waits,
+  then reuses what the first built.
+- Every file is checksummed: ``meta.json`` records the size and sha256 of ``activations.npy``,
+  ``labels.npy``, ``sentence_ids.npy`` and ``words.json``, and a sha256 of its own content; the
+  resume state of a ``.partial`` folder (which segments are done) carries its own sha256. Any
+  mismatch, missing or truncated file, or missing key is a ``StoreError``, which ``get_activations``
+  turns into a warning and a rebuild.
+- The store is tied to the weights that made it: its metadata holds ``models.model_identity`` (the
+  registry archives' sha256, a sha256 over a local folder's files, or a hub model's commit), and a
+  store made from other weights is rebuilt.
+
 ``extract(loaded, texts, level=...)`` is the extraction itself, usable without a store: sentences are
 tokenized once, sorted by length, padded into batches and run under ``torch.inference_mode``.
 
@@ -25,6 +39,7 @@ tokenized once, sorted by length, padded into batches and run under ``torch.infe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,15 +57,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Split, Task, load_task
-from .models import LoadedModel, load_model
-from .paths import cache_dir
+from .models import LoadedModel, load_model, model_identity, model_kind
+from .paths import cache_dir, check_name, locked
 from .resources import sha256_file
 
 log = logging.getLogger(__name__)
 
 WORD_AGGREGATIONS = ("first", "last", "mean")
 SENTENCE_AGGREGATIONS = ("cls", "last", "mean")
-STORE_VERSION = 1
+STORE_VERSION = 2
+# The files of a finished store; meta.json records the size and sha256 of each.
+STORE_FILES = ("activations.npy", "labels.npy", "sentence_ids.npy", "words.json")
+META_KEYS = ("store_version", "model", "model_sha256", "level", "aggregation", "dtype", "n_items", "n_sentences",
+             "n_layers", "hidden", "data_sha256", "files", "complete", "meta_sha256")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +437,9 @@ class ActivationStore:
     sentence_ids : ndarray of shape (n_items,)
         Index of the sentence each row came from.
     meta : dict
-        What made the store: model, archive sha256, task, split, aggregation, dtype, counts, versions.
+        What made the store: model and the identity of its weights (``model_sha256``), task, split,
+        aggregation, dtype, counts, library versions, the size and sha256 of every file (``files``)
+        and the sha256 of the metadata itself (``meta_sha256``).
     """
 
     path: Path
@@ -443,10 +464,6 @@ class ActivationStore:
         """Activations of one layer, shape (n_items, hidden)."""
         return np.asarray(self.activations[:, index, :])
 
-    def flat(self) -> np.ndarray:
-        """All neurons, shape (n_items, n_layers * hidden); neuron ``layer * hidden + unit``."""
-        return np.asarray(self.activations).reshape(len(self), -1)
-
     def iter_chunks(self, chunk_size: int = 4096) -> Iterator[np.ndarray]:
         """Yield row chunks of shape (<= chunk_size, n_layers, hidden) read from the memory map."""
         for start in range(0, len(self), chunk_size):
@@ -454,37 +471,97 @@ class ActivationStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, verify: bool = True) -> ActivationStore:
-        """Open a finished store, checking its files against the metadata.
+        """Open a finished store, checking every file against the sizes and sha256s in its metadata.
+
+        Parameters
+        ----------
+        path : path
+        verify : bool
+            Hash ``activations.npy`` in full (the other files are small and always hashed); without
+            it, the activations are checked by size, shape and dtype only.
 
         Raises
         ------
         StoreError
-            When a file is missing, truncated, or (with ``verify``) its checksum disagrees.
+            When a file is missing, truncated, altered, or unreadable, or the metadata lacks a key.
         """
         path = Path(path)
-        meta_path = path / "meta.json"
-        if not meta_path.exists():
-            raise StoreError(f"{path} is not a finished activation store (no meta.json); delete it to rebuild")
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{meta_path} is corrupt ({exc}); delete {path} to rebuild") from exc
+            return cls._open(path, verify)
+        except StoreError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:  # JSON, unicode and npy errors included
+            raise StoreError(f"{path}: {type(exc).__name__}: {exc}; delete it to rebuild") from exc
+
+    @classmethod
+    def _open(cls, path: Path, verify: bool) -> ActivationStore:
+        meta = read_store_meta(path)
+        for name in STORE_FILES:
+            _check_file(path / name, meta["files"].get(name), full=verify or name != "activations.npy")
         act_path = path / "activations.npy"
-        try:
-            acts = np.load(act_path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{act_path} is unreadable or truncated ({exc}); delete {path} to rebuild") from exc
+        acts = np.load(act_path, mmap_mode="r")
         expected = (meta["n_items"], meta["n_layers"], meta["hidden"])
         if tuple(acts.shape) != expected or str(acts.dtype) != meta["dtype"]:
             raise StoreError(f"{act_path} has shape {acts.shape} {acts.dtype}, metadata says {expected} {meta['dtype']}")
-        if verify and sha256_file(act_path) != meta.get("activations_sha256"):
-            raise StoreError(f"{act_path} does not match its recorded sha256: the file is corrupt; delete {path} to rebuild")
         labels = np.load(path / "labels.npy", allow_pickle=False)
         sentence_ids = np.load(path / "sentence_ids.npy", allow_pickle=False)
         words = json.loads((path / "words.json").read_text(encoding="utf-8"))
         if not (len(labels) == len(words) == len(sentence_ids) == len(acts)):
             raise StoreError(f"{path}: labels, words and activations disagree in length; delete it to rebuild")
         return cls(path, acts, labels, words, sentence_ids, meta)
+
+
+def _meta_digest(meta: dict) -> str:
+    """sha256 of a store's metadata without its own ``meta_sha256`` entry (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def read_store_meta(path: str | os.PathLike) -> dict:
+    """Read and check a finished store's ``meta.json``: version, every key, and its own sha256.
+
+    Raises
+    ------
+    StoreError
+        When the file is missing or unreadable, made by another store version, lacks a key, or was altered.
+    """
+    meta_path = Path(path) / "meta.json"
+    if not meta_path.exists():
+        raise StoreError(f"{path} is not a finished activation store (no meta.json); delete it to rebuild")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{meta_path} is corrupt ({exc}); delete {path} to rebuild") from exc
+    if not isinstance(meta, dict):
+        raise StoreError(f"{meta_path} does not hold a JSON object; delete {path} to rebuild")
+    if meta.get("store_version") != STORE_VERSION:
+        raise StoreError(f"{path} was written by store version {meta.get('store_version')}, this code reads "
+                         f"version {STORE_VERSION}")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise StoreError(f"{meta_path} lacks {missing}; delete {path} to rebuild")
+    if _meta_digest(meta) != meta["meta_sha256"] or not isinstance(meta["files"], dict):
+        raise StoreError(f"{meta_path} does not match its recorded sha256: it was altered; delete {path} to rebuild")
+    return meta
+
+
+def _file_record(path: Path) -> dict:
+    """Size and sha256 of one store file."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _check_file(path: Path, record: dict | None, *, full: bool) -> None:
+    """Raise ``StoreError`` unless ``path`` exists with the recorded size (and, with ``full``, sha256)."""
+    if not isinstance(record, dict):
+        raise StoreError(f"{path.parent}/meta.json records no checksum for {path.name}; delete the store to rebuild")
+    if not path.is_file():
+        raise StoreError(f"{path} is missing; delete {path.parent} to rebuild")
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        raise StoreError(f"{path} has {size} bytes, {record.get('bytes')} were written (truncated or altered); "
+                         f"delete {path.parent} to rebuild")
+    if full and sha256_file(path) != record.get("sha256"):
+        raise StoreError(f"{path} does not match its recorded sha256: the file is corrupt; delete {path.parent} to rebuild")
 
 
 class StoreError(RuntimeError):
@@ -529,16 +606,73 @@ def store_path(model: str, task: str, split: str, *, aggregation: str, budget: i
     """Folder of the store for these arguments (under ``cache_dir()/activations`` by default)."""
     root = Path(root) if root is not None else cache_dir() / "activations"
     b = budget if split == "train" else eval_budget
-    safe_model = model.replace("/", "__")
+    for value, what in ((task, "task name"), (split, "split"), (aggregation, "aggregation"), (dtype, "dtype")):
+        check_name(value, what=what)
+    safe_model = "".join(c if c.isalnum() or c in "._+-" else "_" for c in model.replace("/", "__")).lstrip(".") or "_"
     return root / safe_model / f"{task}-{split}-{aggregation}-{dtype}-b{b or 'all'}-s{seed}"
 
 
+def _one_builder(fn: Callable[..., ActivationStore]) -> Callable[..., ActivationStore]:
+    """Hold the store's file lock (``paths.locked``) while ``fn(loaded, split, path, ...)`` runs."""
+
+    @functools.wraps(fn)
+    def wrapper(loaded: LoadedModel, split: Split, path: str | os.PathLike, *args: Any, **kwargs: Any) -> ActivationStore:
+        with locked(Path(path), what=f"the activation store {path}"):
+            return fn(loaded, split, path, *args, **kwargs)
+
+    return wrapper
+
+
+def _read_progress(partial: Path, record: dict, n_segments: int, dtype: str, shape: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """The memmapped activations and done mask of a ``.partial`` folder, or None when it cannot be resumed.
+
+    Resumable means: ``state.json`` parses, was made for the same ``record``, its done mask has
+    ``n_segments`` entries and matches its sha256, and ``activations.npy`` has the expected shape.
+    """
+    try:
+        state = json.loads((partial / "state.json").read_text())
+        packed = bytes.fromhex(state["done"])
+        if state["record"] != json.loads(json.dumps(record)) or state["n_segments"] != n_segments or \
+                hashlib.sha256(packed).hexdigest() != state["done_sha256"]:
+            return None
+        done = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=n_segments).astype(bool)
+        acts = np.load(partial / "activations.npy", mmap_mode="r+")
+        if tuple(acts.shape) != shape or str(acts.dtype) != dtype:
+            return None
+        return acts, done
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+
+
+def _write_progress(partial: Path, record: dict, done: np.ndarray) -> None:
+    """Write the resume state (record, done mask, its sha256) atomically."""
+    packed = np.packbits(done).tobytes()
+    state = {"record": record, "n_segments": int(len(done)), "done": packed.hex(),
+             "done_sha256": hashlib.sha256(packed).hexdigest()}
+    tmp = partial / "state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, partial / "state.json")
+
+
+def _reusable(path: Path, record: dict) -> ActivationStore | None:
+    """The finished store at ``path`` when it verifies and was made from ``record``'s inputs, else None."""
+    try:
+        store = ActivationStore.open(path, verify=True)
+    except StoreError:
+        return None
+    return store if all(store.meta.get(k) == v for k, v in json.loads(json.dumps(record)).items()) else None
+
+
+@_one_builder
 def build_store(
     loaded: LoadedModel, split: Split, path: str | os.PathLike, *, level: str, aggregation: str = "auto",
     dtype: str = "float32", meta: dict | None = None, batch_size: int = 32, checkpoint_every: int = 20,
     progress: bool = True, split_glued: bool = True,
 ) -> ActivationStore:
     """Extract ``split`` with ``loaded`` into a store at ``path`` (resumable, renamed into place when done).
+
+    Holds the store's file lock throughout: a concurrent builder of the same ``path`` waits, and then
+    returns the store the first one made when it verifies and was made from the same inputs.
 
     Parameters
     ----------
@@ -577,36 +711,33 @@ def build_store(
     }
     if word_level:
         record["split_glued"] = bool(split_glued)
+    if path.exists() and (reused := _reusable(path, record)) is not None:
+        log.info("%s was built by another process meanwhile; reusing it", path)
+        return reused
     partial = path.with_name(path.name + ".partial")
-    act_file, done_file, state_file = partial / "activations.npy", partial / "done.npy", partial / "state.json"
+    act_file, state_file = partial / "activations.npy", partial / "state.json"
     segments_count = len(build_segments(loaded, split.texts, level=level, split_glued=split_glued)[0]) if word_level else len(split)
-    resumable = False
-    if partial.exists() and state_file.exists():
-        try:
-            state = json.loads(state_file.read_text())
-            resumable = state == record and np.load(done_file).shape == (segments_count,)
-        except (OSError, ValueError, json.JSONDecodeError):
-            resumable = False
-    if resumable:
-        acts = np.load(act_file, mmap_mode="r+")
-        done = np.load(done_file)
+    shape = (n_items, loaded.n_layers, loaded.hidden)
+    progress_state = _read_progress(partial, record, segments_count, dtype, shape) if partial.exists() else None
+    if progress_state is not None:
+        acts, done = progress_state
         log.info("resuming %s: %d of %d segments done", path.name, int(done.sum()), len(done))
     else:
         if partial.exists():
+            warnings.warn(f"{partial} cannot be resumed (made from other inputs, or its resume state is damaged); "
+                          "starting it again", stacklevel=3)
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        acts = np.lib.format.open_memmap(act_file, mode="w+", dtype=dtype, shape=(n_items, loaded.n_layers, loaded.hidden))
+        acts = np.lib.format.open_memmap(act_file, mode="w+", dtype=dtype, shape=shape)
         done = np.zeros(segments_count, dtype=bool)
-        state_file.write_text(json.dumps(record))
+        _write_progress(partial, record, done)
     batches = [0]
 
     def checkpoint(force: bool = False) -> None:
         batches[0] += 1
         if force or batches[0] % checkpoint_every == 0:
             acts.flush()
-            tmp = done_file.with_suffix(".tmp.npy")
-            np.save(tmp, done)
-            os.replace(tmp, done_file)
+            _write_progress(partial, record, done)
 
     extract(loaded, split.texts, level=level, aggregation=aggregation, batch_size=batch_size,
             out=acts, done=done, on_batch=checkpoint, progress=progress, split_glued=split_glued)
@@ -623,9 +754,10 @@ def build_store(
     np.save(partial / "labels.npy", np.asarray([str(x) for x in labels]) if not _numeric(labels) else np.asarray(labels, dtype=np.float64))
     np.save(partial / "sentence_ids.npy", sentence_ids)
     (partial / "words.json").write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
-    record.update(activations_sha256=sha256_file(act_file), versions=_versions(), complete=True)
-    (partial / "meta.json").write_text(json.dumps(record, indent=1))
-    done_file.unlink()
+    record.update(files={name: _file_record(partial / name) for name in STORE_FILES}, versions=_versions(),
+                  complete=True)
+    record["meta_sha256"] = _meta_digest(json.loads(json.dumps(record)))
+    (partial / "meta.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     state_file.unlink()
     if path.exists():
         shutil.rmtree(path)
@@ -641,10 +773,14 @@ def _numeric(labels: list) -> bool:
 _MODEL_CACHE: dict[tuple[str, str], LoadedModel] = {}
 
 
-def _cached_model(name: str, device: str | None) -> LoadedModel:
-    """Load each model once per process (several stores are often made in a row)."""
+def _cached_model(name: str, device: str | None, identity: str | None = None) -> LoadedModel:
+    """Load each model once per process (several stores are often made in a row).
+
+    A cached model whose weights are no longer ``identity`` (a local folder that changed) is loaded again.
+    """
     key = (name, str(device))
-    if key not in _MODEL_CACHE:
+    cached = _MODEL_CACHE.get(key)
+    if cached is None or (identity is not None and cached.source_sha256 != identity):
         _MODEL_CACHE.clear()  # keep at most one model in memory
         _MODEL_CACHE[key] = load_model(name, device=device)
     return _MODEL_CACHE[key]
@@ -693,21 +829,25 @@ def get_activations(
     Returns
     -------
     store : ActivationStore
-        Reused when a finished store with the same metadata and a valid checksum exists; rebuilt
-        (with a warning saying why) when it is corrupt, truncated or made from other inputs.
+        Reused when a finished store with the same metadata, the same weights (``models.model_identity``)
+        and valid checksums exists; rebuilt (with a warning saying why) when it is corrupt, truncated or
+        made from other inputs. While another process builds the same store, this call waits for it
+        and then reuses its store.
     """
     task_obj = task if isinstance(task, Task) else load_task(task, budget=budget, eval_budget=eval_budget, seed=seed)
     data = task_obj.split(split)
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
-    kind_hint = "decoder" if model in ("smollm2", "gemma3") else "encoder"
-    agg_key = aggregation if aggregation != "auto" else f"auto-{kind_hint}"
+    kind = model_kind(model)
+    agg_key = aggregation if aggregation != "auto" else (f"auto-{kind}" if kind else "auto")
     if task_obj.level == "word" and not split_glued:
         agg_key += "-keepglued"
     path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
                       seed=seed, dtype=dtype, root=root)
+    identity = model_identity(model)  # None: only the loaded model can tell (an unresolved hub commit)
     expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype,
-                "data_sha256": _texts_sha256(data)}
+                "data_sha256": _texts_sha256(data), "model_sha256": identity}
+    undecided = None
     if task_obj.level == "word":
         expected["split_glued"] = bool(split_glued)  # stores made before the option existed are rebuilt
     if path.exists():
@@ -716,10 +856,18 @@ def get_activations(
             diff = {k: (store.meta.get(k), v) for k, v in expected.items() if store.meta.get(k) != v}
             if not diff:
                 return store
-            warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
+            if identity is None and set(diff) == {"model_sha256"}:
+                undecided = store  # decided below, once the loaded model names its weights
+            else:
+                warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
         except StoreError as exc:
             warnings.warn(f"activation store {path} is unusable ({exc}); recomputing", stacklevel=2)
-    loaded = _cached_model(model, device)
+    loaded = _cached_model(model, device, identity)
+    if undecided is not None:
+        if undecided.meta["model_sha256"] == loaded.source_sha256:
+            return undecided
+        warnings.warn(f"activation store {path} was made from other weights ({undecided.meta['model_sha256']}, "
+                      f"now {loaded.source_sha256}); recomputing", stacklevel=2)
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
     return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
                        meta=meta, batch_size=batch_size, progress=progress, split_glued=split_glued)

