@@ -766,7 +766,11 @@ def build_store(
 
 
 def _numeric(labels: list) -> bool:
-    """True when every label is a real number (a regression target)."""
+    """True when every label is a float: such labels are stored as float64, others as strings.
+
+    A storage decision only: whether float labels are a regression target or classes that happen to
+    be whole numbers is decided downstream by ``validation.is_regression_target``.
+    """
     return bool(labels) and all(isinstance(x, (float, np.floating)) for x in labels)
 
 
@@ -910,17 +914,3 @@ def task_stores(
         # the path is keyed on the budgets, so pass them although the Task already applied them
         out[split] = get_activations(model, task_obj, split, seed=seed, **b, **kwargs)
     return out
-
-
-def describe_norms(norms: pd.DataFrame) -> str:
-    """A short reading of a (model, task, layer, mean_norm) table: where norms peak and how they change."""
-    lines = []
-    for (model, task), g in norms.groupby(["model", "task"], sort=False):
-        values = g["mean_norm"].to_numpy()
-        peak = int(g["layer"].to_numpy()[values.argmax()])
-        lines.append(
-            f"{model} · {task}: mean norm {values[0]:.2f} at the embeddings, peak {values.max():.2f} at layer "
-            f"{peak}, {values[-1]:.2f} at the last layer ({len(values)} layers; all finite: "
-            f"{bool(np.isfinite(values).all())})."
-        )
-    return "\n".join(lines)
