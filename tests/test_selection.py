@@ -1,10 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from utils.activations import extract
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from utils.activations import extract
 from utils.selection import (
     PAPER_GRID,
     ReducedProbe,
