@@ -142,7 +142,7 @@ def steps_table() -> pd.DataFrame:
 
 def cc_sweep_table() -> pd.DataFrame:
     rows = []
-    for model, total in (("mpnet", 9984), ("smollm2", 17856)):
+    for model in ("mpnet", "smollm2"):
         for task in TASKS:
             rows.append({"model": model, "task": task, "step": "oracle", "threshold": np.nan, "pct_kept": 100.0,
                          "test": 0.9, "test_low": 0.88, "test_high": 0.92, "ratio": 1.0, "ratio_low": 1.0,
