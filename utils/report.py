@@ -521,7 +521,9 @@ def describe_task_redundancy(task_layers: pd.DataFrame, minimal_neurons: pd.Data
 # markdown and the README
 
 
-README_COLUMNS = {"pct_kept": "% neurons", "pct_of_oracle": "% of oracle"}
+README_COLUMNS = {"pct_kept": "% neurons", "pct_of_oracle": "% of oracle", "pct_kept_sd": "% neurons sd (seeds)",
+                  "test_low": "test 95% low", "test_high": "test 95% high",
+                  "pct_of_oracle_low": "% of oracle 95% low", "pct_of_oracle_high": "% of oracle 95% high"}
 """How the README's results table names the columns of ``transfer_results.csv`` it renames."""
 
 
