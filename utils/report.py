@@ -3,7 +3,10 @@
 Start reading at ``PAPER_CLAIMS`` (each claim of the paper's abstract with the bounds it sets: the
 one place where 85%, 92%, 97% and 10% are written), then the readings, one per notebook:
 ``describe_norms`` (notebook 01), ``describe_general_redundancy`` (notebook 02), ``describe_task_redundancy`` (notebook 03) and
-``reproduction_report`` (notebook 04 and the README). ``read_artifact`` is how a notebook reads what
+``reproduction_report`` (notebook 04 and the README). The general and transfer claims are also read from
+95% intervals: ``general_claim_verdicts``, ``transfer_claim_verdicts`` ("holds", "does not hold",
+"inconclusive at this sample size", with the deciding interval) and ``claims_side_by_side`` (the
+paper's claim and ours in one markdown table). ``read_artifact`` is how a notebook reads what
 an earlier one wrote: a missing file or column is an error naming the notebook that makes it.
 
 Nothing here computes a statistic; every function reads tidy pandas tables (one row per model ×

@@ -15,7 +15,17 @@ The paper's grid ``(delta_layer, delta_neuron) in {(3,1), (2,1), (1,1)} x t in {
 searched on dev only; among the configurations whose final dev score keeps ``keep_pct`` % of the
 oracle's dev score, the one with the fewest neurons wins (ties: higher dev score). The test split is
 read once, at the end, after every choice is fixed. The result (``TransferResult``) saves and
-reloads, and carries a ``ReducedProbe`` that applies the kept neurons to new activations or text.
+reloads, and carries a ``ReducedProbe`` that applies the kept neurons to new activations or text,
+with the per-item test predictions of the reduced probe and of the oracle.
+
+Also here, because they compose clustering and probing:
+
+- ``transfer_over_seeds``: the pipeline's runs over several seeds as mean and spread, with the
+  reduced / oracle accuracy ratio as a paired bootstrap interval on the same test items;
+- ``cc_sweep``: the authors' ``run_cc_all.py`` reading of general redundancy: a probe retrained on
+  the cluster representatives at every threshold, with intervals and a paired ratio to the oracle;
+- ``save_predictions`` / ``load_predictions``: per-item labels and predictions on disk (NPZ, no
+  pickling), so any comparison can be redone.
 """
 
 from __future__ import annotations
