@@ -314,6 +314,13 @@ def _verdict_counts(verdicts: pd.Series) -> str:
     return "; ".join(f"{VERDICT_TEXT[k]}: {int((verdicts == k).sum())}" for k in ("holds", "inconclusive", "does not hold"))
 
 
+def _largest_removal(shares: pd.Series) -> str:
+    """'clustering removes at most 91.2% of the non-constant neurons', or that no threshold keeps the tolerance."""
+    if not np.isfinite(shares).any():
+        return "no clustering threshold keeps the accuracy for certain"
+    return f"clustering removes at most {np.nanmax(shares):.1f}% of the non-constant neurons"
+
+
 def general_tolerance_pct() -> float:
     """The accuracy a clustering must keep, in % of the oracle's, for its removals to count as redundancy.
 
@@ -688,8 +695,8 @@ def reproduction_report(
         lines.append(f"- **General redundancy** — paper: {PAPER_CLAIMS['general'].text}. Here, read the authors' way "
                      f"(a probe on the cluster representatives at every threshold must keep "
                      f"{general_tolerance_pct():g}% of the oracle's accuracy, 95% paired interval; constant neurons "
-                     f"apart), clustering removes at most {v['max_removed_within'].max():.1f}% of the non-constant "
-                     f"neurons within that tolerance; per model × task: {counts} (table below).")
+                     f"apart), {_largest_removal(v['max_removed_within'])} within that tolerance; per model × task: "
+                     f"{counts} (table below).")
     elif general is not None and len(general):
         g = general[np.isclose(general["threshold"], general_threshold)]
         if len(g):

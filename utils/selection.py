@@ -678,8 +678,10 @@ def cc_sweep(
     predictions: dict[str, np.ndarray] = {}
     rows = []
     for step, t, neurons in tqdm(sets, desc="probes on representatives", disable=not progress, leave=False):
-        cols = slice(None) if neurons is None else neurons
-        Xs, Xsd, Xst = (np.asarray(x[:, cols], dtype=np.float32) for x in (X, Xd, Xt))
+        if neurons is None:  # all neurons: memory maps stay maps (the probe reads them in row chunks)
+            Xs, Xsd, Xst = X, Xd, Xt
+        else:
+            Xs, Xsd, Xst = (np.asarray(x[:, neurons], dtype=np.float32) for x in (X, Xd, Xt))
         probe = make_probe(y, **params).fit(Xs, y, X_dev=Xsd, y_dev=yd)
         pred_dev, pred_test = probe.predict(Xsd), probe.predict(Xst)
         key = "oracle" if neurons is None else f"t={t:g}"
