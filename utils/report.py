@@ -624,12 +624,12 @@ def transfer_claim_verdicts(table: pd.DataFrame) -> pd.DataFrame:
         both = (acc, size)
         verdict = ("does not hold" if "does not hold" in both else "holds" if both == ("holds", "holds")
                    else "inconclusive")
-        kept = f"{lo:.2f}%" if np.isclose(lo, hi) else f"{lo:.2f}–{hi:.2f}% over seeds"
+        kept = f"{lo:.2f}%" if np.isclose(lo, hi) else f"{lo:.2f}–{hi:.2f}% (over seeds)"
         rows.append({
             "model": r.model, "task": r.task, "claim": "transfer", "verdict": verdict, "accuracy_verdict": acc,
             "size_verdict": size, "ratio": r.ratio, "ratio_low": r.ratio_low, "ratio_high": r.ratio_high,
             "pct_kept_low": float(lo), "pct_kept_high": float(hi),
-            "ours": f"{kept} of the neurons; {100 * r.ratio:.1f}% of the oracle",
+            "ours": f"neurons kept {kept}; {100 * r.ratio:.1f}% of the oracle's accuracy",
             "decided_by": (f"ratio [{100 * r.ratio_low:.1f}, {100 * r.ratio_high:.1f}]% vs ≥ {100 * keep:g}% "
                            f"({VERDICT_TEXT[acc]}); neurons {kept} vs ≤ {at_most:g}% ({VERDICT_TEXT[size]})"),
         })
