@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
+from sklearn.metrics import f1_score
 
 from utils.activations import extract
 from utils.selection import (
@@ -249,6 +250,8 @@ def test_cc_sweep_matches_clusters_and_probes_computed_separately(planted):
         ratio = paired_interval(yt, pred, oracle_pred, compare="ratio", groups=groups, n_boot=300)
         assert (row.test, row.test_low, row.test_high) == pytest.approx((iv.estimate, iv.low, iv.high))
         assert (row.ratio, row.ratio_low, row.ratio_high) == pytest.approx((ratio.estimate, ratio.low, ratio.high))
+        assert row.test_macro_f1 == pytest.approx(f1_score(yt, pred, average="macro"))
+        assert row.test_macro_f1_low <= row.test_macro_f1 <= row.test_macro_f1_high
     loose = t[t.step == "clustering"].iloc[-1]
     assert loose.neurons_kept <= 5 and loose.test > 0.9  # the copies are gone, the label is not
     assert list(t[t.step == "clustering"]["neurons_kept"]) == [6, 5, 5]

@@ -569,7 +569,8 @@ class ClusterSweep:
         removed trivially; no probe), then ``clustering`` at each threshold. Columns ``step,
         threshold, neurons_total, neurons_constant, neurons_kept, pct_kept, pct_removed,
         pct_removed_nonconstant, dev, dev_low, dev_high, test, test_low, test_high, ratio, ratio_low,
-        ratio_high, n_test, n_test_groups``. ``neurons_kept`` never counts a constant neuron;
+        ratio_high, n_test, n_test_groups`` (and ``test_macro_f1, test_macro_f1_low,
+        test_macro_f1_high`` with ``macro_f1=True``). ``neurons_kept`` never counts a constant neuron;
         ``pct_removed = 100 - pct_kept`` counts them as removed; ``pct_removed_nonconstant`` is the
         share of the non-constant neurons that clustering removes (the evidence of redundancy);
         ``ratio`` is test accuracy over the oracle's on the same items (a fraction) with its paired
@@ -618,6 +619,7 @@ def cc_sweep(
     n_boot: int = 1000,
     level: float = 0.95,
     random_state: int = 0,
+    macro_f1: bool = True,
     progress: bool = True,
 ) -> ClusterSweep:
     """Retrain the probe on the cluster representatives at every threshold (the authors' ``run_cc_all.py``).
@@ -644,6 +646,9 @@ def cc_sweep(
         Resampling group of each item (the sentence of each word for word-level tasks).
     n_boot, level, random_state
         Bootstrap settings (``intervals.score_interval``); every interval uses the same resamples.
+    macro_f1 : bool, default True
+        Also report test macro-F1 with its interval (``test_macro_f1``, ``_low``, ``_high``): beside
+        accuracy for tasks where one class dominates (NER's ``O``).
     progress : bool
 
     Returns
@@ -693,6 +698,9 @@ def cc_sweep(
                      "dev_low": dev_iv.low, "dev_high": dev_iv.high, "test": test_iv.estimate,
                      "test_low": test_iv.low, "test_high": test_iv.high, "ratio": ratio.estimate,
                      "ratio_low": ratio.low, "ratio_high": ratio.high})
+        if macro_f1:
+            f1 = score_interval(yt, pred_test, metric="macro_f1", groups=gt, **boot)
+            rows[-1] |= {"test_macro_f1": f1.estimate, "test_macro_f1_low": f1.low, "test_macro_f1_high": f1.high}
         if neurons is None:  # the constant neurons' own line, right after the oracle: no probe
             rows.append({"step": "constant", "threshold": float("nan"), "neurons_kept": total - len(constant)})
         del Xs, Xsd, Xst
