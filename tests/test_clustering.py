@@ -287,3 +287,16 @@ def test_general_redundancy_agrees_with_the_separate_steps(acts):
     np.testing.assert_allclose(result.duplication, layer_duplication(corr, 4, 6))
     assert len(result.constant_neurons) == 0
     assert result.same_unit == same_unit_share(reference, hidden=6)
+
+
+def test_general_redundancy_keeps_every_threshold_for_the_probe_sweep(acts):
+    from utils.clustering import general_redundancy
+
+    result = general_redundancy(acts, thresholds=[0.8, 0.5], reference_threshold=0.6, progress=False)
+    corr = neuron_correlation(acts, progress=False)
+    assert [c.threshold for c in result.sweep] == [0.5, 0.6, 0.8]
+    for c in result.sweep:
+        labels = fcluster(linkage(squareform(1 - np.abs(corr), checks=False), "average"), c.threshold,
+                          criterion="distance")
+        assert same_partition(c.labels, labels)
+        np.testing.assert_array_equal(c.representatives, cluster_neurons(corr, c.threshold).representatives)

@@ -140,6 +140,25 @@ def steps_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cc_sweep_table() -> pd.DataFrame:
+    rows = []
+    for model in ("mpnet", "smollm2"):
+        for task in TASKS:
+            rows.append({"model": model, "task": task, "step": "oracle", "threshold": np.nan, "pct_kept": 100.0,
+                         "test": 0.9, "test_low": 0.88, "test_high": 0.92, "ratio": 1.0, "ratio_low": 1.0,
+                         "ratio_high": 1.0})
+            rows.append({"model": model, "task": task, "step": "constant", "threshold": np.nan, "pct_kept": 92.3,
+                         "test": np.nan, "test_low": np.nan, "test_high": np.nan, "ratio": np.nan,
+                         "ratio_low": np.nan, "ratio_high": np.nan})
+            for t in np.arange(0.1, 1.0, 0.1):
+                acc = 0.9 - 0.3 * t**3
+                rows.append({"model": model, "task": task, "step": "clustering", "threshold": t,
+                             "pct_kept": 100 * (1 - t) ** 3 + 0.05, "test": acc, "test_low": acc - 0.03,
+                             "test_high": acc + 0.03, "ratio": acc / 0.9, "ratio_low": acc / 0.9 - 0.02,
+                             "ratio_high": acc / 0.9 + 0.02})
+    return pd.DataFrame(rows)
+
+
 FIGURES = {
     "norm_curves": lambda: plots.norm_curves(norms_table(), title="Mean activation norm per layer"),
     "heatmap_panels": lambda: plots.heatmap_panels(
@@ -157,6 +176,10 @@ FIGURES = {
     "neuron_curves": lambda: plots.neuron_curves(curve_table(), oracle=0.91, target=0.90, title="accuracy vs k"),
     "selected_layer_bars": lambda: plots.selected_layer_bars(layer_counts_table(), title="Layers of the sets"),
     "transfer_steps": lambda: plots.transfer_steps(steps_table(), title="Feature-selected transfer"),
+    "cc_sweep_curves": lambda: plots.cc_sweep_curves(cc_sweep_table(), title="Probes on cluster representatives",
+                                                     reference_pct_kept=15.0, reference_label="paper: 15% kept"),
+    "cc_sweep_curves_ratio": lambda: plots.cc_sweep_curves(cc_sweep_table(), title="% of the oracle", value="ratio",
+                                                           tolerance=0.97),
 }
 
 
@@ -341,3 +364,20 @@ def test_legends_use_the_names_of_the_text():
 def test_missing_column_names_what_is_expected():
     with pytest.raises(ValueError, match=r"norm_curves needs .*mean_norm"):
         plots.norm_curves(norms_table().drop(columns="mean_norm"), title="t")
+
+
+def test_cc_sweep_curves_draw_every_run_with_its_band_and_a_log_count_axis():
+    table = cc_sweep_table()
+    fig = FIGURES["cc_sweep_curves"]()
+    left, right = _data_axes(fig)
+    runs = table.groupby(["model", "task"]).ngroups
+    assert left.get_yscale() == "log"  # 100% down to 0.15%
+    assert len(left.get_lines()) == runs + 1  # one per run and the paper's reference
+    assert len(right.collections) == runs  # one interval band per run
+    first = right.get_lines()[0]
+    np.testing.assert_allclose(first.get_xdata()[0], 0.0)  # the oracle sits at t = 0
+    assert len(first.get_xdata()) == 10  # oracle + nine thresholds; the constant row has no probe
+    ratio = FIGURES["cc_sweep_curves_ratio"]()
+    assert any("tolerance 97%" in t.get_text() for t in _visible_texts(ratio))
+    with pytest.raises(ValueError, match="cc_sweep_curves needs .*test_low"):
+        plots.cc_sweep_curves(table.drop(columns="test_low"), title="t")

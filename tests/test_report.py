@@ -9,15 +9,19 @@ import pytest
 from utils.report import (
     PAPER_CLAIMS,
     check_runs,
+    claims_side_by_side,
+    describe_cc_sweep,
     describe_general_redundancy,
     describe_norms,
     describe_task_redundancy,
+    general_claim_verdicts,
     markdown_table,
     oracle_score,
     read_artifact,
     replace_section,
     reproduction_report,
     task_claim_table,
+    transfer_claim_verdicts,
     transfer_claims,
 )
 
@@ -221,3 +225,102 @@ def test_markdown_helpers():
     assert replace_section(text, "s", "new") == "x\n<!-- s:start -->\nnew\n<!-- s:end -->\ny"
     with pytest.raises(ValueError, match="no '<!-- t:start -->'"):
         replace_section(text, "t", "new")
+
+
+# ---------------------------------------------------------------------------------------------
+# verdicts from intervals (general and transfer claims) and the side-by-side table
+
+
+def _sweep(model, task, rows, *, total=1000, constant=0):
+    """cc_sweep-shaped rows: (threshold, neurons_kept, ratio, ratio_low, ratio_high) per clustering step."""
+    out = [{"model": model, "task": task, "step": "oracle", "threshold": np.nan, "neurons_total": total,
+            "neurons_constant": constant, "neurons_kept": total, "pct_removed_nonconstant": 0.0,
+            "ratio": 1.0, "ratio_low": 1.0, "ratio_high": 1.0}]
+    for t, kept, r, lo, hi in rows:
+        out.append({"model": model, "task": task, "step": "clustering", "threshold": t, "neurons_total": total,
+                    "neurons_constant": constant, "neurons_kept": kept,
+                    "pct_removed_nonconstant": 100 * (total - constant - kept) / (total - constant),
+                    "ratio": r, "ratio_low": lo, "ratio_high": hi})
+    return out
+
+
+def _sweep_table():
+    return pd.DataFrame(
+        # holds at t = 0.5 (90% removed, [0.975, 0.99]); t = 0.7 removes more but straddles
+        _sweep("a", "pos", [(0.3, 300, 0.99, 0.98, 1.0), (0.5, 100, 0.985, 0.975, 0.99), (0.7, 50, 0.97, 0.95, 0.99)])
+        # enough removed only at t = 0.7, whose interval straddles 0.97: inconclusive
+        + _sweep("a", "sst", [(0.3, 400, 1.0, 0.99, 1.01), (0.7, 140, 0.975, 0.94, 1.0)])
+        # enough removed only where the accuracy is lost for sure: does not hold
+        + _sweep("b", "pos", [(0.3, 500, 0.99, 0.98, 1.0), (0.7, 120, 0.9, 0.85, 0.95), (0.9, 20, 0.6, 0.55, 0.65)])
+        # never removes 85% of the 230 non-constant neurons (1000 with 770 constant): does not hold
+        + _sweep("b", "sst", [(0.3, 200, 1.0, 0.99, 1.0), (0.9, 60, 0.99, 0.98, 1.0)], constant=770)
+    )
+
+
+def test_general_verdicts_follow_the_intervals():
+    v = general_claim_verdicts(_sweep_table()).set_index(["model", "task"])
+    assert v.loc[("a", "pos"), "verdict"] == "holds"
+    assert v.loc[("a", "pos"), "threshold"] == 0.5
+    assert v.loc[("a", "pos"), "max_removed_within"] == pytest.approx(90.0)
+    assert v.loc[("a", "pos"), "max_removed_point"] == pytest.approx(95.0)  # t = 0.7 by its point estimate
+    assert v.loc[("a", "sst"), "verdict"] == "inconclusive"
+    assert v.loc[("a", "sst"), ("ratio_low", "ratio_high")].tolist() == [0.94, 1.0]
+    assert v.loc[("b", "pos"), "verdict"] == "does not hold"
+    assert v.loc[("b", "pos"), "threshold"] == 0.7  # of the failing ones, the interval reaching highest
+    row = v.loc[("b", "sst")]
+    assert row["verdict"] == "does not hold" and row["neurons_constant"] == 770
+    assert row["pct_removed_nonconstant"] == pytest.approx(100 * 170 / 230)  # constants are not evidence
+    assert "no threshold removes 85%" in row["decided_by"]
+    # a looser tolerance turns the straddling case into a pass
+    loose = general_claim_verdicts(_sweep_table(), tolerance_pct=90).set_index(["model", "task"])
+    assert loose.loc[("a", "sst"), "verdict"] == "holds"
+    with pytest.raises(ValueError, match="lacks columns"):
+        general_claim_verdicts(_sweep_table().drop(columns="ratio_low"))
+
+
+def test_general_sweep_reading_names_the_constant_neurons():
+    text = describe_cc_sweep(general_claim_verdicts(_sweep_table()))
+    assert "a · pos: clustering removes up to 90.0% (t = 0.5)" in text
+    assert "**holds**" in text and "**inconclusive at this sample size**" in text
+    assert "770 constant neurons are left out" in text
+
+
+def _transfer_table():
+    return pd.DataFrame({
+        "model": ["a", "a", "b", "b"], "task": ["pos", "sst", "pos", "sst"],
+        "pct_kept": [2.0, 9.0, 3.0, 4.0], "pct_of_oracle": [99.0, 98.0, 96.0, 98.5],
+        "pct_kept_min": [1.0, 8.0, 2.0, 3.0], "pct_kept_max": [3.0, 11.0, 4.0, 5.0],
+        "ratio": [0.99, 0.98, 0.96, 0.985], "ratio_low": [0.975, 0.97, 0.93, 0.96],
+        "ratio_high": [1.0, 0.99, 0.965, 1.01],
+    })
+
+
+def test_transfer_verdicts_need_both_bounds():
+    v = transfer_claim_verdicts(_transfer_table()).set_index(["model", "task"])
+    assert v.loc[("a", "pos"), "verdict"] == "holds"
+    assert v.loc[("a", "sst"), ["accuracy_verdict", "size_verdict", "verdict"]].tolist() == [
+        "holds", "inconclusive", "inconclusive"]  # seeds on both sides of 10%
+    assert v.loc[("b", "pos"), "verdict"] == "does not hold"  # [0.93, 0.965] lies below 0.97
+    assert v.loc[("b", "sst"), "verdict"] == "inconclusive"
+    no_spread = transfer_claim_verdicts(_transfer_table().drop(columns=["pct_kept_min", "pct_kept_max"]))
+    assert no_spread.set_index(["model", "task"]).loc[("a", "sst"), "size_verdict"] == "holds"  # 9% ≤ 10%
+    with pytest.raises(ValueError, match="interval columns"):
+        transfer_claim_verdicts(_transfer_table().drop(columns="ratio_low"))
+
+
+def test_side_by_side_table_and_report_use_the_interval_verdicts():
+    general = general_claim_verdicts(_sweep_table())
+    transfer = transfer_claim_verdicts(_transfer_table())
+    table = claims_side_by_side(general, transfer)
+    lines = table.splitlines()
+    assert lines[0] == "| claim | paper | model · task | ours | decided by (95% intervals) | verdict |"
+    assert len(lines) == 2 + len(general) + len(transfer)
+    assert sum(PAPER_CLAIMS["general"].text in line for line in lines) == 4
+    assert any("b · pos" in line and "[93.0, 96.5]" in line and "**does not hold**" in line for line in lines)
+    with pytest.raises(ValueError, match="no verdict table"):
+        claims_side_by_side()
+    text = reproduction_report(_transfer_table(), cc_sweep=_sweep_table())
+    assert "holds: 1; inconclusive at this sample size: 1; does not hold: 2" in text
+    assert "clustering removes at most 90.0% of the non-constant neurons" in text
+    assert "holds: 1; inconclusive at this sample size: 2; does not hold: 1" in text
+    assert "meet both bounds" not in text  # no point verdict once intervals are there

@@ -1,9 +1,21 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.cluster.hierarchy import fcluster, linkage
+from sklearn.metrics import f1_score
 
 from utils.activations import extract
-from utils.selection import PAPER_GRID, ReducedProbe, TransferResult, layer_selector, run_transfer
+from utils.selection import (
+    PAPER_GRID,
+    ReducedProbe,
+    TransferResult,
+    cc_sweep,
+    layer_selector,
+    load_predictions,
+    run_transfer,
+    save_predictions,
+    transfer_over_seeds,
+)
 
 N_LAYERS, HIDDEN, SIGNAL_LAYER = 5, 16, 2
 SIGNAL_UNITS = np.array([1, 5, 9])
@@ -110,3 +122,148 @@ def test_mismatched_inputs_are_refused(splits):
     (A, y), dev, test = splits
     with pytest.raises(ValueError, match="differ in length"):
         run_transfer((A, y[:-1]), dev, test, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-item predictions, seeds with intervals, and the clustering sweep
+
+
+def test_result_keeps_per_item_oracle_predictions_and_the_scored_rows(splits, tmp_path):
+    train, dev, (At, yt) = splits
+    yt = yt.copy()
+    yt[[3, 10]] = "never-in-train"  # dropped from scoring: test_items must skip them
+    r = run_transfer(train, dev, (At, yt), probe_params=FAST, progress=False)
+    keep = np.setdiff1d(np.arange(len(yt)), [3, 10])
+    np.testing.assert_array_equal(r.test_items, keep)
+    np.testing.assert_array_equal(r.test_labels, yt[keep])
+    assert np.mean(r.oracle_test_predictions == yt[keep]) == pytest.approx(r.oracle_test)
+    np.testing.assert_array_equal(r.oracle.predict(At[keep]), r.oracle_test_predictions)
+    again = TransferResult.load(r.save(tmp_path / "r"))
+    for name in ("oracle_test_predictions", "test_labels", "test_items"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(r, name))
+
+
+@pytest.mark.parametrize("labels", [np.array(["NN", "VB", "NA", "."]), np.array([0, 1, 1, 0])])
+def test_predictions_round_trip_with_their_dtype(labels, tmp_path):
+    rng = np.random.default_rng(0)
+    y = labels[rng.integers(0, len(labels), 50)]
+    preds = {"oracle": labels[rng.integers(0, len(labels), 50)], "t=0.3": y.astype(object)}
+    groups = np.repeat(np.arange(10), 5)
+    path = save_predictions(tmp_path / "p", y_true=y, predictions=preds, groups=groups, meta={"seed": np.int64(2)})
+    assert path.suffix == ".npz" and not list(tmp_path.glob("*.tmp*"))
+    back = load_predictions(path)
+    np.testing.assert_array_equal(back.y_true, y)
+    assert back.y_true.dtype.kind == y.dtype.kind
+    assert set(back.predictions) == {"oracle", "t=0.3"}
+    for k, v in preds.items():
+        np.testing.assert_array_equal(back.predictions[k], np.asarray(v.tolist()))
+    np.testing.assert_array_equal(back.groups, groups)
+    assert back.meta == {"seed": 2}
+    with pytest.raises(ValueError, match="one per item"):
+        save_predictions(tmp_path / "q", y_true=y, predictions={"a": y[:-1]})
+    with pytest.raises(FileNotFoundError, match="save_predictions"):
+        load_predictions(tmp_path / "missing.npz")
+
+
+def _seed_results(splits, seeds=(0, 1, 2)):
+    train, dev, test = splits
+    adam = {"solver": "adam", "max_epochs": 5}
+    return [run_transfer(train, dev, test, grid=[(3, 1, None)], probe_params={**adam, "random_state": s},
+                         progress=False) for s in seeds]
+
+
+def test_transfer_over_seeds_pools_seeds_on_shared_resamples(splits):
+    results = _seed_results(splits)
+    yt = splits[2][1]
+    groups = np.arange(len(yt)) // 4  # "sentences" of four items
+    s = transfer_over_seeds(results, test_groups=groups, n_boot=400)
+    tests = np.array([r.test for r in results])
+    oracles = np.array([r.oracle_test for r in results])
+    assert s["seeds"] == 3
+    assert s["test_mean"] == pytest.approx(tests.mean())
+    assert s["test_sd"] == pytest.approx(tests.std(ddof=1))
+    assert s["pct_kept_max"] == pytest.approx(max(r.pct_kept for r in results))
+    assert s["ratio"] == pytest.approx(tests.mean() / oracles.mean())  # ratio of the seed-averaged accuracies
+    assert s["ratio_low"] <= s["ratio"] <= s["ratio_high"]
+    assert s["n_test_groups"] == len(np.unique(groups))
+    # the same bootstrap by hand: resample groups, every seed's items of a group together
+    counts = np.random.default_rng(0).multinomial(len(np.unique(groups)), np.full(len(np.unique(groups)),
+                                                  1 / len(np.unique(groups))), size=400)
+    w = counts[:, groups]  # weight of each item in each replicate
+    red = np.mean([w @ (r.test_predictions == yt) for r in results], axis=0)
+    ora = np.mean([w @ (r.oracle_test_predictions == yt) for r in results], axis=0)
+    low, high = np.nanquantile(red / ora, [0.025, 0.975])
+    assert (s["ratio_low"], s["ratio_high"]) == pytest.approx((low, high))
+    with pytest.raises(ValueError, match="different test items"):
+        other = run_transfer(splits[0], splits[1], (splits[2][0][:-5], yt[:-5]), grid=[(3, 1, None)],
+                             probe_params=FAST, progress=False)
+        transfer_over_seeds([results[0], other])
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Layer 0: four independent sources (unit 0 carries the label), two exact-ish copies each in layer 1,
+    plus one constant neuron; a sweep must keep ~4 neurons at a loose cut and the label throughout."""
+    rng = np.random.default_rng(3)
+
+    def make(n):
+        src = rng.normal(size=(n, 4))
+        layer0 = np.c_[src, rng.normal(size=(n, 1)), np.full((n, 1), 2.5)]  # 4 sources, noise, constant
+        layer1 = np.c_[src + 0.05 * rng.normal(size=(n, 4)), -src[:, 1] + 0.05 * rng.normal(size=n),
+                       src[:, 0] + rng.normal(size=n)]  # |r| ~ 0.7 with unit 0: merges only at looser cuts
+        acts = np.stack([layer0, layer1], axis=1).astype(np.float32)  # (n, 2, 6)
+        y = np.where(src[:, 0] + 0.3 * src[:, 1] > 0, "pos", "neg")
+        return acts, y
+
+    return make(600), make(300), make(300)
+
+
+def test_cc_sweep_matches_clusters_and_probes_computed_separately(planted):
+    from utils.clustering import cluster_sweep, neuron_correlation
+    from utils.intervals import paired_interval, score_interval
+    from utils.probing import LinearProbe
+
+    (A, y), (Ad, yd), (At, yt) = planted
+    with pytest.warns(Warning):  # the constant neuron is announced
+        corr = neuron_correlation(A, progress=False)
+    thresholds = [0.1, 0.5, 0.9]
+    clusterings = cluster_sweep(corr, thresholds)
+    groups = np.arange(len(yt)) // 3
+    sweep = cc_sweep((A, y), (Ad, yd), (At, yt), clusterings, constant=[5], probe_params=FAST,
+                     test_groups=groups, n_boot=300, progress=False)
+    t = sweep.table
+    assert list(t["step"]) == ["oracle", "constant", "clustering", "clustering", "clustering"]
+    const = t[t.step == "constant"].iloc[0]
+    assert const.neurons_kept == 11 and const.neurons_constant == 1 and np.isnan(const.test)
+    X, Xd, Xt = (a.reshape(len(a), -1) for a in (A, Ad, At))
+    oracle_pred = LinearProbe(**FAST).fit(X, y, X_dev=Xd, y_dev=yd).predict(Xt)
+    for c, row in zip(clusterings, t[t.step == "clustering"].itertuples()):
+        # kept = scipy's clusters minus the constant singleton
+        labels = fcluster(linkage(1 - np.abs(corr[np.triu_indices(12, 1)]), "average"), c.threshold,
+                          criterion="distance")
+        assert row.neurons_kept == len(np.unique(labels)) - 1
+        assert row.pct_removed_nonconstant == pytest.approx(100 * (11 - row.neurons_kept) / 11)
+        reps = np.setdiff1d(c.representatives, [5])
+        pred = LinearProbe(**FAST).fit(X[:, reps], y, X_dev=Xd[:, reps], y_dev=yd).predict(Xt[:, reps])
+        np.testing.assert_array_equal(sweep.predictions[f"t={c.threshold:g}"], pred)
+        iv = score_interval(yt, pred, groups=groups, n_boot=300)
+        ratio = paired_interval(yt, pred, oracle_pred, compare="ratio", groups=groups, n_boot=300)
+        assert (row.test, row.test_low, row.test_high) == pytest.approx((iv.estimate, iv.low, iv.high))
+        assert (row.ratio, row.ratio_low, row.ratio_high) == pytest.approx((ratio.estimate, ratio.low, ratio.high))
+        assert row.test_macro_f1 == pytest.approx(f1_score(yt, pred, average="macro"))
+        assert row.test_macro_f1_low <= row.test_macro_f1 <= row.test_macro_f1_high
+    loose = t[t.step == "clustering"].iloc[-1]
+    assert loose.neurons_kept <= 5 and loose.test > 0.9  # the copies are gone, the label is not
+    assert list(t[t.step == "clustering"]["neurons_kept"]) == [6, 5, 5]
+    assert 5 not in set(np.concatenate([np.setdiff1d(c.representatives, [5]) for c in clusterings]))
+
+
+def test_cc_sweep_refuses_a_clustering_of_another_store(planted):
+    from utils.clustering import NeuronClusters
+
+    (A, y), dev, test = planted
+    wrong = NeuronClusters(0.3, np.arange(5), np.arange(5))
+    with pytest.raises(ValueError, match="covers 5 neurons"):
+        cc_sweep((A, y), dev, test, [wrong], probe_params=FAST, progress=False)
+    with pytest.raises(ValueError, match="needs class labels"):
+        cc_sweep((A, np.linspace(0, 1, len(A))), dev, test, [wrong], progress=False)

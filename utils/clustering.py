@@ -23,7 +23,7 @@ Quantities and their shapes:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -484,6 +484,10 @@ class GeneralRedundancy:
     same_unit : float
         ``same_unit_share`` of ``clusters``.
     constant_neurons : ndarray of shape (n_constant,)
+        Neurons constant over the items (correlation 0 with everything: singletons at any t < 1).
+    sweep : list of NeuronClusters
+        The clustering at every threshold (sorted, ``reference_threshold`` included), for retraining
+        probes on the representatives (``selection.cc_sweep``).
     """
 
     n_items: int
@@ -500,6 +504,7 @@ class GeneralRedundancy:
     clusters: NeuronClusters
     same_unit: float
     constant_neurons: np.ndarray
+    sweep: list[NeuronClusters] = field(default_factory=list, repr=False)
 
 
 def general_redundancy(
@@ -560,4 +565,5 @@ def general_redundancy(
         duplication=layer_duplication(corr, n_layers, hidden),
         pair_counts=layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr),
         clusters=at_ref, same_unit=same_unit_share(at_ref, hidden=hidden), constant_neurons=constant,
+        sweep=sweep,
     )

@@ -656,3 +656,97 @@ def selected_layer_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
         _layer_ticks(ax)
     fig.suptitle(title)
     return fig
+
+
+# ---- general redundancy the authors' way (notebook 02) ----------------------------------------
+
+_TASK_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+_TASK_MARKERS = "os^DvP"
+
+
+def cc_sweep_curves(
+    table: pd.DataFrame,
+    *,
+    title: str,
+    value: str = "test",
+    tolerance: float | None = None,
+    reference_pct_kept: float | None = None,
+    reference_label: str = "",
+) -> plt.Figure:
+    """Neurons kept (left, log) and probe accuracy with its interval band (right) against the threshold.
+
+    One line per model × task (colour: model; line style and marker: task). The oracle (all neurons,
+    no clustering) is drawn at t = 0, so each line starts from 100 % of the neurons and the oracle's
+    accuracy.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``cc_sweep.csv`` rows: columns ``model, task, step, threshold, pct_kept`` and ``value``,
+        ``value_low``, ``value_high``; rows of step ``oracle`` and ``clustering`` are drawn (the
+        ``constant`` row is not: it has no probe).
+    title : str
+        Figure title.
+    value : {"test", "dev", "ratio"}
+        Accuracy on test or dev, or the test accuracy as a fraction of the oracle's (drawn in %).
+    tolerance : float, optional
+        With ``value="ratio"``: a dashed line at this fraction (e.g. 0.97).
+    reference_pct_kept : float, optional
+        A dashed line on the left panel at this % of neurons kept (e.g. the paper's 15 %).
+    reference_label : str
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    if value not in ("test", "dev", "ratio"):
+        raise ValueError(f"value must be 'test', 'dev' or 'ratio', got {value!r}")
+    _require(table, ["model", "task", "step", "threshold", "pct_kept", value, f"{value}_low", f"{value}_high"],
+             "cc_sweep_curves")
+    drawn = table[table["step"].isin(["oracle", "clustering"])].copy()
+    drawn["threshold"] = drawn["threshold"].where(drawn["step"] == "clustering", 0.0)
+    scale = 100.0 if value == "ratio" else 1.0
+    model_colors = _colors(drawn["model"].astype(str))
+    tasks = list(dict.fromkeys(drawn["task"].astype(str)))
+    styles = {t: _TASK_STYLES[i % len(_TASK_STYLES)] for i, t in enumerate(tasks)}
+    markers = {t: _TASK_MARKERS[i % len(_TASK_MARKERS)] for i, t in enumerate(tasks)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.2), layout="constrained")
+    for (model, task), g in drawn.groupby(["model", "task"], sort=False):
+        g = g.sort_values("threshold")
+        style = dict(color=model_colors[str(model)], linestyle=styles[str(task)], marker=markers[str(task)],
+                     markersize=4.5, linewidth=1.3)
+        left.plot(g["threshold"], g["pct_kept"], **style)
+        right.plot(g["threshold"], g[value] * scale, **style)
+        right.fill_between(g["threshold"], g[f"{value}_low"] * scale, g[f"{value}_high"] * scale,
+                           color=model_colors[str(model)], alpha=0.15, linewidth=0)
+    if reference_pct_kept is not None:
+        left.axhline(reference_pct_kept, color="0.3", linestyle="--", linewidth=1)
+        if reference_label:
+            left.annotate(reference_label, (0.02, reference_pct_kept), xycoords=("axes fraction", "data"),
+                          xytext=(0, 3), textcoords="offset points", fontsize=MIN_FONT_PT + 0.5, color="0.3")
+    if tolerance is not None and value == "ratio":
+        right.axhline(tolerance * scale, color="0.3", linestyle="--", linewidth=1)
+        right.annotate(f"tolerance {tolerance * scale:g}%", (0.02, tolerance * scale),
+                       xycoords=("axes fraction", "data"), xytext=(0, -11), textcoords="offset points",
+                       fontsize=MIN_FONT_PT + 0.5, color="0.3")
+    if spans_decades(drawn["pct_kept"], 1.0):
+        left.set_yscale("log")
+        ticks = [t for t in (100, 50, 30, 10, 5, 3, 1, 0.5, 0.3, 0.1) if t >= drawn["pct_kept"].min() * 0.5]
+        left.yaxis.set_major_locator(FixedLocator(ticks))
+        left.yaxis.set_minor_locator(NullLocator())
+        left.set_yticklabels([f"{t:g}%" for t in ticks])
+    for ax in (left, right):
+        ax.set_xlabel("clustering threshold t (0 = oracle, all neurons)")
+        ax.set_xlim(-0.03, max(0.93, drawn["threshold"].max() + 0.03))
+    left.set_title("neurons kept (one per cluster)")
+    left.set_ylabel("neurons kept (% of all, log)" if left.get_yscale() == "log" else "neurons kept (% of all)")
+    names = {"test": "test accuracy", "dev": "dev accuracy", "ratio": "test accuracy (% of the oracle's)"}
+    right.set_title(f"probe on the representatives: {names[value]}, 95% band")
+    right.set_ylabel(names[value])
+    handles = [Line2D([], [], color=c, linewidth=1.5) for c in model_colors.values()]
+    labels = list(model_colors)
+    handles += [Line2D([], [], color="0.35", linestyle=styles[t], marker=markers[t], markersize=4.5) for t in tasks]
+    labels += tasks
+    _legend_below(fig, handles, labels, ncols=min(len(labels), 6))
+    fig.suptitle(title)
+    return fig

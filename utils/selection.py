@@ -15,7 +15,17 @@ The paper's grid ``(delta_layer, delta_neuron) in {(3,1), (2,1), (1,1)} x t in {
 searched on dev only; among the configurations whose final dev score keeps ``keep_pct`` % of the
 oracle's dev score, the one with the fewest neurons wins (ties: higher dev score). The test split is
 read once, at the end, after every choice is fixed. The result (``TransferResult``) saves and
-reloads, and carries a ``ReducedProbe`` that applies the kept neurons to new activations or text.
+reloads, and carries a ``ReducedProbe`` that applies the kept neurons to new activations or text,
+with the per-item test predictions of the reduced probe and of the oracle.
+
+Also here, because they compose clustering and probing:
+
+- ``transfer_over_seeds``: the pipeline's runs over several seeds as mean and spread, with the
+  reduced / oracle accuracy ratio as a paired bootstrap interval on the same test items;
+- ``cc_sweep``: the authors' ``run_cc_all.py`` reading of general redundancy: a probe retrained on
+  the cluster representatives at every threshold, with intervals and a paired ratio to the oracle;
+- ``save_predictions`` / ``load_predictions``: per-item labels and predictions on disk (NPZ, no
+  pickling), so any comparison can be redone.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from tqdm.auto import tqdm
 from .clustering import cluster_neurons, linkage_tree, neuron_correlation
 from .probing import fit_layer_probes, make_probe, restrict_to_classes
 from .ranking import PCT_GRID, lca_ordering, minimal_neuron_set
-from .validation import is_regression_target
+from .validation import is_regression_target, seen_mask
 
 PAPER_GRID: tuple[tuple[float, float, float | None], ...] = (
     (3, 1, None), (2, 1, None), (1, 1, None), (3, 1, 0.3), (2, 1, 0.3), (1, 1, 0.3),
@@ -167,6 +177,13 @@ class TransferResult:
         The oracle probe (all neurons) in the same form, for comparisons on new data.
     test_predictions : ndarray of shape (n_test,)
         The final probe's predictions on the test items (after unseen-label items were dropped).
+    oracle_test_predictions : ndarray of shape (n_test,)
+        The oracle's predictions on the same items (for paired comparisons).
+    test_labels : ndarray of shape (n_test,)
+        The labels of those items.
+    test_items : ndarray of shape (n_test,)
+        Their row indices in the test split as passed (rows whose label never occurs in train are
+        dropped): ``store.sentence_ids[test_items]`` gives the sentence of each scored word.
     info : dict
         Anything else worth keeping (dropped unseen-label items, model and task names).
     """
@@ -189,6 +206,9 @@ class TransferResult:
     oracle: ReducedProbe | None = field(repr=False, default=None)
     test_predictions: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
     info: dict = field(default_factory=dict)
+    oracle_test_predictions: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    test_labels: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    test_items: np.ndarray = field(repr=False, default_factory=lambda: np.array([], dtype=np.int64))
 
     @property
     def neurons_kept(self) -> int:
@@ -217,11 +237,12 @@ class TransferResult:
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name not in ("neurons", "grid", "steps", "reduced", "oracle", "test_predictions")}
+                   if f.name not in ("neurons", "grid", "steps", "reduced", "oracle", *_ITEM_ARRAYS)}
         (tmp / "result.json").write_text(json.dumps({**scalars, "reduced_layer": self.reduced.layer}, indent=1,
                                                     default=_json_default))
         r = self.reduced
-        arrays = {"neurons": self.neurons, "test_predictions": self.test_predictions, "reduced_neurons": r.neurons, "coef": r.coef_, "intercept": r.intercept_}
+        arrays = {"neurons": self.neurons, "reduced_neurons": r.neurons, "coef": r.coef_, "intercept": r.intercept_,
+                  **{name: _portable(getattr(self, name)) for name in _ITEM_ARRAYS}}
         if r.classes_ is not None:
             arrays["classes"] = np.asarray(r.classes_)
         if self.oracle is not None:
@@ -253,8 +274,23 @@ class TransferResult:
                                   arrays["oracle_coef"], arrays["oracle_intercept"], arrays.get("classes"))
         grid = pd.read_csv(path / "grid.csv")
         steps = pd.read_csv(path / "steps.csv")
-        return cls(**meta, neurons=arrays["neurons"], grid=grid, steps=steps, reduced=reduced, oracle=oracle,
-                   test_predictions=arrays["test_predictions"])
+        items = {name: arrays[name] for name in _ITEM_ARRAYS if name in arrays}  # older saves lack some
+        return cls(**meta, neurons=arrays["neurons"], grid=grid, steps=steps, reduced=reduced, oracle=oracle, **items)
+
+
+_ITEM_ARRAYS = ("test_predictions", "oracle_test_predictions", "test_labels", "test_items")
+"""Per-test-item arrays of a ``TransferResult``, saved beside the probe."""
+
+
+def _portable(a: Any) -> np.ndarray:
+    """``a`` as an array ``np.save`` writes without pickling (object arrays of str become unicode)."""
+    a = np.asarray(a)
+    if a.dtype == object:
+        a = np.asarray(a.tolist())
+        if a.dtype == object:
+            raise TypeError("labels or predictions of mixed types cannot be saved without pickling; "
+                            "convert them to one type (str or int) first")
+    return a
 
 
 def _json_default(x: Any) -> Any:
@@ -406,9 +442,14 @@ def run_transfer(
     # the test split: read once, now that every choice is fixed
     At, yt = test() if callable(test) else test
     yt = np.asarray(yt)
+    test_items = np.arange(len(yt))
     if not regression:
+        test_items = np.flatnonzero(seen_mask(yt, np.unique(y)))
         At, yt, info["dropped_test"] = restrict_to_classes(At, yt, np.unique(y))
-    oracle_test = float(oracle_probes[0].score(_flat(At, L), yt))
+    X_oracle = _flat(At, L)
+    oracle_test_predictions = oracle_probes[0].predict(X_oracle)
+    oracle_test = float(oracle_probes[0].score(X_oracle, yt))
+    del X_oracle
     Xt_sel = _flat(At, layer + 1)
     test_predictions = ms.probe.predict(Xt_sel[:, kept])
     steps = pd.DataFrame([
@@ -426,6 +467,7 @@ def run_transfer(
         steps=steps, reduced=ReducedProbe.from_probe(ms.probe, neurons=kept, hidden=h),
         oracle=ReducedProbe.from_probe(oracle_probes[0], neurons=np.arange(total), hidden=h),
         test_predictions=np.asarray(test_predictions), info=info,
+        oracle_test_predictions=np.asarray(oracle_test_predictions), test_labels=yt, test_items=test_items,
     )
 
 
@@ -436,6 +478,339 @@ def _choose(grid_table: pd.DataFrame, keep_pct: float) -> int:
     if not ok.any():
         return int(pool["dev"].idxmax())
     return int(pool.sort_values(["neurons_kept", "dev"], ascending=[True, False], kind="stable").index[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline over seeds, with intervals
+
+
+def transfer_over_seeds(
+    results: Sequence[TransferResult],
+    *,
+    test_groups: Any = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    random_state: int = 0,
+) -> dict[str, float]:
+    """Mean and spread of the pipeline's results over seeds, and the reduced/oracle ratio with its interval.
+
+    The runs differ only in the probes' seed, so they score the same test items. The ratio is the
+    seed-averaged accuracy of the reduced probes over the seed-averaged accuracy of the oracles, with a
+    paired bootstrap over test items (whole sentences when ``test_groups`` is given): every seed's
+    predictions are stacked and the items of one group share a group id across seeds, so a
+    resample draws an item for all seeds at once (``intervals.paired_interval``).
+
+    Parameters
+    ----------
+    results : sequence of TransferResult
+        One per seed, of one model × task, each with its per-item test predictions.
+    test_groups : array-like of shape (n_test_split,), optional
+        Group (sentence) of each row of the test split as passed to ``run_transfer`` (e.g. the store's
+        ``sentence_ids``); indexed with ``result.test_items``. None: each item is its own group.
+    n_boot, level, random_state
+        As in ``intervals.paired_interval``.
+
+    Returns
+    -------
+    summary : dict
+        ``seeds``; ``<q>_mean``, ``<q>_sd`` (sample standard deviation over seeds), ``<q>_min`` and
+        ``<q>_max`` for ``q`` in ``pct_kept, neurons_kept, selected_layer, test, oracle_test,
+        pct_of_oracle``; ``test_low, test_high`` and ``oracle_low, oracle_high`` (intervals of the
+        seed-averaged accuracies); ``ratio, ratio_low, ratio_high`` (reduced / oracle, as a fraction);
+        ``n_test`` and ``n_test_groups``.
+    """
+    from .intervals import paired_interval, score_interval
+
+    results = list(results)
+    if not results:
+        raise ValueError("transfer_over_seeds needs at least one TransferResult")
+    first = results[0]
+    for r in results:
+        if len(r.test_predictions) == 0 or len(r.oracle_test_predictions) != len(r.test_predictions):
+            raise ValueError("a result lacks per-item test predictions (saved by an older run_transfer); rerun it")
+        if not (np.array_equal(r.test_items, first.test_items) and np.array_equal(r.test_labels, first.test_labels)):
+            raise ValueError("the results score different test items: pass the runs of one model × task, one per seed")
+    n = len(first.test_labels)
+    groups = np.arange(n) if test_groups is None else np.asarray(test_groups)[first.test_items]
+    s = len(results)
+    y = np.tile(first.test_labels, s)
+    g = np.tile(groups, s)
+    reduced = np.concatenate([r.test_predictions for r in results])
+    oracle = np.concatenate([r.oracle_test_predictions for r in results])
+    kw = dict(groups=g, n_boot=n_boot, level=level, random_state=random_state)
+    out: dict[str, float] = {"seeds": s}
+    per_seed = pd.DataFrame([{
+        "pct_kept": r.pct_kept, "neurons_kept": r.neurons_kept, "selected_layer": r.selected_layer,
+        "test": r.test, "oracle_test": r.oracle_test, "pct_of_oracle": r.pct_of_oracle} for r in results])
+    for q in per_seed.columns:
+        v = per_seed[q].to_numpy(float)
+        out |= {f"{q}_mean": float(v.mean()), f"{q}_sd": float(v.std(ddof=1)) if s > 1 else 0.0,
+                f"{q}_min": float(v.min()), f"{q}_max": float(v.max())}
+    test_iv, oracle_iv = score_interval(y, reduced, **kw), score_interval(y, oracle, **kw)
+    ratio = paired_interval(y, reduced, oracle, compare="ratio", **kw)
+    out |= {"test_low": test_iv.low, "test_high": test_iv.high, "oracle_low": oracle_iv.low,
+            "oracle_high": oracle_iv.high, "ratio": ratio.estimate, "ratio_low": ratio.low,
+            "ratio_high": ratio.high, "n_test": n, "n_test_groups": int(len(np.unique(groups)))}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# general redundancy the authors' way: a probe on the cluster representatives at every threshold
+
+
+@dataclass
+class ClusterSweep:
+    """Probes retrained on the cluster representatives at every threshold, against the oracle.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per step: ``oracle`` (all neurons), ``constant`` (the neurons constant on train,
+        removed trivially; no probe), then ``clustering`` at each threshold. Columns ``step,
+        threshold, neurons_total, neurons_constant, neurons_kept, pct_kept, pct_removed,
+        pct_removed_nonconstant, dev, dev_low, dev_high, test, test_low, test_high, ratio, ratio_low,
+        ratio_high, n_test, n_test_groups`` (and ``test_macro_f1, test_macro_f1_low,
+        test_macro_f1_high`` with ``macro_f1=True``). ``neurons_kept`` never counts a constant neuron;
+        ``pct_removed = 100 - pct_kept`` counts them as removed; ``pct_removed_nonconstant`` is the
+        share of the non-constant neurons that clustering removes (the evidence of redundancy);
+        ``ratio`` is test accuracy over the oracle's on the same items (a fraction) with its paired
+        interval.
+    y_test : ndarray of shape (n_test,)
+        Labels of the scored test items (unseen-label items dropped).
+    test_items : ndarray of shape (n_test,)
+        Their rows in the test split as passed.
+    test_groups : ndarray of shape (n_test,)
+        Their resampling groups (the items themselves when no groups were given).
+    predictions : dict of str to ndarray of shape (n_test,)
+        ``"oracle"`` and ``"t=<threshold>"``: per-item test predictions of each probe.
+    """
+
+    table: pd.DataFrame
+    y_test: np.ndarray
+    test_items: np.ndarray
+    test_groups: np.ndarray
+    predictions: dict[str, np.ndarray]
+
+
+def _seen(A: Any, y: np.ndarray, groups: Any, classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows whose label occurs in ``classes``: activations, labels, row indices, groups (default: the rows)."""
+    rows = np.arange(len(y))
+    groups = rows if groups is None else np.asarray(groups)
+    if len(groups) != len(y):
+        raise ValueError(f"groups must give one group per item: {len(groups)} groups for {len(y)} items. "
+                         f"For word-level tasks pass the store's sentence_ids.")
+    keep = seen_mask(y, classes)
+    if keep.all():
+        return A, y, rows, groups
+    rows = np.flatnonzero(keep)
+    return A[rows], y[rows], rows, groups[rows]
+
+
+def cc_sweep(
+    train: tuple[Any, Any],
+    dev: tuple[Any, Any],
+    test: tuple[Any, Any],
+    clusterings: Sequence[Any],
+    *,
+    constant: Any = (),
+    probe_params: dict | None = None,
+    dev_groups: Any = None,
+    test_groups: Any = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    random_state: int = 0,
+    macro_f1: bool = True,
+    progress: bool = True,
+) -> ClusterSweep:
+    """Retrain the probe on the cluster representatives at every threshold (the authors' ``run_cc_all.py``).
+
+    For each clustering (one per threshold, e.g. ``GeneralRedundancy.sweep`` of the train split) a
+    probe is trained on its representatives, constant neurons left out, and scored on dev and test
+    with a 95% bootstrap interval (by sentence when groups are given); the oracle (all neurons, the
+    same probe parameters) is scored on the same items, and each threshold's test accuracy is
+    compared with it as a paired ratio interval on the same resamples.
+
+    Parameters
+    ----------
+    train, dev, test : (activations, labels)
+        Activations of shape (n_items, n_layers, hidden) (memory maps are fine) and class labels of
+        shape (n_items,). Dev and test items whose class never occurs in train are dropped.
+    clusterings : sequence of clustering.NeuronClusters
+        Over all ``n_layers * hidden`` neurons (neuron ``layer * hidden + unit``).
+    constant : array-like of int
+        Neurons constant over the train items (``GeneralRedundancy.constant_neurons``): reported on
+        their own row and never counted as kept.
+    probe_params : dict, optional
+        Parameters of every probe (``LinearProbe``); the solver defaults to ``"adam"``.
+    dev_groups, test_groups : array-like of shape (n_dev,) and (n_test,), optional
+        Resampling group of each item (the sentence of each word for word-level tasks).
+    n_boot, level, random_state
+        Bootstrap settings (``intervals.score_interval``); every interval uses the same resamples.
+    macro_f1 : bool, default True
+        Also report test macro-F1 with its interval (``test_macro_f1``, ``_low``, ``_high``): beside
+        accuracy for tasks where one class dominates (NER's ``O``).
+    progress : bool
+
+    Returns
+    -------
+    sweep : ClusterSweep
+    """
+    from .intervals import paired_interval, score_interval
+
+    A, y = train[0], np.asarray(train[1])
+    if getattr(A, "ndim", 0) != 3:
+        raise ValueError(f"train activations must have shape (n_items, n_layers, hidden), got {getattr(A, 'shape', None)}")
+    if is_regression_target(y):
+        raise ValueError("cc_sweep scores accuracy with bootstrap intervals: it needs class labels, got real values")
+    n, L, h = A.shape
+    total = L * h
+    if len(y) != n:
+        raise ValueError(f"train labels and activations differ in length: {len(y)} vs {n}")
+    for c in clusterings:
+        if c.n_features != total:
+            raise ValueError(f"a clustering covers {c.n_features} neurons, the activations hold {total} "
+                             f"({L} layers x {h}); cluster the same store's neurons")
+    classes = np.unique(y)
+    Ad, yd, _, gd = _seen(dev[0], np.asarray(dev[1]), dev_groups, classes)
+    At, yt, items, gt = _seen(test[0], np.asarray(test[1]), test_groups, classes)
+    constant = np.unique(np.asarray(constant, dtype=np.int64))
+    params = {"solver": "adam", **(probe_params or {})}
+    boot = dict(n_boot=n_boot, level=level, random_state=random_state)
+
+    X, Xd, Xt = (a.reshape(len(a), total) for a in (A, Ad, At))
+    sets: list[tuple[str, float, np.ndarray | None]] = [("oracle", float("nan"), None)]
+    sets += [("clustering", float(c.threshold), np.setdiff1d(c.representatives, constant)) for c in clusterings]
+    predictions: dict[str, np.ndarray] = {}
+    rows = []
+    for step, t, neurons in tqdm(sets, desc="probes on representatives", disable=not progress, leave=False):
+        if neurons is None:  # all neurons: memory maps stay maps (the probe reads them in row chunks)
+            Xs, Xsd, Xst = X, Xd, Xt
+        else:
+            Xs, Xsd, Xst = (np.asarray(x[:, neurons], dtype=np.float32) for x in (X, Xd, Xt))
+        probe = make_probe(y, **params).fit(Xs, y, X_dev=Xsd, y_dev=yd)
+        pred_dev, pred_test = probe.predict(Xsd), probe.predict(Xst)
+        key = "oracle" if neurons is None else f"t={t:g}"
+        predictions[key] = pred_test
+        kept = total if neurons is None else len(neurons)
+        dev_iv, test_iv = score_interval(yd, pred_dev, groups=gd, **boot), score_interval(yt, pred_test, groups=gt, **boot)
+        ratio = paired_interval(yt, pred_test, predictions["oracle"], compare="ratio", groups=gt, **boot)
+        rows.append({"step": step, "threshold": t, "neurons_kept": kept, "dev": dev_iv.estimate,
+                     "dev_low": dev_iv.low, "dev_high": dev_iv.high, "test": test_iv.estimate,
+                     "test_low": test_iv.low, "test_high": test_iv.high, "ratio": ratio.estimate,
+                     "ratio_low": ratio.low, "ratio_high": ratio.high})
+        if macro_f1:
+            f1 = score_interval(yt, pred_test, metric="macro_f1", groups=gt, **boot)
+            rows[-1] |= {"test_macro_f1": f1.estimate, "test_macro_f1_low": f1.low, "test_macro_f1_high": f1.high}
+        if neurons is None:  # the constant neurons' own line, right after the oracle: no probe
+            rows.append({"step": "constant", "threshold": float("nan"), "neurons_kept": total - len(constant)})
+        del Xs, Xsd, Xst
+    table = pd.DataFrame(rows)
+    n_const = len(constant)
+    table.insert(2, "neurons_total", total)
+    table.insert(3, "neurons_constant", n_const)
+    table["pct_kept"] = 100.0 * table["neurons_kept"] / total
+    table["pct_removed"] = 100.0 - table["pct_kept"]
+    nonconstant = total - n_const
+    table["pct_removed_nonconstant"] = np.where(
+        table["step"] == "clustering", 100.0 * (nonconstant - table["neurons_kept"]) / max(nonconstant, 1), 0.0)
+    table["n_test"] = len(yt)
+    table["n_test_groups"] = int(len(np.unique(gt)))
+    first = ["step", "threshold", "neurons_total", "neurons_constant", "neurons_kept", "pct_kept", "pct_removed",
+             "pct_removed_nonconstant"]
+    table = table[first + [c for c in table.columns if c not in first]]
+    return ClusterSweep(table, yt, items, gt, predictions)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-item predictions on disk
+
+
+@dataclass
+class SavedPredictions:
+    """Per-item labels and predictions of several probes on the same test items (``load_predictions``).
+
+    Attributes
+    ----------
+    y_true : ndarray of shape (n_items,)
+    predictions : dict of str to ndarray of shape (n_items,)
+    groups : ndarray of shape (n_items,) or None
+        Resampling group of each item (the sentence of each word), when saved.
+    meta : dict
+        What made them (model, task, seed, ...).
+    """
+
+    y_true: np.ndarray
+    predictions: dict[str, np.ndarray]
+    groups: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+_PRED_PREFIX = "pred__"
+
+
+def save_predictions(
+    path: str | os.PathLike,
+    *,
+    y_true: Any,
+    predictions: dict[str, Any],
+    groups: Any = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write per-item test labels and predictions to one ``.npz`` file (atomically), without pickling.
+
+    Any comparison (a paired interval, another metric) can be redone from the file:
+    ``load_predictions(path)`` gives the arrays back with their dtypes (str or int labels).
+
+    Parameters
+    ----------
+    path : path
+        The file to write (``.npz`` is appended when missing).
+    y_true : array-like of shape (n_items,)
+    predictions : dict of str to array-like of shape (n_items,)
+        One entry per probe (e.g. ``"oracle"``, ``"reduced_seed0"``).
+    groups : array-like of shape (n_items,), optional
+    meta : dict, optional
+        JSON-serialisable facts about the run.
+
+    Returns
+    -------
+    path : Path
+    """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    y_true = _portable(y_true)
+    arrays = {"y_true": y_true, "meta": np.asarray(json.dumps(meta or {}, default=_json_default))}
+    if groups is not None:
+        arrays["groups"] = _portable(groups)
+    if not predictions:
+        raise ValueError("predictions is empty: pass at least one {name: per-item predictions}")
+    for name, pred in predictions.items():
+        pred = _portable(pred)
+        if pred.shape != y_true.shape:
+            raise ValueError(f"predictions {name!r} have shape {pred.shape}, y_true {y_true.shape}: one per item")
+        arrays[_PRED_PREFIX + str(name)] = pred
+    if groups is not None and arrays["groups"].shape != y_true.shape:
+        raise ValueError(f"groups have shape {arrays['groups'].shape}, y_true {y_true.shape}: one per item")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_predictions(path: str | os.PathLike) -> SavedPredictions:
+    """Read a file written by ``save_predictions``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: save_predictions writes it (notebooks 02 and 04 do)")
+    with np.load(path, allow_pickle=False) as z:
+        files = set(z.files)
+        if "y_true" not in files:
+            raise ValueError(f"{path} holds no y_true: it was not written by save_predictions")
+        preds = {k[len(_PRED_PREFIX):]: z[k] for k in z.files if k.startswith(_PRED_PREFIX)}
+        return SavedPredictions(z["y_true"], preds, z["groups"] if "groups" in files else None,
+                                json.loads(str(z["meta"])) if "meta" in files else {})
 
 
 # ---------------------------------------------------------------------------------------------
