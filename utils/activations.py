@@ -567,7 +567,8 @@ def get_activations(
     Parameters
     ----------
     model : str
-        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, or a hub name).
+        A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, or a hub name), or
+        ``"<base>+ft"`` for a sentence task: the base fine-tuned on that task first (``finetune.finetuned_for``).
     task : str or Task
         A task name for ``data.load_task`` or a ``Task`` (e.g. from your own files).
     split : {"train", "dev", "test"}
@@ -589,6 +590,12 @@ def get_activations(
         (with a warning saying why) when it is corrupt, truncated or made from other inputs.
     """
     task_obj = task if isinstance(task, Task) else load_task(task, budget=budget, eval_budget=eval_budget, seed=seed)
+    finetuned = None
+    if model.endswith("+ft"):  # "minilm+ft": minilm fine-tuned on this (sentence) task, made once and cached
+        from .finetune import finetuned_for
+
+        finetuned = finetuned_for(model, task_obj, seed=seed, stores_root=root, device=device, progress=progress)
+        model = finetuned.name  # "minilm+ft-<key>": stores are keyed by the fine-tune that made them
     data = task_obj.split(split)
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
@@ -607,7 +614,7 @@ def get_activations(
             warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
         except StoreError as exc:
             warnings.warn(f"activation store {path} is unusable ({exc}); recomputing", stacklevel=2)
-    loaded = _cached_model(model, device)
+    loaded = finetuned.encoder(device=device) if finetuned is not None else _cached_model(model, device)
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
     return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
                        meta=meta, batch_size=batch_size, progress=progress)
