@@ -237,3 +237,23 @@ def test_plus_ft_name_extracts_from_the_fine_tuned_encoder(trained, tmp_path, mo
     assert np.abs(np.asarray(base.activations[:, -1]) - np.asarray(store.activations[:, -1])).max() > 1e-2
     again = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False)
     assert again.path == store.path
+
+
+def test_named_tasks_fine_tune_on_the_whole_train_split_whatever_the_store_budget():
+    from utils.data import load_task
+
+    small = load_task("sentiment", budget=100, eval_budget=50, seed=0)
+    larger = load_task("sentiment", budget=300, eval_budget=50, seed=0)
+    whole_small, whole_larger = ft.whole_train(small, seed=0), ft.whole_train(larger, seed=0)
+    assert len(whole_small.train) == len(load_task("sentiment", seed=0).train) > 8000
+    assert whole_small.train.texts[:100] == small.train.texts  # the stores' budget is a prefix
+    assert whole_small.dev == small.dev and whole_small.test == small.test
+    key = ft.finetune_key("minilm", whole_small, ft.PAPER_RECIPE, seed=0)[1]
+    assert ft.finetune_key("minilm", whole_larger, ft.PAPER_RECIPE, seed=0)[1] == key
+    capped = ft.finetune_key("minilm", whole_small, dataclasses.replace(ft.PAPER_RECIPE, train_budget=2000), seed=0)
+    assert capped[0]["n_train"] == 2000
+    # a task that is not a prefix of the named one (other items under the same name) is left alone
+    other = dataclasses.replace(small, train=Split(small.train.texts[::-1], small.train.labels[::-1]))
+    assert ft.whole_train(other, seed=0) is other
+    mine = synthetic_task()
+    assert ft.whole_train(mine, seed=0) is mine

@@ -24,7 +24,9 @@ How a run is kept honest:
 
 Extraction uses it by name: ``activations.get_activations("minilm+ft", task, split)`` calls
 ``finetuned_for`` (fine-tuning once, then reusing the cache) and extracts from the encoder inside the
-classification model, which has the base model's hidden-state count. The recipe for a base model is
+classification model, which has the base model's hidden-state count. A named task is fine-tuned on
+its whole train split (``whole_train``; the stores' train budget is a prefix of it), with the dev
+split the stores use. The recipe for a base model is
 ``recipe_for(base)``: the paper's by default, changed with ``set_recipe(base, ...)`` (e.g. a smaller
 train budget for MPNet on CPU).
 
@@ -633,4 +635,25 @@ def finetuned_for(model: str, task: Task, *, seed: int = 0, stores_root: str | o
             f"fine-tuned; {task.name!r} is {task.level}-level: analyse it with {model[:-len(FT_SUFFIX)]!r} instead."
         )
     root = (Path(stores_root).parent if stores_root is not None else cache_dir()) / "finetuned"
-    return finetune(model[: -len(FT_SUFFIX)], task, seed=seed, root=root, device=device, progress=progress)
+    return finetune(model[: -len(FT_SUFFIX)], whole_train(task, seed=seed), seed=seed, root=root, device=device,
+                    progress=progress)
+
+
+def whole_train(task: Task, *, seed: int = 0) -> Task:
+    """``task`` with its whole train split when it is a named task cut by a budget; otherwise ``task`` itself.
+
+    Activation stores take a budget of the train split (a prefix of the seeded permutation), but the
+    model is fine-tuned on the whole split (capped by the recipe's ``train_budget``), as in the paper;
+    the budgeted prefix is part of it. Dev stays as given (it only reports); test is never read. A task
+    whose train split is not a prefix of the named task's (your own data under a known name, another
+    seed) is returned unchanged.
+    """
+    from .data import HUB_TASKS, OFFLINE_TASKS, load_task
+
+    if task.name not in OFFLINE_TASKS and task.name not in HUB_TASKS:
+        return task
+    whole = load_task(task.name, seed=seed)
+    n = len(task.train)
+    if len(whole.train) <= n or whole.train.texts[:n] != task.train.texts or whole.train.labels[:n] != task.train.labels:
+        return task
+    return dataclasses.replace(task, train=whole.train)
