@@ -37,6 +37,7 @@ for a regression task (numeric labels: MSE loss, Pearson r on dev).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,9 +47,10 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,7 +168,9 @@ class FineTuned:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         device = torch.device(device) if device is not None else default_device()
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True, use_safetensors=True)
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True,
+                                                                       use_safetensors=True)
         return model.eval().to(device), AutoTokenizer.from_pretrained(self.path, local_files_only=True)
 
     def encoder(self, *, device: str | torch.device | None = None) -> LoadedModel:
@@ -174,19 +178,29 @@ class FineTuned:
         key = (str(self.path), str(device))
         if key not in _ENCODERS:
             _ENCODERS.clear()  # at most one in memory
-            from transformers.utils import logging as hf_logging
-
-            level = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # the classification head's weights are unused here: say nothing
-            try:
+            with _quiet_transformers():  # the classification head's weights are unused here: say nothing
                 loaded = load_model(str(self.path), device=device)
-            finally:
-                hf_logging.set_verbosity(level)
             _ENCODERS[key] = dataclasses.replace(loaded, name=self.name, source_sha256=self.meta["weights_sha256_all"])
         return _ENCODERS[key]
 
 
 _ENCODERS: dict[tuple[str, str], LoadedModel] = {}
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars for a moment (restored on exit)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars_off = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled() is False
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if not bars_off:
+            hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +474,11 @@ def finetune(
 
 def _load_base(model: str, problem: str, classes: list, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The base encoder with a fresh sequence-classification head, and its tokenizer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     if model in OFFLINE_MODELS:
         where, kwargs = str(fetch(OFFLINE_MODELS[model]["resource"])), {"local_files_only": True}
@@ -472,14 +490,8 @@ def _load_base(model: str, problem: str, classes: list, device: torch.device) ->
     head = ({"num_labels": 1, "problem_type": "regression"} if problem == "regression" else
             {"num_labels": len(classes), "problem_type": "single_label_classification",
              "id2label": {i: str(c) for i, c in enumerate(classes)}, "label2id": {str(c): i for i, c in enumerate(classes)}})
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialised classifier weights": expected, that is the head we train
-    try:
+    with _quiet_transformers():  # "newly initialised classifier weights": expected, that is the head we train
         clf = AutoModelForSequenceClassification.from_pretrained(where, use_safetensors=True, **head, **kwargs)
-    finally:
-        hf_logging.set_verbosity(level)
     tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     if tokenizer.pad_token is None:
         raise ValueError(f"{model!r}'s tokenizer has no padding token; fine-tuning pads batches")
@@ -495,7 +507,7 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
     clf, tokenizer = _load_base(model, problem, classes, device)
     max_length = min(recipe.max_length, int(getattr(tokenizer, "model_max_length", 10**6) or 10**6))
     train = _train_split(task, recipe)
-    enc_train, enc_dev = _tokenize(tokenizer, train.texts, max_length), _tokenize(tokenizer, task.dev.texts, max_length)
+    enc_train = _tokenize(tokenizer, train.texts, max_length)
     y_train, y_dev = _targets(train.labels, problem, classes), _targets(task.dev.labels, problem, classes)
     n_at_max = sum(len(ids) >= max_length for ids in enc_train["input_ids"])  # truncated (or exactly full)
     pad_id = tokenizer.pad_token_id or 0
@@ -511,7 +523,7 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
     ckpt_file, key_file = partial / "checkpoint.pt", partial / "key.json"
     step, history, loss_sum, seconds = 0, [], 0.0, 0.0
     resumed_from = None
-    if ckpt_file.exists() and key_file.exists() and json.loads(key_file.read_text()).get("key") == digest:
+    if ckpt_file.exists() and _recorded_key(key_file) == digest:
         try:
             state = torch.load(ckpt_file, map_location=device, weights_only=True)
             clf.load_state_dict(state["model"])
@@ -571,7 +583,8 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
     seconds += time.perf_counter() - t0
 
     clf.eval()
-    clf.save_pretrained(partial, safe_serialization=True)
+    with _quiet_transformers():
+        clf.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     for f in (ckpt_file, key_file):
         f.unlink(missing_ok=True)
@@ -592,6 +605,14 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
     result = open_finetuned(path, verify=False)
     result.model = clf
     return result
+
+
+def _recorded_key(key_file: Path) -> str | None:
+    """The key a partial folder was started for, or None when absent or unreadable."""
+    try:
+        return json.loads(key_file.read_text()).get("key")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _restart(partial: Path, *args: Any, **kwargs: Any) -> FineTuned:
