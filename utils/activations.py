@@ -812,7 +812,8 @@ def get_activations(
     ----------
     model : str
         A model name for ``models.load_model`` (``"minilm"``, ``"mpnet"``, ``"smollm2"``, ``"gemma3"``, or a
-        hub name).
+        hub name), or ``"<base>+ft"`` for a sentence task: the base fine-tuned on that task first
+        (``finetune.finetuned_for``).
     task : str or Task
         A task name for ``data.load_task`` or a ``Task`` (e.g. from your own files).
     split : {"train", "dev", "test"}
@@ -839,6 +840,12 @@ def get_activations(
         and then reuses its store.
     """
     task_obj = task if isinstance(task, Task) else load_task(task, budget=budget, eval_budget=eval_budget, seed=seed)
+    finetuned = None
+    if model.endswith("+ft"):  # "minilm+ft": minilm fine-tuned on this (sentence) task, made once and cached
+        from .finetune import finetuned_for
+
+        finetuned = finetuned_for(model, task_obj, seed=seed, stores_root=root, device=device, progress=progress)
+        model = finetuned.name  # "minilm+ft-<key>": stores are keyed by the fine-tune that made them
     data = task_obj.split(split)
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
@@ -848,7 +855,8 @@ def get_activations(
         agg_key += "-keepglued"
     path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
                       seed=seed, dtype=dtype, root=root)
-    identity = model_identity(model)  # None: only the loaded model can tell (an unresolved hub commit)
+    # None: only the loaded model can tell (an unresolved hub commit)
+    identity = finetuned.meta["weights_sha256_all"] if finetuned is not None else model_identity(model)
     expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype,
                 "data_sha256": _texts_sha256(data), "model_sha256": identity}
     undecided = None
@@ -866,7 +874,10 @@ def get_activations(
                 warnings.warn(f"activation store {path} was made from other inputs {diff}; recomputing", stacklevel=2)
         except StoreError as exc:
             warnings.warn(f"activation store {path} is unusable ({exc}); recomputing", stacklevel=2)
-    loaded = _cached_model(model, device, identity)
+    if finetuned is not None:
+        loaded = finetuned.encoder(device=device)
+    else:
+        loaded = _cached_model(model, device, identity)
     if undecided is not None:
         if undecided.meta["model_sha256"] == loaded.source_sha256:
             return undecided
