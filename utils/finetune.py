@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from .data import Split, Task
 from .models import OFFLINE_MODELS, LoadedModel, _kind_of, default_device, load_model
-from .paths import cache_dir
+from .paths import cache_dir, locked
 from .resources import RESOURCES, fetch, sha256_file
 
 log = logging.getLogger(__name__)
@@ -454,22 +454,24 @@ def finetune(
     problem, classes = check_task(task)
     fields, digest = finetune_key(model, task, recipe, seed=seed)
     path = finetuned_path(model, task, recipe, seed=seed, root=root)
-    if path.exists():
-        try:
-            done = open_finetuned(path)
-            if done.meta.get("key") == digest:
-                return done
-            warnings.warn(f"fine-tuned model {path} was made from other inputs; fine-tuning again", stacklevel=2)
-        except FinetuneError as exc:
-            warnings.warn(f"fine-tuned model {path} is unusable ({exc}); fine-tuning again", stacklevel=2)
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
-    device = torch.device(device) if device is not None else default_device()
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        return _train(model, task, recipe, fields, digest, problem, classes, path, seed=seed, device=device,
-                      checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
+    # One builder at a time: a second process waits, then finds the finished folder and reuses it.
+    with locked(path, what=f"the fine-tune {path.name}"):
+        if path.exists():
+            try:
+                done = open_finetuned(path)
+                if done.meta.get("key") == digest:
+                    return done
+                warnings.warn(f"fine-tuned model {path} was made from other inputs; fine-tuning again", stacklevel=2)
+            except FinetuneError as exc:
+                warnings.warn(f"fine-tuned model {path} is unusable ({exc}); fine-tuning again", stacklevel=2)
+        device = torch.device(device) if device is not None else default_device()
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            return _train(model, task, recipe, fields, digest, problem, classes, path, seed=seed, device=device,
+                          checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
 
 
 def _load_base(model: str, problem: str, classes: list, device: torch.device) -> tuple[torch.nn.Module, Any]:
