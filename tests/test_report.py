@@ -291,3 +291,25 @@ def test_task_reading_with_seeds_reads_the_first_seed_and_gives_the_verdict():
     # seed 0 holds, seed 1 keeps 10% (90% removable < 92%): the seeds disagree
     assert "over 2 seeds" in text and "m · pos: **inconclusive**" in text
     assert "seed 1: 90.0% removable < 92%" in text
+
+
+def test_task_claim_verdicts_read_the_bound_rows_straight_from_test():
+    lca = _seeded_lca([(0, 30.0, 1.0, 0.995, 1.01), (1, 30.0, 1.0, 0.995, 1.01)])  # the search keeps 30%
+    at_bound = _seeded_lca([(0, 8.0, 0.97, 0.96, 0.98), (1, 8.0, 0.975, 0.965, 0.985)]).assign(ordering="lca_at_bound")
+    v = task_claim_verdicts(pd.concat([lca, at_bound], ignore_index=True), delta=1.0).iloc[0]
+    assert v.verdict == "does not hold"  # 70% removable
+    assert v.bound_verdict == "does not hold"  # 0.985 < 0.99
+    assert (v.bound_ratio_low_min, v.bound_ratio_high_max, v.bound_pct_kept) == (0.96, 0.985, 8.0)
+    v = task_claim_verdicts(pd.concat([lca, at_bound], ignore_index=True), delta=3.0).iloc[0]
+    assert v.bound_verdict == "inconclusive"  # [0.96, 0.98] straddles 0.97
+    assert "bound_verdict" not in task_claim_verdicts(lca, delta=1.0).columns
+
+
+def test_task_reading_gives_the_reading_at_the_bound():
+    counts = pd.DataFrame({"model": "m", "task": "pos", "layer": [0, 1, 2], "count": [2, 9, 4]})
+    one = _minimal_neurons().assign(seed=0, ratio=1.0, ratio_low=0.995, ratio_high=1.01)
+    bound = one[one.ordering == "lca"].assign(ordering="lca_at_bound", pct_kept=8.0, ratio=0.97, ratio_low=0.96,
+                                              ratio_high=0.98)
+    text = describe_task_redundancy(_task_layers(), pd.concat([one, bound], ignore_index=True), counts, delta=1.0)
+    assert "m · pos: **holds**" in text  # the search's set: 95% removable, [0.995, 1.01] >= 0.99
+    assert "8% of them" in text and "0.970 of the oracle, intervals within [0.960, 0.980] -> **does not hold**" in text
