@@ -340,8 +340,8 @@ def prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, devi
     if standardize:
         scale, constant = standardizing_scale(std, mean)
     else:
-        mean, scale = np.zeros_like(mean), np.ones_like(std)
         constant = constant_features(std, mean)  # a constant raw feature is still dead
+        mean, scale = np.zeros_like(mean), np.ones_like(std)
     if Xt is not None:
         Xt = _standardize_in_place(Xt, mean, scale, matmul_dtype).to(device)
     return mean, scale, constant, Xt
