@@ -542,3 +542,14 @@ def test_predictions_round_trip(tmp_path, labels):
         write_predictions(tmp_path / "bad", labels=labels, sentences=[0, 0, 1, 1], predictions={"x": labels[:2]})
     with pytest.raises(FileNotFoundError, match="notebook 03"):
         read_predictions(tmp_path / "missing.npz")
+
+
+def test_dead_neuron_is_found_without_standardisation_too():
+    X, y = dead_neuron_problem(n=600)
+    # a constant at a large offset, stored in float32: its std (~6e-5) is rounding noise, found only by the mean
+    X[:, 1] = np.float32(1000.0) + np.float32(1e-4) * np.random.default_rng(2).integers(0, 2, size=600)
+    probe = LinearProbe(standardize=False, solver="adam", max_epochs=3).fit(X[:400], y[:400], X_dev=X[400:],
+                                                                           y_dev=y[400:])
+    assert np.flatnonzero(probe.constant_).tolist() == [0, 1]
+    np.testing.assert_array_equal(probe.coef_[:, :2], 0.0)
+    np.testing.assert_array_equal(probe.scale_, 1.0)
