@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.moments import CHUNK_ELEMENTS, RunningMoments, feature_stats, row_chunks
+from utils.moments import (
+    CHUNK_ELEMENTS,
+    RunningMoments,
+    constant_features,
+    feature_stats,
+    row_chunks,
+    standardizing_scale,
+)
 
 
 def test_running_moments_equal_numpy_over_uneven_batches():
@@ -66,3 +73,23 @@ def test_row_chunks_cover_every_row_once():
     assert step == 1000 and list(starts) == list(range(0, 10_000, 1000))
     starts, step = row_chunks(300, 10**9)  # very wide rows: still 256 rows per chunk
     assert step == 256 and list(starts) == [0, 256]
+
+
+def test_constant_features_finds_dead_and_float32_noise_neurons():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 6)) * np.array([1.0, 2.0, 0.5, 1.0, 1.0, 3.0])
+    X[:, 1] = 1e-33 * rng.normal(size=500)  # a dead neuron (MPNet 12:555): varies, but at 1e-33
+    X[:, 3] = 7.0  # exactly constant
+    X[:, 4] = np.float32(1000.0) + np.float32(1e-4) * rng.integers(0, 2, size=500)  # a constant stored in float32
+    X = X.astype(np.float32)
+    mean, std = feature_stats(X)
+    constant = constant_features(std, mean)
+    assert constant.tolist() == [False, True, False, True, True, False]
+    # without the mean only the relative rule applies: the float32-noise feature is not below 1e-6 x median
+    assert constant_features(std).tolist() == [False, True, False, True, False, False]
+    scale, mask = standardizing_scale(std, mean)
+    assert np.array_equal(mask, constant)
+    np.testing.assert_array_equal(scale[constant], 1.0)
+    np.testing.assert_array_equal(scale[~constant], std[~constant])
+    with pytest.raises(ValueError, match="mean and std must have one shape"):
+        constant_features(std, mean[:3])

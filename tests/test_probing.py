@@ -18,8 +18,12 @@ from utils.probing import (
     ProbeSplits,
     control_labels,
     fit_layer_probes,
+    layer_probe_inputs,
     layer_probe_table,
+    read_predictions,
     restrict_to_classes,
+    select_regularization,
+    write_predictions,
 )
 from utils.training import auto_lr
 
@@ -428,3 +432,124 @@ def test_probe_splits_drop_unseen_dev_and_test_items_with_their_words():
                                   SimpleNamespace(activations=acts[6:], labels=np.array([0.15, 2.5, 0.3, 0.7]),
                                                   words=list("pqrs")))
     assert reg.dropped_dev == 0 and len(reg.labels_dev) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# dead neurons, the oracle's regularisation, sentence ids, saved predictions
+
+
+def dead_neuron_problem(n: int = 1200, seed: int = 0):
+    """The three-neuron problem plus neuron 0, dead (values ~1e-33) yet a perfect copy of the label's code.
+
+    Standardised by its own std, neuron 0 would become the single most informative feature; a dead
+    neuron's variation is float noise, so a probe must give it weight 0.
+    """
+    X, y = three_neuron_problem(n=n, d=60, seed=seed)
+    codes = np.unique(y, return_inverse=True)[1].astype(np.float64)
+    rng = np.random.default_rng(seed + 1)
+    X[:, 0] = (1e-33 * (codes + 0.01 * rng.standard_normal(n))).astype(np.float32)
+    return X, y
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_dead_neuron_gets_zero_weight_regression_mpnet_12_555(solver):
+    X, y = dead_neuron_problem()
+    assert 0 < X[:, 0].astype(np.float64).std() < 1e-30
+    probe = LinearProbe(solver=solver, max_epochs=5).fit(X[:900], y[:900], **(
+        {"X_dev": X[900:], "y_dev": y[900:]} if solver == "adam" else {}))
+    assert probe.constant_.tolist() == [True] + [False] * 59
+    assert probe.scale_[0] == 1.0
+    np.testing.assert_array_equal(probe.standardized_coef_[:, 0], 0.0)
+    np.testing.assert_array_equal(probe.coef_[:, 0], 0.0)
+    # the informative neurons still carry the largest weights
+    assert set(np.argsort(-np.abs(probe.standardized_coef_).sum(0))[:3]) == set(KNOWN)
+
+
+def test_layer_probes_mark_dead_neurons_per_layer():
+    X, y = dead_neuron_problem(n=600)
+    A = X.reshape(600, 3, 20)  # neuron 0 is unit 0 of layer 0
+    table, probes = fit_layer_probes(A[:400], y[:400], activations_dev=A[400:], y_dev=y[400:],
+                                     mode=["independent", "oracle"], return_probes=True)
+    oracle = probes[-1]
+    assert np.flatnonzero(oracle.constant_).tolist() == [0]
+    np.testing.assert_array_equal(oracle.standardized_coef_[:, 0], 0.0)
+    assert probes[0].constant_.tolist() == [True] + [False] * 19 and not probes[1].constant_.any()
+
+
+def test_select_regularization_keeps_the_best_dev_oracle():
+    X, y = three_neuron_problem(n=900, d=60)
+    A = X.reshape(900, 3, 20)
+    grid = (1e-5, 1e-3, 3.0)  # 3.0 shrinks every weight to ~0: it must lose
+    table, oracle = select_regularization(A[:600], y[:600], activations_dev=A[600:], y_dev=y[600:], grid=grid,
+                                          probe_params={"max_epochs": 5})
+    assert table["l1"].tolist() == list(grid) and table["l2"].tolist() == list(grid)
+    assert table["chosen"].sum() == 1
+    chosen = table[table.chosen].iloc[0]
+    assert chosen.score == table.score.max() and chosen.l1 != 3.0
+    assert table.set_index("l1").loc[3.0, "score"] < chosen.score
+    # the returned probe is the chosen one: its own dev score is the table's, its penalty the chosen value
+    assert oracle.l1 == chosen.l1 and oracle.l2 == chosen.l2
+    assert oracle.score(X[600:], y[600:]) == pytest.approx(chosen.score, abs=2 / 300)
+    # the same fit by hand
+    ref = LinearProbe(l1=chosen.l1, l2=chosen.l2, max_epochs=5).fit(X[:600], y[:600], X_dev=X[600:], y_dev=y[600:])
+    np.testing.assert_allclose(oracle.standardized_coef_, ref.standardized_coef_, atol=1e-5)
+    with pytest.raises(ValueError, match="grid must be a non-empty"):
+        select_regularization(A[:600], y[:600], activations_dev=A[600:], y_dev=y[600:], grid=[])
+
+
+def test_layer_probe_inputs_are_the_columns_each_probe_reads():
+    A = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    np.testing.assert_array_equal(layer_probe_inputs(A, "independent", 1), A[:, 1])
+    np.testing.assert_array_equal(layer_probe_inputs(A, "incremental", 1), A[:, :2].reshape(4, 4))
+    np.testing.assert_array_equal(layer_probe_inputs(A, "oracle", 0), A.reshape(4, 6))
+    with pytest.raises(ValueError, match="mode must be"):
+        layer_probe_inputs(A, "all", 0)
+
+
+def test_probe_splits_keep_the_sentence_of_each_kept_item():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    train = SimpleNamespace(activations=rng.normal(size=(6, 2, 3)), labels=np.array(list("ababab")), words=list("uvwxyz"),
+                            sentence_ids=np.array([0, 0, 0, 1, 1, 2]))
+    dev = SimpleNamespace(activations=rng.normal(size=(5, 2, 3)), labels=np.array(list("abzab")), words=list("pqrst"),
+                          sentence_ids=np.array([0, 0, 1, 1, 2]))
+    d = ProbeSplits.from_stores(train, dev)
+    assert d.dropped_dev == 1 and d.sentences_dev.tolist() == [0, 0, 1, 2]  # the "z" of sentence 1 is dropped
+    test = SimpleNamespace(activations=rng.normal(size=(4, 2, 3)), labels=np.array(list("zabb")),
+                           sentence_ids=np.array([5, 5, 6, 7]))
+    Xt, yt, dropped = d.test_features(test)
+    assert d.test_sentences(test).tolist() == [5, 6, 7] and len(yt) == 3 and dropped == 1
+    # a store without sentence ids: each item its own sentence
+    del test.sentence_ids
+    assert d.test_sentences(test).tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("labels", [np.array(["NN", "VB", "DT", "NN"], dtype=object), np.array([0, 1, 1, 0])])
+def test_predictions_round_trip(tmp_path, labels):
+    preds = {"oracle/seed0": labels[::-1].copy(), "lca/seed0": labels.copy()}
+    path = write_predictions(tmp_path / "predictions" / "m-pos-test", labels=labels, sentences=[0, 0, 1, 1],
+                             predictions=preds)
+    assert path.name == "m-pos-test.npz" and not list(path.parent.glob("*partial*"))
+    back = read_predictions(path)
+    assert list(back.columns) == ["item", "sentence", "label", "oracle/seed0", "lca/seed0"]
+    assert back["item"].tolist() == [0, 1, 2, 3] and back["sentence"].tolist() == [0, 0, 1, 1]
+    assert back["label"].tolist() == labels.tolist()
+    for name, p in preds.items():
+        assert back[name].tolist() == p.tolist()
+    assert accuracy(back["label"], back["lca/seed0"]) == 1.0
+    with pytest.raises(ValueError, match="one per item"):
+        write_predictions(tmp_path / "bad", labels=labels, sentences=[0, 0, 1, 1], predictions={"x": labels[:2]})
+    with pytest.raises(FileNotFoundError, match="notebook 03"):
+        read_predictions(tmp_path / "missing.npz")
+
+
+def test_dead_neuron_is_found_without_standardisation_too():
+    X, y = dead_neuron_problem(n=600)
+    # a constant at a large offset, stored in float32: its std (~6e-5) is rounding noise, found only by the mean
+    X[:, 1] = np.float32(1000.0) + np.float32(1e-4) * np.random.default_rng(2).integers(0, 2, size=600)
+    probe = LinearProbe(standardize=False, solver="adam", max_epochs=3).fit(X[:400], y[:400], X_dev=X[400:],
+                                                                           y_dev=y[400:])
+    assert np.flatnonzero(probe.constant_).tolist() == [0, 1]
+    np.testing.assert_array_equal(probe.coef_[:, :2], 0.0)
+    np.testing.assert_array_equal(probe.scale_, 1.0)

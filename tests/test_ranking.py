@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.feature_selection import f_classif
 
+from utils.intervals import paired_interval, score_interval
 from utils.probing import LinearProbe
 from utils.ranking import (
     PCT_GRID,
@@ -20,6 +21,7 @@ from utils.ranking import (
     neuron_orderings,
     neurons_per_layer,
     random_ordering,
+    set_predictions,
 )
 
 pytestmark = pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning")
@@ -232,3 +234,47 @@ def test_neuron_orderings_and_the_test_table():
     assert lca.score_low <= lca.score <= lca.score_high
     bottom = table.set_index("ordering").loc["bottom"]
     assert bottom.neurons_kept == 100 and not bottom.reached
+
+
+def test_dead_neuron_is_never_ranked_first_regression_mpnet_12_555():
+    """A neuron at ~1e-33 that copies the label would lead every ranking if divided by its own std."""
+    X, y = three_neuron_problem(n=1200, d=60)
+    codes = np.unique(y, return_inverse=True)[1]
+    X[:, 0] = (1e-33 * (codes + 0.01 * np.random.default_rng(1).standard_normal(len(y)))).astype(np.float32)
+    probe = LinearProbe().fit(X[:900], y[:900])
+    lca = lca_ordering(probe.standardized_coef_)
+    assert set(lca[:3]) == set(KNOWN) and lca[-1] == 0  # zero weight: it never enters, so it comes last
+    F = f_statistic(X, y)
+    assert np.isnan(F[0]) and mean_difference_ordering(X, y)[-1] == 0
+
+
+@pytest.mark.filterwarnings("ignore:no grid point reached the target")  # the random set may miss it
+def test_test_table_intervals_are_the_paired_bootstrap_by_sentence():
+    X, y = three_neuron_problem(n=1200, d=100)
+    Xtr, ytr, Xd, yd, Xte, yte = X[:700], y[:700], X[700:950], y[700:950], X[950:], y[950:]
+    groups = np.repeat(np.arange(50), 5)  # 250 test items in 50 "sentences"
+    oracle = LinearProbe().fit(Xtr, ytr)
+    orderings = neuron_orderings(oracle.standardized_coef_, Xtr, ytr, random_state=1)
+    target = oracle.score(Xd, yd) * 0.95
+    sets = {name: minimal_neuron_set(Xtr, ytr, Xd, yd, orderings[name], target=target, pct_grid=(0.03, 0.1, 0.5, 0.9))
+            for name in ("lca", "random")}
+    preds = set_predictions(sets, X_test=Xte, oracle=oracle)
+    assert list(preds) == ["oracle", "lca", "random"]
+    np.testing.assert_array_equal(preds["lca"], sets["lca"].probe.predict(Xte[:, sets["lca"].neurons]))
+    table = minimal_set_table(sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=oracle.score(Xd, yd),
+                              groups=groups, n_boot=300, random_state=4).set_index("ordering")
+    lca = table.loc["lca"]
+    s = score_interval(yte, preds["lca"], groups=groups, n_boot=300, random_state=4)
+    assert (lca.score, lca.score_low, lca.score_high) == pytest.approx((s.estimate, s.low, s.high))
+    o = score_interval(yte, preds["oracle"], groups=groups, n_boot=300, random_state=4)
+    assert (lca.oracle_score, lca.oracle_low, lca.oracle_high) == pytest.approx((o.estimate, o.low, o.high))
+    r = paired_interval(yte, preds["lca"], preds["oracle"], compare="ratio", groups=groups, n_boot=300, random_state=4)
+    assert (lca.ratio, lca.ratio_low, lca.ratio_high) == pytest.approx((r.estimate, r.low, r.high))
+    assert lca.ratio == pytest.approx(lca.score / lca.oracle_score)
+    v = paired_interval(yte, preds["lca"], preds["random"], groups=groups, n_boot=300, random_state=4)
+    assert (lca.vs_random, lca.vs_random_low, lca.vs_random_high) == pytest.approx((v.estimate, v.low, v.high))
+    assert np.isnan(lca.vs_bottom) and np.isnan(table.loc["random", "vs_random"])  # no bottom set; LCA rows only
+    # resampling sentences differs from resampling items
+    items = minimal_set_table(sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=0.9, n_boot=300,
+                              random_state=4).set_index("ordering")
+    assert (items.loc["lca", "score_low"], items.loc["lca", "score_high"]) != (lca.score_low, lca.score_high)

@@ -20,7 +20,9 @@ from utils.report import (
     read_artifact,
     replace_section,
     reproduction_report,
+    seed_spread,
     task_claim_table,
+    task_claim_verdicts,
     transfer_claim_verdicts,
     transfer_claims,
 )
@@ -324,3 +326,92 @@ def test_side_by_side_table_and_report_use_the_interval_verdicts():
     assert "clustering removes at most 90.0% of the non-constant neurons" in text
     assert "holds: 1; inconclusive at this sample size: 2; does not hold: 1" in text
     assert "meet both bounds" not in text  # no point verdict once intervals are there
+
+
+# notebook 03: seeds and the claim read from intervals
+
+
+def _seeded_lca(rows):
+    """LCA rows of minimal_neurons: (seed, pct_kept, ratio, ratio_low, ratio_high) per seed."""
+    return pd.DataFrame([{"model": "m", "task": "pos", "ordering": "lca", "seed": s, "pct_kept": k, "ratio": r,
+                          "ratio_low": lo, "ratio_high": hi} for s, k, r, lo, hi in rows])
+
+
+@pytest.mark.parametrize("rows, expected", [
+    # every seed removes >= 92% and the whole ratio interval is >= 0.99
+    ([(0, 5.0, 1.00, 0.995, 1.01), (1, 8.0, 0.999, 0.991, 1.005)], "holds"),
+    # the interval straddles the tolerance 0.99
+    ([(0, 5.0, 0.99, 0.97, 1.01), (1, 5.0, 0.995, 0.985, 1.004)], "inconclusive"),
+    # the whole interval lies below the tolerance
+    ([(0, 5.0, 0.95, 0.93, 0.97), (1, 5.0, 0.96, 0.94, 0.98)], "does not hold"),
+    # the share removed is short of 92% (9% kept), however good the score
+    ([(0, 9.0, 1.0, 0.995, 1.01)], "does not hold"),
+    # seeds disagree: one holds, one does not
+    ([(0, 5.0, 1.0, 0.995, 1.01), (1, 20.0, 1.0, 0.995, 1.01)], "inconclusive"),
+])
+def test_task_claim_verdicts_are_read_from_intervals(rows, expected):
+    v = task_claim_verdicts(_seeded_lca(rows), delta=1.0)
+    assert len(v) == 1
+    row = v.iloc[0]
+    assert row.verdict == expected
+    assert row.n_seeds == len(rows) and row.tolerance == pytest.approx(0.99)
+    assert row.pct_removable_min == 100 - max(r[1] for r in rows)
+    assert row.ratio_low_min == min(r[3] for r in rows) and row.ratio_high_max == max(r[4] for r in rows)
+    assert "92% removable within 1% of the oracle" in row.paper_claim
+    assert row.deciding.count("seed ") == len(rows)
+
+
+def test_task_claim_verdicts_use_the_tolerance_and_ignore_other_orderings():
+    table = pd.concat([_seeded_lca([(0, 5.0, 0.97, 0.96, 0.985)]),
+                       _seeded_lca([(0, 90.0, 0.5, 0.4, 0.6)]).assign(ordering="random")], ignore_index=True)
+    assert task_claim_verdicts(table, delta=1.0).verdict.tolist() == ["does not hold"]  # 0.985 < 0.99
+    assert task_claim_verdicts(table, delta=5.0).verdict.tolist() == ["holds"]  # 0.96 >= 0.95
+    assert "[0.960, 0.985] ≥ 0.950" in task_claim_verdicts(table, delta=5.0).deciding.iloc[0]
+    with pytest.raises(ValueError, match="ratio_low"):
+        task_claim_verdicts(table.drop(columns=["ratio_low"]), delta=1.0)
+
+
+def test_seed_spread_is_mean_sd_min_max_per_group():
+    t = pd.DataFrame({"model": "m", "ordering": ["lca", "lca", "lca", "random"], "k": [10, 14, 12, 50],
+                      "score": [0.9, 0.8, 0.85, 0.7]})
+    s = seed_spread(t, by=["model", "ordering"], values=["k", "score"]).set_index("ordering")
+    assert s.loc["lca", "n_seeds"] == 3 and s.loc["random", "n_seeds"] == 1
+    assert s.loc["lca", "k_mean"] == 12 and s.loc["lca", "k_sd"] == pytest.approx(np.std([10, 14, 12], ddof=1))
+    assert (s.loc["lca", "score_min"], s.loc["lca", "score_max"]) == (0.8, 0.9)
+    assert np.isnan(s.loc["random", "k_sd"])
+    with pytest.raises(ValueError, match="needs columns"):
+        seed_spread(t, by=["model"], values=["missing"])
+
+
+def test_task_reading_with_seeds_reads_the_first_seed_and_gives_the_verdict():
+    counts = pd.DataFrame({"model": "m", "task": "pos", "layer": [0, 1, 2], "count": [2, 9, 4]})
+    one = _minimal_neurons().assign(ratio=0.99, ratio_low=0.995, ratio_high=1.01)
+    other = one.assign(seed=1, neurons_kept=one.neurons_kept * 2, pct_kept=one.pct_kept * 2)
+    both = pd.concat([one.assign(seed=0), other], ignore_index=True)
+    text = describe_task_redundancy(_task_layers(), both, counts, delta=1.0)
+    assert "keeps 15 of 300 neurons (5.0%" in text  # seed 0
+    # seed 0 holds, seed 1 keeps 10% (90% removable < 92%): the seeds disagree
+    assert "over 2 seeds" in text and "m · pos: **inconclusive**" in text
+    assert "seed 1: 90.0% removable < 92%" in text
+
+
+def test_task_claim_verdicts_read_the_bound_rows_straight_from_test():
+    lca = _seeded_lca([(0, 30.0, 1.0, 0.995, 1.01), (1, 30.0, 1.0, 0.995, 1.01)])  # the search keeps 30%
+    at_bound = _seeded_lca([(0, 8.0, 0.97, 0.96, 0.98), (1, 8.0, 0.975, 0.965, 0.985)]).assign(ordering="lca_at_bound")
+    v = task_claim_verdicts(pd.concat([lca, at_bound], ignore_index=True), delta=1.0).iloc[0]
+    assert v.verdict == "does not hold"  # 70% removable
+    assert v.bound_verdict == "does not hold"  # 0.985 < 0.99
+    assert (v.bound_ratio_low_min, v.bound_ratio_high_max, v.bound_pct_kept) == (0.96, 0.985, 8.0)
+    v = task_claim_verdicts(pd.concat([lca, at_bound], ignore_index=True), delta=3.0).iloc[0]
+    assert v.bound_verdict == "inconclusive"  # [0.96, 0.98] straddles 0.97
+    assert "bound_verdict" not in task_claim_verdicts(lca, delta=1.0).columns
+
+
+def test_task_reading_gives_the_reading_at_the_bound():
+    counts = pd.DataFrame({"model": "m", "task": "pos", "layer": [0, 1, 2], "count": [2, 9, 4]})
+    one = _minimal_neurons().assign(seed=0, ratio=1.0, ratio_low=0.995, ratio_high=1.01)
+    bound = one[one.ordering == "lca"].assign(ordering="lca_at_bound", pct_kept=8.0, ratio=0.97, ratio_low=0.96,
+                                              ratio_high=0.98)
+    text = describe_task_redundancy(_task_layers(), pd.concat([one, bound], ignore_index=True), counts, delta=1.0)
+    assert "m · pos: **holds**" in text  # the search's set: 95% removable, [0.995, 1.01] >= 0.99
+    assert "8% of them" in text and "0.970 of the oracle, intervals within [0.960, 0.980] -> **does not hold**" in text

@@ -9,7 +9,9 @@ Start reading at ``RunningMoments``, the baukit ``runningstats`` recipe:
 
 ``feature_stats`` is that recipe over an array or memmap in ``row_chunks``; the probes'
 standardisation (``training.prepare``) and the streaming Gram (``similarity.GramAccumulator``)
-feed the same object.
+feed the same object. ``constant_features`` says which features are constant (dead neurons) for
+standardisation: their scale is 1 and a probe's weight on them is 0, so that dividing by a
+vanishing standard deviation (1e-33 for some MPNet units) never inflates a weight.
 
 Quantities and their shapes:
 
@@ -26,10 +28,14 @@ import numpy as np
 
 from .validation import check_finite_stats
 
-__all__ = ["CHUNK_ELEMENTS", "RunningMoments", "feature_stats", "row_chunks"]
+__all__ = ["CHUNK_ELEMENTS", "CONSTANT_RTOL", "RunningMoments", "constant_features", "feature_stats", "row_chunks",
+           "standardizing_scale"]
 
 CHUNK_ELEMENTS = 2**24
 """Values per row chunk (64 MiB of float32): rows per chunk = this / row width, at least 256."""
+
+CONSTANT_RTOL = 1e-6
+"""A feature whose std is at most this times the median std of the non-zero-std features is constant."""
 
 
 def row_chunks(n_rows: int, row_width: int) -> tuple[range, int]:
@@ -166,3 +172,59 @@ def feature_stats(X: Any) -> tuple[np.ndarray, np.ndarray]:
         mean, std = moments.mean(), moments.std()
     check_finite_stats(mean, std)
     return mean, std
+
+
+def constant_features(std: Any, mean: Any = None, *, rtol: float = CONSTANT_RTOL) -> np.ndarray:
+    """Which features are constant (dead neurons), to be left out of standardisation and rankings.
+
+    A feature is constant when its standard deviation is
+
+    - zero, or at most ``rtol`` times the median std of the features whose std is not zero
+      (a unit that varies a million times less than a typical one carries no usable signal, and
+      dividing by its std would blow its values up to unit scale); or
+    - within float32 rounding of its mean, ``std <= eps32 * |mean|`` (``eps32 = 2**-23``): what is
+      left is the noise of storing a constant in float32.
+
+    Parameters
+    ----------
+    std : array-like of any shape
+        Standard deviation of every feature (e.g. ``feature_stats(X)[1]``).
+    mean : array-like of the same shape, optional
+        Mean of every feature, for the float32-rounding rule.
+    rtol : float
+        Relative threshold against the median std (default ``CONSTANT_RTOL`` = 1e-6).
+
+    Returns
+    -------
+    constant : ndarray of bool, shape of ``std``
+    """
+    std = np.asarray(std, dtype=np.float64)
+    if not rtol >= 0:
+        raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
+    positive = std[std > 0]
+    typical = float(np.median(positive)) if positive.size else 0.0
+    constant = std <= rtol * typical
+    if mean is not None:
+        mean = np.asarray(mean, dtype=np.float64)
+        if mean.shape != std.shape:
+            raise ValueError(f"mean and std must have one shape, got {mean.shape} and {std.shape}")
+        constant |= std <= np.finfo(np.float32).eps * np.abs(mean)
+    return constant
+
+
+def standardizing_scale(std: Any, mean: Any = None, *, rtol: float = CONSTANT_RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """The divisor of standardisation: each feature's std, 1 for a constant feature (``constant_features``).
+
+    Parameters
+    ----------
+    std, mean, rtol
+        As in ``constant_features``.
+
+    Returns
+    -------
+    scale : ndarray of float64, shape of ``std``
+    constant : ndarray of bool, shape of ``std``
+    """
+    std = np.asarray(std, dtype=np.float64)
+    constant = constant_features(std, mean, rtol=rtol)
+    return np.where(constant, 1.0, std), constant

@@ -2,7 +2,9 @@
 
 Start reading at ``LinearProbe`` (one probe: fit / predict / score), then ``fit_layer_probes``
 (every layer probe of a model trained as one batched model) and ``control_labels`` (Hewitt & Liang
-2019 control tasks, for selectivity = task score - control score). ``utils.ranking`` turns a fitted
+2019 control tasks, for selectivity = task score - control score). ``select_regularization`` picks
+the oracle's elastic-net strength on dev from ``REG_GRID``; ``write_predictions`` /
+``read_predictions`` keep per-item test predictions so that any comparison can be redone. ``utils.ranking`` turns a fitted
 probe into neuron orderings. The optimisers live in ``utils.training``; input checks in
 ``utils.validation``; scores and intervals in ``utils.metrics``.
 
@@ -42,8 +44,10 @@ Quantities and shapes:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -58,15 +62,23 @@ from .training import Bank, FitConfig, bank_dtypes, class_weights, fit_bank
 from .validation import check_features, check_targets, encode_labels, is_regression_target, seen_mask
 
 __all__ = [
+    "REG_GRID",
     "LinearProbe",
     "LinearProbeRegressor",
     "ProbeSplits",
     "control_labels",
     "fit_layer_probes",
+    "layer_probe_inputs",
     "layer_probe_table",
     "make_probe",
+    "read_predictions",
     "restrict_to_classes",
+    "select_regularization",
+    "write_predictions",
 ]
+
+REG_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
+"""Elastic-net strengths tried for the oracle (``l1 = l2 = value``); the first is the authors' λ."""
 
 Solver = Literal["auto", "lbfgs", "adam"]
 Mode = Literal["independent", "incremental", "oracle"]
@@ -147,8 +159,8 @@ class _BaseProbe(BaseEstimator):
     def _device(self) -> torch.device:
         return torch.device(self.device or "cpu")
 
-    def _prepare_data(self, X: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
-        """Train mean and scale (zeros and ones when switched off) and, for Adam, the standardised features."""
+    def _prepare_data(self, X: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
+        """Train mean, scale (zeros and ones when switched off), constant-feature mask and, for Adam, the standardised features."""
         dtypes = bank_dtypes(cfg)
         return training.prepare(X, standardize=self.standardize, matmul_dtype=dtypes.get("matmul_dtype", dtypes["dtype"]),
                         device=self._device(), materialise=cfg.solver == "adam")
@@ -169,8 +181,13 @@ class _BaseProbe(BaseEstimator):
                                  f"Check the split (a small budget can hold a single label).")
         return encode_labels(y, self.classes_, name=name)
 
-    def _set_weights(self, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
-        """Store fitted weights in standardised and original feature space."""
+    def _set_weights(self, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                     constant: np.ndarray | None = None) -> None:
+        """Store fitted weights in standardised and original feature space; constant features get weight 0."""
+        w_std = np.array(w_std, copy=True)
+        constant = np.zeros(w_std.shape[1], dtype=bool) if constant is None else np.asarray(constant, dtype=bool).reshape(-1)
+        w_std[:, constant] = 0.0  # a dead neuron carries no signal: it can never be ranked high
+        self.constant_ = constant
         coef64 = w_std.astype(np.float64) / scale
         intercept = (b_std - coef64 @ mean).astype(np.float32)
         coef, w_std = coef64.astype(np.float32), w_std.astype(np.float32)
@@ -193,7 +210,7 @@ class _BaseProbe(BaseEstimator):
             y_dev = check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
             Yd = self._targets(y_dev, fitting=False, name="y_dev")[:, None]
         cfg = self._config(float(X.shape[0]) * X.shape[1], X_dev is not None)
-        mean, scale, Xt = self._prepare_data(X, cfg)
+        mean, scale, constant, Xt = self._prepare_data(X, cfg)
         n_out = 1 if self._task == "regression" else len(self.classes_)
         cw = None if self._task == "regression" else class_weights(self.class_weight, Y[:, None], n_out, self.classes_)
         bank = Bank("flat", (X.shape[1],), 1, n_out, mean, scale, self._device(), **bank_dtypes(cfg))
@@ -202,7 +219,7 @@ class _BaseProbe(BaseEstimator):
                 bank.bias.fill_(float(np.mean(Y)))
         info = fit_bank(bank, X, Y[:, None], X_dev=X_dev, Y_dev=Yd, class_weight=cw, cfg=cfg, device=self._device(),
                          X_std=Xt)
-        self._set_weights(*bank.export(0, 0), mean, scale)
+        self._set_weights(*bank.export(0, 0), mean, scale, constant)
         self._set_info(info, 0, cfg.solver)
         return self
 
@@ -281,6 +298,8 @@ class LinearProbe(ClassifierMixin, _BaseProbe):
         Weights on standardised features (``coef_ * scale_``); what neuron rankings use.
     mean_, scale_ : ndarray of shape (n_features,)
         Train mean and standard deviation (0 and 1 when ``standardize=False``).
+    constant_ : ndarray of bool, shape (n_features,)
+        Constant (dead) features (``moments.constant_features``): scale 1 and weight exactly 0.
     solver_ : str
     n_iter_ : int
         L-BFGS iterations or Adam epochs run.
@@ -366,12 +385,12 @@ def make_probe(y: Any, **params: Any) -> LinearProbe | LinearProbeRegressor:
 
 def _probe_from_weights(template: _BaseProbe, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray,
                         scale: np.ndarray, classes: np.ndarray | None, info: dict[str, Any], p: int,
-                        solver: str) -> _BaseProbe:
+                        solver: str, constant: np.ndarray | None = None) -> _BaseProbe:
     """A fitted probe with the parameters of ``template``, the given standardised weights, and probe p's facts."""
     probe = type(template)(**template.get_params())
     if classes is not None:
         probe.classes_ = classes
-    probe._set_weights(w_std, b_std, mean, scale)
+    probe._set_weights(w_std, b_std, mean, scale, constant)
     probe._set_info(info, p, solver)
     return probe
 
@@ -512,7 +531,7 @@ def fit_layer_probes(
     dev = template._device()
     # one read of the train activations for every mode: statistics and (Adam) standardised copy
     cfg0 = next((c for c in cfgs.values() if c.solver == "adam"), cfgs[modes[0]])
-    mean, scale, At = template._prepare_data(A, cfg0)
+    mean, scale, constant, At = template._prepare_data(A, cfg0)
     classes = getattr(template, "classes_", None)
     n_out = 1 if regression else len(classes)
     cw = None if regression else class_weights(template.class_weight, Y, n_out, classes)
@@ -551,14 +570,15 @@ def fit_layer_probes(
                          "selectivity": score - ctl})
             if return_probes:
                 if m == "oracle":
-                    mu, sd = mean.reshape(-1), scale.reshape(-1)
+                    mu, sd, dead = mean.reshape(-1), scale.reshape(-1), constant.reshape(-1)
                 elif m == "independent":
-                    mu, sd = mean[layer], scale[layer]
+                    mu, sd, dead = mean[layer], scale[layer], constant[layer]
                 else:
-                    mu, sd = mean[: layer + 1].reshape(-1), scale[: layer + 1].reshape(-1)
+                    mu, sd, dead = (mean[: layer + 1].reshape(-1), scale[: layer + 1].reshape(-1),
+                                    constant[: layer + 1].reshape(-1))
                 w, b = bank.export(0, 0 if m == "oracle" else layer)
                 probes.append(_probe_from_weights(template, w, b, mu, sd, classes, info, 0 if m == "oracle" else layer,
-                                                  cfg.solver))
+                                                  cfg.solver, dead))
     table = pd.DataFrame(rows, columns=["layer", "mode", "n_features", "score", "control_score", "selectivity"])
     return (table, probes) if return_probes else table
 
@@ -639,6 +659,9 @@ class ProbeSplits:
     words_dev : list of str of length n_dev
     dropped_dev : int
         Dev items dropped (their label never occurs in train).
+    sentences_dev : ndarray of shape (n_dev,), optional
+        Sentence index of each kept dev item (the store's ``sentence_ids``): the resampling unit of
+        the dev intervals. None when the dev store has no ``sentence_ids``.
     """
 
     activations: Any
@@ -648,18 +671,23 @@ class ProbeSplits:
     labels_dev: np.ndarray
     words_dev: list
     dropped_dev: int
+    sentences_dev: np.ndarray | None = None
 
     @classmethod
     def from_stores(cls, train: Any, dev: Any) -> ProbeSplits:
         """Train and dev splits, dropping dev items of classes never seen in train (regression: none)."""
         labels = np.asarray(train.labels)
+        sentences = _sentence_ids(dev)
         if is_regression_target(labels):
             return cls(train.activations, labels, list(train.words), dev.activations, np.asarray(dev.labels),
-                       list(dev.words), 0)
+                       list(dev.words), 0, sentences)
         classes = np.unique(labels)
         activations_dev, labels_dev, dropped = restrict_to_classes(dev.activations, dev.labels, classes)
         words_dev, _, _ = restrict_to_classes(np.asarray(dev.words, dtype=object), dev.labels, classes)
-        return cls(train.activations, labels, list(train.words), activations_dev, labels_dev, list(words_dev), dropped)
+        if sentences is not None:
+            sentences = sentences[seen_mask(np.asarray(dev.labels), classes)]
+        return cls(train.activations, labels, list(train.words), activations_dev, labels_dev, list(words_dev), dropped,
+                   sentences)
 
     @property
     def n_layers(self) -> int:
@@ -688,3 +716,180 @@ class ProbeSplits:
         else:
             A, y, dropped = restrict_to_classes(test.activations, test.labels, np.unique(self.labels))
         return A.reshape(len(y), -1), y, dropped
+
+    def test_sentences(self, test: Any) -> np.ndarray:
+        """Sentence index of each test item kept by ``test_features`` (the bootstrap's resampling unit).
+
+        Returns
+        -------
+        sentences : ndarray of shape (n_test,)
+            From the store's ``sentence_ids``; each item its own sentence when the store has none
+            (sentence-level tasks, where item and sentence coincide).
+        """
+        sentences = _sentence_ids(test)
+        if sentences is None:
+            sentences = np.arange(len(test.labels))
+        if is_regression_target(self.labels):
+            return sentences
+        return sentences[seen_mask(np.asarray(test.labels), np.unique(self.labels))]
+
+
+def _sentence_ids(store: Any) -> np.ndarray | None:
+    """The store's ``sentence_ids`` (sentence of each row) as an int array, or None when it has none."""
+    ids = getattr(store, "sentence_ids", None)
+    if ids is None:
+        return None
+    ids = np.asarray(ids)
+    if ids.shape != (len(store.labels),):
+        raise ValueError(f"sentence_ids must give one sentence per item: expected shape ({len(store.labels)},), got "
+                         f"{ids.shape}. Rebuild the store with notebook 01.")
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# the oracle's regularisation
+
+
+def layer_probe_inputs(activations: Any, mode: Mode, layer: int) -> Any:
+    """The features a layer probe of ``fit_layer_probes`` reads, shape (n_samples, n_features).
+
+    Parameters
+    ----------
+    activations : array-like of shape (n_samples, n_layers, hidden)
+    mode : {"independent", "incremental", "oracle"}
+    layer : int
+        The probe's layer (ignored for the oracle).
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, hidden), (n_samples, (layer + 1) * hidden) or (n_samples, n_layers * hidden)
+    """
+    A = activations
+    n = A.shape[0]
+    if mode == "independent":
+        return np.asarray(A[:, layer])
+    if mode == "incremental":
+        return np.asarray(A[:, : layer + 1]).reshape(n, -1)
+    if mode == "oracle":
+        return np.asarray(A).reshape(n, -1)
+    raise ValueError(f"mode must be 'independent', 'incremental' or 'oracle', got {mode!r}")
+
+
+def select_regularization(
+    activations: Any,
+    y: Any,
+    *,
+    activations_dev: Any,
+    y_dev: Any,
+    grid: Sequence[float] = REG_GRID,
+    probe_params: dict | None = None,
+) -> tuple[pd.DataFrame, _BaseProbe]:
+    """Choose the oracle's elastic-net strength on dev: ``l1 = l2 = value`` for each value of ``grid``.
+
+    One oracle (all neurons) is trained per value with ``probe_params`` otherwise unchanged (the
+    same solver, seed, early stopping on dev); the value with the best dev score is chosen, ties
+    going to the earlier grid value (put the authors' 1e-5 first, as ``REG_GRID`` does).
+
+    Parameters
+    ----------
+    activations : array-like of shape (n_samples, n_layers, hidden)
+    y : array-like of shape (n_samples,)
+    activations_dev : array-like of shape (n_dev, n_layers, hidden)
+    y_dev : array-like of shape (n_dev,)
+    grid : sequence of float
+        Penalty strengths, each >= 0.
+    probe_params : dict, optional
+        Other ``LinearProbe`` parameters (``l1`` and ``l2`` are overridden).
+
+    Returns
+    -------
+    table : DataFrame
+        One row per grid value: ``l1, l2, n_features, score`` (dev), ``chosen`` (one True row),
+        ``best_epoch`` (Adam) and ``n_iter``.
+    oracle : LinearProbe
+        The chosen oracle, on features ``layer * hidden + unit``.
+    """
+    grid = [float(v) for v in grid]
+    if not grid or any(not (v >= 0) for v in grid):
+        raise ValueError(f"grid must be a non-empty sequence of numbers >= 0, got {grid!r}")
+    rows, probes = [], []
+    for value in grid:
+        params = {**(probe_params or {}), "l1": value, "l2": value}
+        table, (probe,) = fit_layer_probes(activations, y, activations_dev=activations_dev, y_dev=y_dev, mode="oracle",
+                                           probe_params=params, return_probes=True)
+        rows.append({"l1": value, "l2": value, "n_features": int(table["n_features"].iloc[0]),
+                     "score": float(table["score"].iloc[0]), "best_epoch": getattr(probe, "best_epoch_", None),
+                     "n_iter": getattr(probe, "n_iter_", None)})
+        probes.append(probe)
+    out = pd.DataFrame(rows)
+    best = int(np.argmax(out["score"].to_numpy()))  # first maximum: the earlier grid value on ties
+    out["chosen"] = np.arange(len(out)) == best
+    return out, probes[best]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-item predictions, saved so that every comparison can be redone
+
+
+def write_predictions(path: str | os.PathLike, *, labels: Any, sentences: Any, predictions: dict[str, Any]) -> Path:
+    """Save per-item predictions of one split: labels, sentence ids and one column per predictor.
+
+    The file is a ``.npz`` of plain arrays (no pickles): ``item`` (0..n-1), ``sentence``, ``label``
+    and ``pred/<name>`` for each predictor, written atomically (a temporary file, then a rename).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; ``.npz`` is appended when missing.
+    labels : array-like of shape (n_items,)
+    sentences : array-like of shape (n_items,)
+        Sentence index of each item (the bootstrap's groups).
+    predictions : dict of name -> array-like of shape (n_items,)
+        E.g. ``{"oracle/seed0": ..., "lca/seed0": ...}``.
+
+    Returns
+    -------
+    path : Path
+        Where the file was written.
+    """
+    labels = np.asarray(labels)
+    sentences = np.asarray(sentences)
+    if labels.ndim != 1 or sentences.shape != labels.shape:
+        raise ValueError(f"labels and sentences must be 1D of one length, got shapes {labels.shape} and {sentences.shape}")
+    arrays = {"item": np.arange(len(labels)), "sentence": sentences, "label": _plain(labels)}
+    for name, pred in predictions.items():
+        pred = np.asarray(pred)
+        if pred.shape != labels.shape:
+            raise ValueError(f"prediction {name!r} has shape {pred.shape}; expected one per item, {labels.shape}")
+        arrays[f"pred/{name}"] = _plain(pred)
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(a: np.ndarray) -> np.ndarray:
+    """Object arrays of strings as fixed-width unicode, so that ``np.load`` needs no pickle."""
+    return a.astype(str) if a.dtype == object else a
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """Per-item predictions written by ``write_predictions``, as a DataFrame.
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``item, sentence, label`` and one per predictor (its name), one row per item.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: notebook 03 writes the per-item predictions "
+                                f"(figures/predictions/); run it first.")
+    with np.load(path, allow_pickle=False) as z:
+        cols = {k: z[k] for k in ("item", "sentence", "label")}
+        cols.update({k[len("pred/"):]: z[k] for k in z.files if k.startswith("pred/")})
+    return pd.DataFrame(cols)

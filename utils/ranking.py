@@ -5,7 +5,9 @@ from a trained probe's weights, computed without a loop over the p-grid. Baselin
 ``random_ordering``, ``bottom_ordering`` (LCA reversed) and the probe-free
 ``mean_difference_ordering`` (ANOVA F statistic of class-conditional means). ``minimal_neuron_set``
 retrains probes on the top-k neurons along ``PCT_GRID`` and stops at the first k whose dev score
-reaches a target; ``accuracy_curve`` draws the whole curve for several orderings.
+reaches a target; ``accuracy_curve`` draws the whole curve for several orderings;
+``minimal_set_table`` scores the sets on test with intervals (sentence bootstrap, paired
+comparisons with the oracle and between orderings).
 
 Quantities and shapes:
 
@@ -27,8 +29,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .intervals import paired_interval, score_interval
 from .metrics import bootstrap_ci
-from .moments import feature_stats, row_chunks
+from .moments import constant_features, feature_stats, row_chunks
 from .probing import make_probe
 from .validation import check_features, check_targets, is_regression_target
 
@@ -162,7 +165,8 @@ def f_statistic(X: Any, y: Any) -> np.ndarray:
     Returns
     -------
     F : ndarray of shape (n_features,)
-        NaN for a constant feature; inf when classes differ but are constant within.
+        NaN for a constant feature (``moments.constant_features``: also a dead neuron whose std is
+        float noise); inf when classes differ but are constant within.
     """
     X = check_features(X)
     y = check_targets(y, X.shape[0])
@@ -170,7 +174,8 @@ def f_statistic(X: Any, y: Any) -> np.ndarray:
     n, C = len(y), len(classes)
     if C < 2 or n <= C:
         raise ValueError(f"the F statistic needs at least 2 classes and more items than classes; got {C} classes, {n} items")
-    mean, _ = feature_stats(X)  # also rejects NaN / inf with a clear message
+    mean, std = feature_stats(X)  # also rejects NaN / inf with a clear message
+    constant = constant_features(std, mean)
     sums = np.zeros((C, X.shape[1]))
     sq = np.zeros(X.shape[1])
     starts, step = row_chunks(n, X.shape[1])
@@ -184,7 +189,9 @@ def f_statistic(X: Any, y: Any) -> np.ndarray:
     between = (sums**2 / counts[:, None]).sum(axis=0)  # total mean is 0 after centring
     within = np.maximum(sq - between, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (between / (C - 1)) / (within / (n - C))
+        F = (between / (C - 1)) / (within / (n - C))
+    F[constant] = np.nan  # dead neurons (moments.constant_features): float noise, never a signal
+    return F
 
 
 def mean_difference_ordering(X: Any, y: Any) -> np.ndarray:
@@ -438,9 +445,37 @@ def neuron_orderings(coef: Any, X: Any, y: Any, *, random_state: int = 0, step: 
             "bottom": lca[::-1].copy(), "mean_difference": mean_difference_ordering(X, y)}
 
 
+def set_predictions(sets: Mapping[str, MinimalSet], *, X_test: Any, oracle: Any) -> dict[str, np.ndarray]:
+    """Per-item test predictions of the oracle and of each minimal set's probe.
+
+    Parameters
+    ----------
+    sets : mapping ordering name -> MinimalSet
+    X_test : array-like of shape (n_test, n_features)
+        All neurons; each set's probe reads ``X_test[:, set.neurons]``.
+    oracle : fitted probe on all n_features
+
+    Returns
+    -------
+    predictions : dict
+        ``"oracle"`` and each ordering name -> ndarray of shape (n_test,).
+    """
+    out = {"oracle": np.asarray(oracle.predict(X_test))}
+    for name, ms in sets.items():
+        out[name] = np.asarray(ms.probe.predict(np.asarray(X_test[:, ms.neurons])))
+    return out
+
+
 def minimal_set_table(sets: Mapping[str, MinimalSet], *, X_test: Any, y_test: Any, oracle: Any, n_total: int,
-                      oracle_dev: float, n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
-    """Score minimal neuron sets and the oracle on the test split (read here, once).
+                      oracle_dev: float, groups: Any = None, predictions: Mapping[str, Any] | None = None,
+                      n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
+    """Score minimal neuron sets and the oracle on the test split (read here, once), with 95% intervals.
+
+    Every test score carries a percentile bootstrap interval over test items, resampling whole
+    sentences when ``groups`` is given (``intervals.score_interval``). Comparisons are paired, on
+    the same resamples (``intervals.paired_interval``): each set's score as a fraction of the
+    oracle's (``ratio``), and LCA minus the random and bottom orderings' scores (``vs_random``,
+    ``vs_bottom``). Real-valued targets (Pearson r) get an item bootstrap of the score only.
 
     Parameters
     ----------
@@ -454,25 +489,52 @@ def minimal_set_table(sets: Mapping[str, MinimalSet], *, X_test: Any, y_test: An
         The model's neuron count (denominator of ``pct_kept``).
     oracle_dev : float
         The oracle's dev score (the targets were derived from it).
+    groups : array-like of shape (n_test,), optional
+        Sentence of each test item (word-level tasks); None: items are resampled one by one.
+    predictions : mapping, optional
+        ``set_predictions(sets, X_test=..., oracle=...)``, when already computed (e.g. to save them).
     n_boot, random_state
-        Bootstrap of the test score's 95% interval.
+        Bootstrap replicates and seed (one seed: every interval of the table uses the same resamples).
 
     Returns
     -------
     table : DataFrame
         Columns ``ordering, neurons_total, neurons_kept, pct_kept, score, oracle_score`` (test scores;
-        ``pct_kept`` in percent), then ``score_low, score_high, dev_score, oracle_dev_score, target,
-        reached``.
+        ``pct_kept`` in percent), then ``score_low, score_high, oracle_low, oracle_high, ratio,
+        ratio_low, ratio_high, vs_random, vs_random_low, vs_random_high, vs_bottom, vs_bottom_low,
+        vs_bottom_high`` (NaN where not defined), ``dev_score, oracle_dev_score, target, reached``.
     """
     y_test = np.asarray(y_test)
-    metric = "pearson" if is_regression_target(y_test) else "accuracy"
-    oracle_score = float(oracle.score(X_test, y_test))
+    preds = dict(predictions) if predictions is not None else set_predictions(sets, X_test=X_test, oracle=oracle)
+    regression = is_regression_target(y_test)
+    kw = dict(n_boot=n_boot, random_state=random_state)
+    nan3 = (math.nan, math.nan, math.nan)
+
+    def score(pred: np.ndarray) -> tuple[float, float, float]:
+        if regression:
+            ci = bootstrap_ci(y_test, pred, "pearson", **kw)
+        else:
+            ci = score_interval(y_test, pred, groups=groups, **kw)
+        return ci.estimate, ci.low, ci.high
+
+    def paired(a: str, b: str, compare: str) -> tuple[float, float, float]:
+        if regression or a not in preds or b not in preds:
+            return nan3
+        ci = paired_interval(y_test, preds[a], preds[b], groups=groups, compare=compare, **kw)
+        return ci.estimate, ci.low, ci.high
+
+    oracle_score, oracle_low, oracle_high = score(preds["oracle"])
     rows = []
     for name, ms in sets.items():
-        pred = ms.probe.predict(np.asarray(X_test[:, ms.neurons]))
-        ci = bootstrap_ci(y_test, pred, metric, n_boot=n_boot, random_state=random_state)
+        sc, lo, hi = score(preds[name])
+        ratio = paired(name, "oracle", "ratio")
+        vs_random = paired(name, "random", "difference") if name == "lca" else nan3
+        vs_bottom = paired(name, "bottom", "difference") if name == "lca" else nan3
         rows.append({"ordering": name, "neurons_total": int(n_total), "neurons_kept": int(ms.k),
-                     "pct_kept": 100.0 * ms.k / n_total, "score": ci.estimate, "oracle_score": oracle_score,
-                     "score_low": ci.low, "score_high": ci.high, "dev_score": ms.score, "oracle_dev_score": oracle_dev,
-                     "target": ms.target, "reached": ms.reached})
+                     "pct_kept": 100.0 * ms.k / n_total, "score": sc, "oracle_score": oracle_score,
+                     "score_low": lo, "score_high": hi, "oracle_low": oracle_low, "oracle_high": oracle_high,
+                     "ratio": ratio[0], "ratio_low": ratio[1], "ratio_high": ratio[2],
+                     "vs_random": vs_random[0], "vs_random_low": vs_random[1], "vs_random_high": vs_random[2],
+                     "vs_bottom": vs_bottom[0], "vs_bottom_low": vs_bottom[1], "vs_bottom_high": vs_bottom[2],
+                     "dev_score": ms.score, "oracle_dev_score": oracle_dev, "target": ms.target, "reached": ms.reached})
     return pd.DataFrame(rows)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
-from .moments import RunningMoments, feature_stats, row_chunks
+from .moments import RunningMoments, constant_features, feature_stats, row_chunks, standardizing_scale
 from .validation import check_finite_stats
 
 LBFGS_MAX_CELLS = 5e7
@@ -308,7 +308,7 @@ def standardized(bank: Bank, X: np.ndarray, device: torch.device, name: str, *, 
 
 
 def prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, device: torch.device,
-            materialise: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+            materialise: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
     """Train statistics and (with ``materialise``) the standardised features, from one read of X.
 
     Parameters
@@ -326,6 +326,8 @@ def prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, devi
     -------
     mean, scale : ndarray of shape X.shape[1:], float64
         Train mean and standard deviation (1 where a feature is constant).
+    constant : ndarray of bool, shape X.shape[1:]
+        Constant (dead) features, ``moments.constant_features``: probes set their weights to 0.
     X_std : torch.Tensor of shape X.shape, or None
         ``(X - mean) / scale`` in ``matmul_dtype``; None when not materialised.
     """
@@ -336,12 +338,13 @@ def prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, devi
     else:
         Xt, mean, std = _copy_with_moments(X)
     if standardize:
-        scale = np.where(std > 0, std, 1.0)
+        scale, constant = standardizing_scale(std, mean)
     else:
+        constant = constant_features(std, mean)  # a constant raw feature is still dead
         mean, scale = np.zeros_like(mean), np.ones_like(std)
     if Xt is not None:
         Xt = _standardize_in_place(Xt, mean, scale, matmul_dtype).to(device)
-    return mean, scale, Xt
+    return mean, scale, constant, Xt
 
 
 def _copy_with_moments(X: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
