@@ -13,11 +13,11 @@ from scipy.cluster.hierarchy import fcluster
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 
+from utils import activations as act
 from utils import inspection
 from utils.activations import ActivationStore
 from utils.clustering import cluster_neurons
 from utils.ranking import lca_ordering
-from utils.resources import sha256_file
 from utils.selection import ReducedProbe, TransferResult
 from utils.similarity import linear_cka
 
@@ -317,18 +317,23 @@ def _write_store(
     (path / "words.json").write_text(json.dumps(words))
     n, L, h = acts.shape
     meta = {
+        "store_version": act.STORE_VERSION,
         "model": model,
+        "model_sha256": None,
         "task": task,
         "split": "train",
         "level": "word",
         "aggregation": "last",
         "dtype": "float32",
         "n_items": n,
+        "n_sentences": int(sids.max()) + 1,
         "n_layers": L,
         "hidden": h,
+        "data_sha256": "",
+        "files": {name: act._file_record(path / name) for name in act.STORE_FILES},
         "complete": True,
-        "activations_sha256": sha256_file(path / "activations.npy"),
     }
+    meta["meta_sha256"] = act._meta_digest(meta)
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
