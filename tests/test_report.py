@@ -415,3 +415,17 @@ def test_task_reading_gives_the_reading_at_the_bound():
     text = describe_task_redundancy(_task_layers(), pd.concat([one, bound], ignore_index=True), counts, delta=1.0)
     assert "m · pos: **holds**" in text  # the search's set: 95% removable, [0.995, 1.01] >= 0.99
     assert "8% of them" in text and "0.970 of the oracle, intervals within [0.960, 0.980] -> **does not hold**" in text
+
+
+def test_report_reads_the_task_claim_from_intervals_and_shows_it_beside_the_paper():
+    minimal = _seeded_lca([(0, 5.0, 0.995, 0.990, 1.000), (1, 6.0, 0.996, 0.992, 1.001)])
+    text = reproduction_report(_transfer_table(), minimal=minimal, task_delta=1.0)
+    assert "remove 94.0–95.0% of the neurons over seeds" in text
+    assert "holds: 1" in text and "claim **holds in part**" not in text
+    # one seed whose interval straddles the tolerance makes the pair inconclusive
+    straddling = _seeded_lca([(0, 5.0, 0.995, 0.985, 1.000), (1, 6.0, 0.996, 0.992, 1.001)])
+    verdicts = task_claim_verdicts(straddling, delta=1.0)
+    assert verdicts.loc[0, "verdict"] == "inconclusive"
+    table = claims_side_by_side(verdicts)
+    assert "| task |" in table and "**inconclusive at this sample size**" in table
+    assert "[0.985, 1.000] straddles 0.990" in table

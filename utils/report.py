@@ -529,7 +529,8 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
     table : DataFrame
         One row per model × task: ``n_seeds, pct_removable_mean, pct_removable_min,
         pct_removable_max, ratio_mean, ratio_low_min, ratio_high_max, tolerance, paper_claim,
-        seed_verdicts, verdict, deciding`` (the interval or share that decides, in words); with
+        seed_verdicts, verdict, deciding`` (the interval or share that decides, in words), and
+        ``claim, ours, decided_by`` for ``claims_side_by_side``; with
         ``"lca_at_bound"`` rows also ``bound_pct_kept, bound_ratio_mean, bound_ratio_low_min,
         bound_ratio_high_max, bound_verdict``.
     """
@@ -576,7 +577,11 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
                      "pct_removable_max": g["pct_removable"].max(), "ratio_mean": g["ratio"].mean(),
                      "ratio_low_min": g["ratio_low"].min(), "ratio_high_max": g["ratio_high"].max(),
                      "tolerance": tolerance, "paper_claim": f"≥ {removable_bound:g}% removable within {delta:g}% of the oracle",
-                     "seed_verdicts": ", ".join(verdicts), "verdict": overall, "deciding": "; ".join(reasons), **bound})
+                     "seed_verdicts": ", ".join(verdicts), "verdict": overall, "deciding": "; ".join(reasons),
+                     "claim": "task",
+                     "ours": (f"{g['pct_removable'].min():.1f}–{g['pct_removable'].max():.1f}% removable over "
+                              f"{len(g)} seed(s), test/oracle {g['ratio'].mean():.3f}"),
+                     "decided_by": "; ".join(reasons), **bound})
     return pd.DataFrame(rows)
 
 
@@ -773,7 +778,8 @@ def claims_side_by_side(*verdicts: pd.DataFrame) -> str:
     ----------
     *verdicts : DataFrame
         Tables with columns ``claim`` (a key of ``PAPER_CLAIMS``), ``model, task, verdict, ours,
-        decided_by`` (as from ``general_claim_verdicts`` and ``transfer_claim_verdicts``).
+        decided_by`` (as from ``general_claim_verdicts``, ``task_claim_verdicts`` and
+        ``transfer_claim_verdicts``).
 
     Returns
     -------
@@ -799,6 +805,7 @@ def reproduction_report(
     minimal: pd.DataFrame | None = None,
     general_threshold: float = 0.3,
     cc_sweep: pd.DataFrame | None = None,
+    task_delta: float = 1.0,
 ) -> str:
     """Markdown: which of the paper's abstract claims hold on these models, with the numbers.
 
@@ -817,6 +824,9 @@ def reproduction_report(
         probes on the cluster representatives and their intervals (``general_claim_verdicts``), and
         ``general`` is not used for it. With interval columns (``ratio_low``, ``ratio_high``) in
         ``transfer``, the transfer claim is read from intervals too (``transfer_claim_verdicts``).
+    task_delta : float
+        The minimal-set tolerance (percent) notebook 03 used; with interval columns in ``minimal`` the
+        task claim is read by ``task_claim_verdicts``.
     """
     lines = ["### Reproduction report", ""]
     if cc_sweep is not None and len(cc_sweep):
@@ -837,7 +847,15 @@ def reproduction_report(
             lines.append(f"- **General redundancy** — paper: {PAPER_CLAIMS['general'].text}. Here, clustering all neurons "
                          f"at t = {general_threshold} (|r| ≥ {1 - general_threshold:.1f}) marks "
                          f"{'; '.join(parts)} (mean over tasks): the claim **{verdict}**.")
-    if minimal is not None and len(minimal):
+    if minimal is not None and len(minimal) and {"ratio_low", "ratio_high"} <= set(minimal.columns):
+        tv = task_claim_verdicts(minimal, delta=task_delta)  # seeds and intervals: no point verdict
+        removable = 100 - minimal.loc[minimal["ordering"] == "lca", "pct_kept"]
+        lines.append(f"- **Task-specific redundancy** — paper: {PAPER_CLAIMS['task'].text}. Here the minimal LCA "
+                     f"neuron sets (chosen on dev within {task_delta:g}% of the oracle) remove "
+                     f"{removable.min():.1f}–{removable.max():.1f}% of the neurons over seeds; read from the share "
+                     f"removed and the 95% paired interval of test score / oracle score, per model × task: "
+                     f"{_verdict_counts(tv['verdict'])} (table below).")
+    elif minimal is not None and len(minimal):
         m = minimal[minimal["ordering"].str.lower().isin(["lca", "lca (probe)"])] if "ordering" in minimal else minimal
         m = m if len(m) else minimal
         removed = (100 - m["pct_kept"]).rename("pct_removable")
