@@ -51,7 +51,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 from tqdm.auto import tqdm
 
-from .clustering import NeuronClusters, _relabel, _representatives
+from .clustering import NeuronClusters, _relabel
 
 __all__ = [
     "ColumnConcat",
@@ -173,7 +173,7 @@ def _device(device: Any) -> torch.device:
 
 def _read(flat: Any, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
     """Rows r0:r1 and columns c0:c1 as a float32 array (only those bytes are read from a memmap)."""
-    return np.asarray(flat[r0:r1, c0:c1], dtype=np.float32)
+    return np.array(flat[r0:r1, c0:c1], dtype=np.float32)  # a copy: memmap slices are read-only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +208,11 @@ class ColumnMoments:
 
 
 def _moments_from_sums(n: int, shift: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> ColumnMoments:
-    """Moments from the shifted sums Σz and Σz², z = x - shift (Chan, Golub & LeVeque's shifted data)."""
+    """Moments from the shifted sums Σz and Σz², z = x - shift (Chan, Golub & LeVeque's shifted data).
+
+    As in ``GramAccumulator``: ``z`` and ``z²`` in float32, sums in float64, so a neuron whose values
+    are at the scale of float32 underflow (|x| ~ 1e-32, seen in MiniLM) is constant on both paths.
+    """
     if n < 2:
         raise ValueError(f"Need at least 2 rows to correlate neurons, got {n}.")
     if not (np.isfinite(s1).all() and np.isfinite(s2).all()):
@@ -254,14 +258,16 @@ def column_moments(
     for c0 in range(0, d, tile_size):  # the shift: the first chunk's means, rounded to float32
         c1 = min(d, c0 + tile_size)
         shift[c0:c1] = _read(flat, 0, min(n, chunk_size), c0, c1).mean(axis=0, dtype=np.float64)
-    shift = shift.astype(np.float32).astype(np.float64)
+    shift32 = shift.astype(np.float32)
+    shift = shift32.astype(np.float64)
     for r0 in tqdm(range(0, n, chunk_size), desc="moments", unit="chunk", disable=not progress, leave=False):
         r1 = min(n, r0 + chunk_size)
         for c0 in range(0, d, tile_size):
             c1 = min(d, c0 + tile_size)
-            z = _read(flat, r0, r1, c0, c1).astype(np.float64) - shift[c0:c1]
-            s1[c0:c1] += z.sum(axis=0)
-            s2[c0:c1] += np.einsum("ij,ij->j", z, z)
+            z = _read(flat, r0, r1, c0, c1)
+            z -= shift32[c0:c1]
+            s1[c0:c1] += z.sum(axis=0, dtype=np.float64)
+            s2[c0:c1] += np.square(z).sum(axis=0, dtype=np.float64)
     return _moments_from_sums(n, shift, s1, s2)
 
 
@@ -341,12 +347,11 @@ def _tile_result(
     ``n_layers`` > 0, the tile's contribution to ``Σ r²`` and ``Σ r² var_i var_j`` per layer pair.
     """
     acc = torch.as_tensor(acc)
-    r32 = acc.clamp(-1.0, 1.0).to(torch.float32)
-    mask = r32.abs() >= float(min_abs)
+    r32 = acc.to(torch.float32)
+    idx = (r32.abs() >= float(min_abs)).nonzero()
     if diagonal:
-        mask = torch.triu(mask, diagonal=1)
-    idx = mask.nonzero()
-    vals = r32[mask].cpu().numpy()  # row-major order, as nonzero()
+        idx = idx[idx[:, 0] < idx[:, 1]]  # i < j only
+    vals = r32[idx[:, 0], idx[:, 1]].clamp_(-1.0, 1.0).cpu().numpy()  # row-major order
     rows = idx[:, 0].cpu().numpy().astype(np.int64) + r0
     cols = idx[:, 1].cpu().numpy().astype(np.int64) + c0
     hsic_std = hsic_raw = None
@@ -465,8 +470,9 @@ def _local_tiles(
 ) -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:
     """The tile loop with torch: (edge parts, (Σr² and Σr²var var per layer pair) or None)."""
     n, d = (int(s) for s in flat.shape)
-    mean = torch.as_tensor(moments.mean, device=device)
-    scale = torch.as_tensor(moments.inv_std / math.sqrt(n), device=device)  # Σ z_i z_j = r directly
+    # float32 as in GramAccumulator (z = x - shift in float32): Σ z_i z_j = r directly
+    mean = torch.as_tensor(moments.mean.astype(np.float32), device=device)
+    scale = torch.as_tensor((moments.inv_std / math.sqrt(n)).astype(np.float32), device=device)
     tiles = _tile_starts(d, tile_size)
     row_chunks = [(r, min(n, r + chunk_size)) for r in range(0, n, chunk_size)]
     layer = _layer_index(sizes) if sizes else None
@@ -476,7 +482,7 @@ def _local_tiles(
 
     def panel(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         x = torch.from_numpy(_read(flat, r0, r1, c0, c1)).to(device)
-        return ((x.double() - mean[c0:c1]) * scale[c0:c1]).to(torch.float32)
+        return x.sub_(mean[c0:c1]).mul_(scale[c0:c1])
 
     # keep the standardised panel of tile a over all rows when it is small (it is reused for every b)
     cache_a = n * tile_size * 4 <= 512 * 2**20
@@ -486,11 +492,12 @@ def _local_tiles(
     for ia, (a0, a1) in enumerate(tiles):
         panels_a = [panel(r0, r1, a0, a1) for r0, r1 in row_chunks] if cache_a else None
         for b0, b1 in tiles[ia:]:
-            acc = torch.zeros((a1 - a0, b1 - b0), dtype=torch.float64, device=device)
+            acc = None
             for k, (r0, r1) in enumerate(row_chunks):
                 za = panels_a[k] if cache_a else panel(r0, r1, a0, a1)
                 zb = za if b0 == a0 else panel(r0, r1, b0, b1)
-                acc.add_(za.T @ zb)
+                product = za.T @ zb  # float32 GEMM
+                acc = product.to(torch.float64) if acc is None else acc.add_(product)  # float64 totals
             if a0 == b0:
                 acc = (acc + acc.T) / 2  # the GEMM is symmetric only up to rounding
             extra = (layer[a0:a1], layer[b0:b1], var[a0:a1], var[b0:b1], nl) if sizes else ()
@@ -543,7 +550,7 @@ def _compute(objs: list, client: Any, progress: bool, desc: str) -> list:
     futures = client.compute(objs)
     position = {f.key: i for i, f in enumerate(futures)}
     out: list = [None] * len(futures)
-    for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress, leave=False):
+    for fut in tqdm(as_completed(futures, loop=client.loop), total=len(futures), desc=desc, disable=not progress, leave=False):
         out[position[fut.key]] = fut.result()
         fut.release()
     return out
@@ -557,11 +564,12 @@ def _dask_standardised(flat: Any, moments: ColumnMoments | None, chunk_size: int
     if moments is None:
         first = _compute([x[: min(n, chunk_size)].mean(axis=0, dtype=np.float64)], client, False, "shift")[0]
         shift = np.asarray(first).astype(np.float32).astype(np.float64)
-        z = x.astype(np.float64) - shift
-        s1, s2 = _compute([z.sum(axis=0), (z * z).sum(axis=0)], client, progress, "moments")
+        z = x.astype(np.float32) - shift.astype(np.float32)
+        s1, s2 = _compute([z.sum(axis=0, dtype=np.float64), (z * z).sum(axis=0, dtype=np.float64)], client,
+                          progress, "moments")
         moments = _moments_from_sums(n, shift, np.asarray(s1), np.asarray(s2))
-    scale = moments.inv_std / math.sqrt(n)
-    s = ((x.astype(np.float64) - moments.mean) * scale).astype(np.float32)
+    scale = (moments.inv_std / math.sqrt(n)).astype(np.float32)
+    s = (x.astype(np.float32) - moments.mean.astype(np.float32)) * scale
     return s, moments
 
 
@@ -688,8 +696,8 @@ def _local_blocks(flat: Any, moments: ColumnMoments, components: list[np.ndarray
     cols = np.concatenate([np.concatenate([components[k] for k in ks]) for ks in groups.values()])
     order = np.argsort(cols, kind="stable")
     sorted_cols = cols[order]
-    mean = torch.as_tensor(moments.mean[sorted_cols], device=device)
-    scale = torch.as_tensor(moments.inv_std[sorted_cols] / math.sqrt(n), device=device)
+    mean = torch.as_tensor(moments.mean[sorted_cols].astype(np.float32), device=device)
+    scale = torch.as_tensor((moments.inv_std[sorted_cols] / math.sqrt(n)).astype(np.float32), device=device)
     rows_per_read = max(1, min(chunk_size, (256 * 2**20) // (4 * max(1, len(cols)))))
     acc = {s: torch.zeros((len(ks), s, s), dtype=torch.float64, device=device) for s, ks in groups.items()}
     inverse = torch.as_tensor(np.argsort(order, kind="stable"), device=device)
@@ -701,11 +709,11 @@ def _local_blocks(flat: Any, moments: ColumnMoments, components: list[np.ndarray
             if lo < hi:
                 pieces.append(_read(flat, r0, r1, c0, c1)[:, sorted_cols[lo:hi] - c0])
         x = torch.from_numpy(np.concatenate(pieces, axis=1)).to(device)
-        z = ((x.double() - mean) * scale).to(torch.float32)[:, inverse]  # back to group order
+        zt = x.sub_(mean).mul_(scale).T[inverse].contiguous()  # (columns in group order, rows)
         off = 0
         for s, ks in groups.items():
-            zg = z[:, off : off + s * len(ks)].reshape(r1 - r0, len(ks), s).permute(1, 2, 0)  # (m, s, rows)
-            acc[s].add_(zg @ zg.transpose(1, 2))
+            zg = zt[off : off + s * len(ks)].view(len(ks), s, r1 - r0)
+            acc[s].add_(torch.bmm(zg, zg.transpose(1, 2)))
             off += s * len(ks)
     out = {}
     for s, ks in groups.items():
@@ -744,18 +752,56 @@ def _dask_blocks(flat: Any, moments: ColumnMoments, components: list[np.ndarray]
     return out
 
 
-def _exact_component(block: np.ndarray, thresholds: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Average linkage on one component's float64 correlation block: (local labels, local reps) per t."""
-    block = (block + block.T) / 2
-    r32 = np.clip(block, -1.0, 1.0).astype(np.float32)
-    np.fill_diagonal(r32, 1.0)
+def _average_linkage(r32: np.ndarray) -> np.ndarray:
+    """scipy's average-linkage tree on ``1 - |r|`` of one component's float32 block (shape (s, s))."""
+    if len(r32) == 2:  # the commonest component: one merge, as scipy writes it
+        return np.array([[0.0, 1.0, 1.0 - abs(float(r32[0, 1])), 2.0]])
     dist = 1.0 - np.abs(r32.astype(np.float64))
     np.fill_diagonal(dist, 0.0)
-    tree = scipy_linkage(np.clip(squareform(dist, checks=False), 0.0, 1.0), method="average")
+    return scipy_linkage(np.clip(squareform(dist, checks=False), 0.0, 1.0), method="average")
+
+
+def _exact_batch(members: list[np.ndarray], blocks: list[np.ndarray],
+                 thresholds: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact clusters of a batch of components from their float64 correlation blocks.
+
+    One average-linkage tree per component; the trees are joined (at height 2, above any distance)
+    into one scipy linkage over the batch's neurons, so that each threshold is one ``fcluster`` call.
+    Representatives follow ``utils.clustering``: the member with the largest within-cluster Σ|r|
+    (self included), ties to the lowest index. Returns, per threshold, labels and a representative mask
+    over ``np.concatenate(members)``.
+    """
+    sizes = np.array([len(m) for m in members])
+    offsets = np.r_[0, np.cumsum(sizes)]
+    m_total = int(offsets[-1])
+    rows, absr, roots, row_off = [], [], [], 0
+    for c, block in enumerate(blocks):
+        s = int(sizes[c])
+        r32 = np.clip((block + block.T) / 2, -1.0, 1.0).astype(np.float32)
+        np.fill_diagonal(r32, 1.0)
+        tree = _average_linkage(r32)
+        ids = tree[:, :2].astype(np.int64)
+        mapped = np.where(ids < s, offsets[c] + ids, m_total + row_off + ids - s)
+        rows.append(np.column_stack([mapped.astype(np.float64), tree[:, 2:]]))
+        row_off += s - 1
+        roots.append(m_total + row_off - 1)
+        absr.append(np.abs(r32))
+    if len(roots) > 1:  # join the components above every threshold
+        prev = np.r_[roots[0], m_total + row_off + np.arange(len(roots) - 2)]
+        rows.append(np.column_stack([prev, roots[1:], np.full(len(roots) - 1, 2.0), np.cumsum(sizes)[1:]]))
+    tree = np.concatenate(rows)
     out = []
     for t in thresholds:
-        labels = _relabel(fcluster(tree, t=float(t), criterion="distance"))
-        out.append((labels, _representatives(r32, labels)))
+        labels = fcluster(tree, t=float(t), criterion="distance")
+        score = np.empty(m_total)
+        for c, a in enumerate(absr):
+            lab = labels[offsets[c] : offsets[c + 1]]
+            score[offsets[c] : offsets[c + 1]] = (a * (lab[:, None] == lab[None, :])).sum(axis=1, dtype=np.float64)
+        order = np.lexsort((np.arange(m_total), -score, labels))
+        first = np.r_[True, labels[order][1:] != labels[order][:-1]]
+        rep = np.zeros(m_total, dtype=bool)
+        rep[order[first]] = True
+        out.append((labels, rep))
     return out
 
 
@@ -783,19 +829,19 @@ def _approximate_component(edges: sp.csr_matrix, members: np.ndarray,
     conn = sp.coo_matrix((np.ones(len(keys)), (sub.row, sub.col)), shape=(s, s))
     conn = (conn + conn.T).tocsr()
     index = np.arange(s, dtype=np.float64)[:, None]
-    absr = sp.coo_matrix((np.abs(sub.data.astype(np.float64)), (sub.row, sub.col)), shape=(s, s))
-    absr = (absr + absr.T).tocsr()
+    absr = np.abs(sub.data.astype(np.float64))
     out = []
     for t in thresholds:
         model = AgglomerativeClustering(n_clusters=None, distance_threshold=float(t), linkage="average",
                                         metric=metric, connectivity=conn, compute_full_tree=True)
         labels = _relabel(model.fit_predict(index))
-        same = labels[absr.tocoo().row] == labels[absr.tocoo().col]
-        a = absr.tocoo()
-        score = np.bincount(a.row[same], weights=a.data[same], minlength=s) + 1.0
-        order_ = np.lexsort((np.arange(s), -score, labels))
-        first = np.r_[True, labels[order_][1:] != labels[order_][:-1]]
-        out.append((labels, np.sort(order_[first])))
+        same = labels[sub.row] == labels[sub.col]
+        score = 1.0 + np.bincount(sub.row[same], weights=absr[same], minlength=s) \
+            + np.bincount(sub.col[same], weights=absr[same], minlength=s)
+        order = np.lexsort((np.arange(s), -score, labels))
+        rep = np.zeros(s, dtype=bool)
+        rep[order[np.r_[True, labels[order][1:] != labels[order][:-1]]]] = True
+        out.append((labels, rep))
     return out
 
 
@@ -880,12 +926,12 @@ def cluster_components(
     next_label = d
 
     def place(members: np.ndarray, per_t: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write labels (unique across calls) and representative masks of ``members`` for every threshold."""
         nonlocal next_label
         for k, (lab, rep) in enumerate(per_t):
             labels[k][members] = next_label + lab
-            reps[k][members] = False
-            reps[k][members[rep]] = True
-        next_label += len(members)
+            reps[k][members] = rep
+        next_label += len(members) + 1
 
     dev = _device(device)
     use_dask = client is not None or _is_dask(flat)
@@ -897,8 +943,8 @@ def cluster_components(
         else:
             blocks = _local_blocks(flat, corr.moments, exact_comps, batch, chunk_size=chunk_size,
                                    tile_size=tile_size, device=dev)
-        for k in batch:
-            place(exact_comps[k], _exact_component(blocks.pop(k), thresholds))
+        place(np.concatenate([exact_comps[k] for k in batch]),
+              _exact_batch([exact_comps[k] for k in batch], [blocks.pop(k) for k in batch], thresholds))
     for members in giant:
         place(members, _approximate_component(corr.edges, members, thresholds))
     clusterings = [
