@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from utils.clustering import cluster_sweep, neuron_correlation
 from utils.similarity import gram_statistics, standardized_layer_cka
@@ -281,6 +280,9 @@ def test_column_concat_reads_like_numpy_and_clusters_across_blocks(acts):
         assert row.a == (members < 96).sum() and row.b == (members >= 96).sum() and row.size == len(members) >= 2
         assert row.blocks == "+".join(n for n, c in (("a", row.a), ("b", row.b)) if c)
     assert len(table) == (np.bincount(labels) >= 2).sum()
+    origin = cat.origin()
+    assert len(origin) == 240 and origin["part"].tolist() == ["a"] * 96 + ["b"] * 144
+    assert origin["layer"].tolist()[90:100] == [1] * 6 + [0] * 4 and origin["depth"].iloc[95] == 1.0
     with pytest.raises(ValueError, match="same rows"):
         ColumnConcat([a, b[:10]])
 

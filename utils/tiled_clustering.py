@@ -39,14 +39,16 @@ Quantities and their shapes:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from scipy.cluster.hierarchy import fcluster, linkage as scipy_linkage
+from scipy.cluster.hierarchy import fcluster
+from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 from tqdm.auto import tqdm
@@ -56,16 +58,16 @@ from .clustering import NeuronClusters, _relabel
 __all__ = [
     "ColumnConcat",
     "ColumnMoments",
-    "column_moments",
-    "ThresholdedCorrelation",
-    "thresholded_correlation",
     "GiantComponentError",
+    "ThresholdedCorrelation",
     "TiledClusters",
     "cluster_components",
     "cluster_neurons_tiled",
-    "dense_block_bytes",
     "clusters_across_blocks",
+    "column_moments",
+    "dense_block_bytes",
     "residual_stream_activations",
+    "thresholded_correlation",
 ]
 
 DEFAULT_TILE = 4096
@@ -133,6 +135,22 @@ class ColumnConcat:
             if a < b:
                 pieces.append(np.asarray(part[rows, a - self.offsets[k] : b - self.offsets[k]]))
         return np.concatenate(pieces, axis=1)
+
+    def origin(self) -> pd.DataFrame:
+        """Where every column comes from: ``part, layer, unit`` and ``depth`` (layer / (n_layers - 1)).
+
+        Returns
+        -------
+        table : DataFrame of n_features rows, in column order
+        """
+        frames, k = [], 0
+        for name, n_layers in zip(self.names, self.part_layers):
+            for layer in range(n_layers):
+                width = self.layer_sizes[k]
+                frames.append(pd.DataFrame({"part": name, "layer": layer, "unit": np.arange(width),
+                                            "depth": layer / max(1, n_layers - 1)}))
+                k += 1
+        return pd.concat(frames, ignore_index=True)
 
     def to_dask(self, chunks: tuple[int, int]) -> Any:
         """The same columns as one ``dask.array`` with ``chunks`` (row chunk, column tile) per part."""
