@@ -440,7 +440,9 @@ def thresholded_correlation(
     client : dask.distributed.Client, optional
         Run the moments and tile products as dask tasks on this client's workers (the input becomes a
         dask array with chunks (chunk_size, tile_size)). A dask array input without a client uses
-        dask's default scheduler.
+        dask's default scheduler. On a real cluster, pass a dask array that the workers read from
+        shared storage (e.g. ``da.from_zarr`` or ``da.from_npy_stack``): an in-memory or memory-mapped
+        numpy input is shipped to the workers through the scheduler.
     progress : bool, default=True
 
     Returns
