@@ -354,19 +354,39 @@ def _layer_index(layer_sizes: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(len(layer_sizes)), layer_sizes)
 
 
+class _Work:
+    """Reusable torch buffers by name: ``get(name, shape, dtype)`` returns a contiguous view of one
+    allocation that only grows, so a loop over tiles does not allocate (and fragment) memory per tile."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape)
+        flat = self._buffers.get(name)
+        if flat is None or flat.numel() < size or flat.dtype != dtype:
+            flat = self._buffers[name] = torch.empty(size, dtype=dtype, device=self.device)
+        return flat[:size].view(shape)
+
+
 def _tile_result(
     acc: Any, r0: int, c0: int, min_abs: np.float32, diagonal: bool,
     rows_layer: Any = None, cols_layer: Any = None, rows_var: Any = None, cols_var: Any = None, n_layers: int = 0,
+    work: _Work | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Edges (and CKA terms) of one correlation tile.
 
     ``acc`` (float64, shape (rows, cols), torch or numpy) holds ``Σ z_i z_j`` of standardised neurons,
     i.e. ``r``. Returns global row and column indices, float32 ``r`` of the kept pairs, and, when
     ``n_layers`` > 0, the tile's contribution to ``Σ r²`` and ``Σ r² var_i var_j`` per layer pair.
+    ``work`` lends reusable buffers (the local engine), so the loop allocates no tile-sized arrays.
     """
     acc = torch.as_tensor(acc)
-    r32 = acc.to(torch.float32)
-    idx = (r32.abs() >= float(min_abs)).nonzero()
+    work = work or _Work(acc.device)
+    r32 = work.get("r32", acc.shape, torch.float32).copy_(acc)
+    absr = torch.abs(r32, out=work.get("abs", acc.shape, torch.float32))
+    idx = torch.ge(absr, float(min_abs), out=work.get("mask", acc.shape, torch.bool)).nonzero()
     if diagonal:
         idx = idx[idx[:, 0] < idx[:, 1]]  # i < j only
     vals = r32[idx[:, 0], idx[:, 1]].clamp_(-1.0, 1.0).cpu().numpy()  # row-major order
@@ -374,7 +394,7 @@ def _tile_result(
     cols = idx[:, 1].cpu().numpy().astype(np.int64) + c0
     hsic_std = hsic_raw = None
     if n_layers:
-        sq = acc.square()
+        sq = torch.square(acc, out=work.get("sq", acc.shape, acc.dtype))
         dev = acc.device
         rl = torch.as_tensor(rows_layer, device=dev)
         cl = torch.as_tensor(cols_layer, device=dev)
@@ -500,8 +520,15 @@ def _local_tiles(
     nl = len(sizes) if sizes else 0
     hsic = (np.zeros((nl, nl)), np.zeros((nl, nl))) if sizes else None
 
-    def panel(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        x = torch.from_numpy(_read(flat, r0, r1, c0, c1)).to(device)
+    work = _Work(device)
+    host = np.empty(min(n, chunk_size) * tile_size, dtype=np.float32)  # one read buffer, reused
+
+    def panel(r0: int, r1: int, c0: int, c1: int, name: str) -> torch.Tensor:
+        """Standardised float32 panel of rows r0:r1, columns c0:c1, in the work buffer ``name``."""
+        view = host[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+        np.copyto(view, flat[r0:r1, c0:c1], casting="same_kind")
+        x = work.get(name, view.shape, torch.float32)
+        x.copy_(torch.from_numpy(view))
         return x.sub_(mean[c0:c1]).mul_(scale[c0:c1])
 
     # keep the standardised panel of tile a over all rows when it is small (it is reused for every b)
@@ -510,18 +537,23 @@ def _local_tiles(
     bar = tqdm(total=len(tiles) * (len(tiles) + 1) // 2, desc="correlation tiles", unit="tile",
                disable=not progress, leave=False)
     for ia, (a0, a1) in enumerate(tiles):
-        panels_a = [panel(r0, r1, a0, a1) for r0, r1 in row_chunks] if cache_a else None
+        panels_a = [panel(r0, r1, a0, a1, f"a{k}") for k, (r0, r1) in enumerate(row_chunks)] if cache_a else None
         for b0, b1 in tiles[ia:]:
-            acc = None
+            shape = (a1 - a0, b1 - b0)
+            acc = work.get("acc", shape, torch.float64)
+            product = work.get("product", shape, torch.float32)
             for k, (r0, r1) in enumerate(row_chunks):
-                za = panels_a[k] if cache_a else panel(r0, r1, a0, a1)
-                zb = za if b0 == a0 else panel(r0, r1, b0, b1)
-                product = za.T @ zb  # float32 GEMM
-                acc = product.to(torch.float64) if acc is None else acc.add_(product)  # float64 totals
-            if a0 == b0:
-                acc = (acc + acc.T) / 2  # the GEMM is symmetric only up to rounding
+                za = panels_a[k] if cache_a else panel(r0, r1, a0, a1, "a")
+                zb = za if b0 == a0 else panel(r0, r1, b0, b1, "b")
+                torch.matmul(za.T, zb, out=product)  # float32 GEMM
+                if k == 0:
+                    acc.copy_(product)  # float64 totals
+                else:
+                    acc.add_(product)
+            if a0 == b0:  # the GEMM is symmetric only up to rounding
+                acc.add_(work.get("accT", shape, torch.float64).copy_(acc.T)).mul_(0.5)
             extra = (layer[a0:a1], layer[b0:b1], var[a0:a1], var[b0:b1], nl) if sizes else ()
-            rows, cols, vals, h_std, h_raw = _tile_result(acc, a0, b0, min_abs, a0 == b0, *extra)
+            rows, cols, vals, h_std, h_raw = _tile_result(acc, a0, b0, min_abs, a0 == b0, *extra, work=work)
             parts.append((rows, cols, vals))
             if sizes:
                 for h, t in zip(hsic, (h_std, h_raw)):
