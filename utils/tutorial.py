@@ -50,6 +50,7 @@ NOTEBOOKS: tuple[str, ...] = (
     "02_general_redundancy",
     "03_task_specific_redundancy",
     "04_feature_selected_transfer",
+    "06_redundancy_at_scale",
 )
 """The notebooks ``make reproduce`` runs, in order (each reads what the one before wrote)."""
 
