@@ -155,3 +155,20 @@ def test_run_notebooks_executes_in_order_and_records_provenance(executed_pair, t
     with pytest.raises(FileNotFoundError, match="no notebook"):
         tutorial.run_notebooks(["nope"], params_file=tmp_path / "params.yaml", out_dir=tmp_path / "out",
                                figures_dir=tmp_path / "figs", source_dir=source.parent)
+
+
+def test_committed_sources_share_their_parameter_defaults(tmp_path):
+    """Opened in JupyterLab, each notebook runs with its own parameters cell and reuses its neighbours' stores."""
+    sources = [tutorial.SOURCE_DIR / f"{name}.ipynb" for name in tutorial.NOTEBOOKS]
+    assert tutorial.default_problems(sources) == []
+    for source in [*sources, tutorial.SOURCE_DIR / "05_explore.ipynb"]:  # the explorer's None = "all found"
+        assert tutorial.source_problems(source) == []
+    assert tutorial.parameter_defaults(sources[0])["eval_budget"] == 500
+    # a neighbour with another default is reported
+    nb = nbformat.read(sources[0], as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = cell.source.replace("eval_budget = 500", "eval_budget = 1000")
+    nbformat.write(nb, tmp_path / "other.ipynb")
+    problems = tutorial.default_problems([sources[0], tmp_path / "other.ipynb"])
+    assert problems == ["other.ipynb: parameter eval_budget = 1000, but 01_activation_extraction.ipynb has 500; "
+                        "give the notebooks one default"]

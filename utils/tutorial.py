@@ -16,6 +16,7 @@ The checks (each returns a list of problems, empty when all is well):
 
 - ``executed_problems(source, executed)``: the copy exists, every code cell ran, it has outputs,
   papermill recorded no exception, and its code equals the source's (the injected cell aside).
+- ``default_problems(sources)``: notebooks that share a parameter give it one default.
 - ``missing_artifacts(paths, texts)``: every ``figures/...`` file named in the README or a notebook
   exists.
 - ``table_problems(readme, csv)``: the README's generated results table says what the CSV it was
@@ -251,6 +252,38 @@ def source_problems(source: str | os.PathLike) -> list[str]:
     return problems
 
 
+def parameter_defaults(source: str | os.PathLike) -> dict[str, object]:
+    """The literal defaults of a notebook's ``parameters`` cell (names whose value is not a literal are left out)."""
+    import ast
+
+    nb = nbformat.read(Path(source), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        return {}
+    values = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return values
+
+
+def default_problems(sources: Sequence[str | os.PathLike]) -> list[str]:
+    """Parameters that two notebooks both define with different defaults (run interactively, the second
+    would rebuild what the first made, or read a table the first did not write)."""
+    seen: dict[str, tuple[str, object]] = {}
+    problems = []
+    for source in sources:
+        for name, value in parameter_defaults(source).items():
+            if name in seen and seen[name][1] != value:
+                problems.append(f"{Path(source).name}: parameter {name} = {value!r}, but {seen[name][0]} has "
+                                f"{seen[name][1]!r}; give the notebooks one default")
+            seen.setdefault(name, (Path(source).name, value))
+    return problems
+
+
 def referenced_artifacts(text: str) -> set[str]:
     """Every ``figures/...`` file (png, csv, txt, json) named in ``text``, as repository-relative paths."""
     return set(_ARTIFACT.findall(text))
@@ -351,6 +384,7 @@ def tutorial_problems(*, root: Path = REPO_ROOT, names: Sequence[str] = NOTEBOOK
         problems += source_problems(source)
         problems += executed_problems(source, root / "notebooks" / "executed" / f"{name}.ipynb")
         texts.append(source.read_text(encoding="utf-8"))
+    problems += default_problems([root / "notebooks" / f"{name}.ipynb" for name in names])
     problems += [f"{p} is named in the README or a notebook but missing" for p in missing_artifacts(texts, root=root)]
     results = section(texts[0], "results")
     csv = root / "figures" / "transfer_results.csv"
