@@ -313,11 +313,17 @@ def extract(
             positions, feeds, rows = _gather_plan(batch, width, level, aggregation)
             positions, feeds = positions.to(device), feeds.to(device)
             mode = "mean" if aggregation == "mean" else "pick"
-            pooled = torch.stack([
-                _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
-                for h in outputs.hidden_states
-            ], dim=1)  # (n_out, n_layers, hidden)
-            out[rows] = pooled.float().cpu().numpy().astype(out.dtype, copy=False)
+            # gather each layer straight into one (n_layers, n_out, hidden) float32 buffer, then one
+            # (transposing, casting) copy into ``out``: no torch.stack copy in between
+            pooled = torch.empty((len(outputs.hidden_states), len(rows), loaded.hidden), dtype=torch.float32,
+                                 device=device)
+            for layer, h in enumerate(outputs.hidden_states):
+                h = h.reshape(-1, h.shape[-1])
+                if mode == "pick" and h.dtype == torch.float32:
+                    torch.index_select(h, 0, positions, out=pooled[layer])
+                else:
+                    pooled[layer] = _pool(h, positions, feeds, len(rows), mode)
+            out[rows] = pooled.cpu().numpy().transpose(1, 0, 2)
             done[idx] = True
             if on_batch is not None:
                 on_batch()
