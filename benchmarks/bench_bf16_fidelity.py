@@ -48,7 +48,7 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     """``x`` stored in ``dtype`` ("float16" or "bfloat16") and read back as float32 (same shape)."""
     if dtype == "float16":
         return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()
+    return torch.from_numpy(np.array(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()  # copy: x may be read-only
 
 
 def neuron_r(a: np.ndarray, b: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
@@ -110,7 +110,10 @@ def main() -> None:
     parser.add_argument("--no-probes", action="store_true", help="skip the probes (the slowest part)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", help="also write the table here")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ConstantFeatureWarning)  # the same few dead neurons in every variant
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; task {args.task}, "
           f"train budget {args.token_budget} tokens, whole dev split")
@@ -141,11 +144,11 @@ def main() -> None:
         t = time.perf_counter()
         ref = general(ref_tr, n_layers, hidden)
         ref_probes = None if args.no_probes else probes(ref_tr, y, ref_dv, yd, layers, args.seed)
-        print(f"  float32 reference: {time.perf_counter() - t:.0f} s")
         row = {"model": model, "variant": "float32", "n_clusters": int(ref["labels"].max() + 1)}
         if ref_probes:
             row.update({k: f"{ci.estimate:.4f} [{ci.low:.3f}, {ci.high:.3f}]" for k, ci in ref_probes.items()})
         rows.append(row)
+        print(f"  float32 reference: {time.perf_counter() - t:.0f} s; {row}", flush=True)
         for name in args.variants:
             t = time.perf_counter()
             tr, dv = variant(name)
@@ -165,7 +168,7 @@ def main() -> None:
                     inside = ref_probes[k].low <= ci.estimate <= ref_probes[k].high
                     row[k] = f"{ci.estimate:.4f} [{ci.low:.3f}, {ci.high:.3f}]{'' if inside else ' !'}"
             rows.append(row)
-            print(f"  {name}: {time.perf_counter() - t:.0f} s")
+            print(f"  {name}: {time.perf_counter() - t:.0f} s; {row}", flush=True)
         del ref
     table = pd.DataFrame(rows)
     print("\nFidelity against float32 (probe columns: dev accuracy [95% bootstrap interval]; "

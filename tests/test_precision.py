@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from utils import activations as act
-from utils.activations import build_store, extract, get_activations, store_path
+from utils.activations import build_store, cpu_has_bfloat16, extract, get_activations, resolve_precision, store_path
 from utils.data import Split, Task
 
 SENTENCES = [
@@ -59,7 +59,7 @@ def test_precision_is_part_of_the_store_key(minilm, tmp_path, monkeypatch):
     monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
     split = Split(SENTENCES, [["X"] * len(s) for s in SENTENCES])
     task = Task("toy", "word", split, split, split, classes=("X",))
-    full = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False)
+    full = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
     half = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="bfloat16")
     assert full.path != half.path and "xbfloat16" in half.path.name and "xbfloat16" not in full.path.name
     assert (full.meta["precision"], half.meta["precision"]) == ("float32", "bfloat16")
@@ -73,19 +73,44 @@ def test_precision_is_part_of_the_store_key(minilm, tmp_path, monkeypatch):
     monkeypatch.setattr(act, "extract", no_forward)  # both are reused, neither overwrote the other
     again = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="bfloat16")
     np.testing.assert_array_equal(np.asarray(again.activations), np.asarray(half.activations))
-    get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False)
+    get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
 
 
 def test_a_store_without_the_precision_field_counts_as_float32(minilm, tmp_path, monkeypatch):
     monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
     split = Split(SENTENCES, [["X"] * len(s) for s in SENTENCES])
     task = Task("toy", "word", split, split, split, classes=("X",))
-    store = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False)
+    store = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
     meta = json.loads((store.path / "meta.json").read_text())
     del meta["precision"]  # as written before the field existed
     (store.path / "meta.json").write_text(json.dumps(meta))
     monkeypatch.setattr(act, "extract", lambda *a, **k: pytest.fail("an old float32 store was rebuilt"))
-    get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False)
+    get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
+
+
+def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_bfloat16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_bfloat16(info)
+    assert not cpu_has_bfloat16(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it(minilm, tmp_path, monkeypatch, native):
+    monkeypatch.setattr(act, "cpu_has_bfloat16", lambda: native)
+    want = "bfloat16" if native else "float32"
+    assert resolve_precision("auto", "cpu") == want
+    assert resolve_precision("auto", "cuda") == "float32"
+    assert resolve_precision("float32", "cpu") == "float32"
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    split = Split(SENTENCES, [["X"] * len(s) for s in SENTENCES])
+    store = get_activations("minilm", Task("toy", "word", split, split, split, classes=("X",)), "train",
+                            root=tmp_path, device="cpu", progress=False)  # the default: "auto"
+    assert store.meta["precision"] == want and ("xbfloat16" in store.path.name) == native
+    np.testing.assert_array_equal(np.asarray(store.activations),
+                                  extract(minilm, SENTENCES, level="word", progress=False, precision=want))
 
 
 def test_unknown_precision_is_refused(minilm, tmp_path):

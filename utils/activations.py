@@ -10,7 +10,9 @@ when present, and rebuilt with a warning when its metadata or checksum disagrees
 ``extract(loaded, texts, level=...)`` is the extraction itself, usable without a store: sentences are
 tokenized once, sorted by length, padded into batches and run under ``torch.inference_mode``;
 ``precision="bfloat16"`` runs the forward pass under ``torch.autocast`` (bfloat16) on the model's
-device, and the vectors are still stored as float32 (see ``PRECISIONS``).
+device, and the vectors are still stored as float32. ``extract`` defaults to float32; stores
+(``get_activations``, ``task_stores``) default to ``"auto"``: bfloat16 on a CPU with native bfloat16
+instructions, where it was measured faithful, float32 elsewhere (see ``PRECISIONS``).
 
 - Word level: the sentence's words are joined by spaces and tokenized with character offsets; each
   subword maps to the word whose characters it covers, and a word's vector is its ``first``,
@@ -40,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Split, Task, load_task
-from .models import LoadedModel, load_model
+from .models import LoadedModel, default_device, load_model
 from .paths import cache_dir
 from .resources import sha256_file
 
@@ -50,14 +52,40 @@ WORD_AGGREGATIONS = ("first", "last", "mean")
 SENTENCE_AGGREGATIONS = ("cls", "last", "mean")
 STORE_VERSION = 1
 # Arithmetic of the forward pass: "float32" as loaded, or "bfloat16" under torch.autocast (the CPU's
-# AVX512-BF16 or a GPU's tensor cores: 1.7-1.9x faster on this project's CPU). Part of the store key.
+# AVX512-BF16 / AMX, or a GPU's tensor cores; about 2x faster on this project's CPU). Part of the store
+# key. Stores default to "auto": bfloat16 on a CPU with native bfloat16 instructions, where it was
+# measured faithful (benchmarks/bench_bf16_fidelity.py, table in benchmarks/README.md); float32 elsewhere.
 PRECISIONS = ("float32", "bfloat16")
+
+
+def cpu_has_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """True when the CPU lists native bfloat16 instructions (``avx512_bf16`` or ``amx_bf16``; Linux only).
+
+    Without them torch emulates bfloat16 on the CPU, which is slower than float32.
+    """
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """Turn ``"auto"`` into ``"bfloat16"`` on a CPU with native bfloat16 (``cpu_has_bfloat16``), else ``"float32"``.
+
+    Any other value is checked against ``PRECISIONS`` and returned. ``device`` defaults to
+    ``models.default_device()`` (CUDA when present; CUDA stays float32 under ``"auto"``).
+    """
+    if precision == "auto":
+        device = torch.device(device) if device is not None else default_device()
+        return "bfloat16" if device.type == "cpu" and cpu_has_bfloat16() else "float32"
+    return _check_precision(precision)
 
 
 def _check_precision(precision: str) -> str:
     """Return ``precision`` if it is one of ``PRECISIONS``, else raise ValueError saying what to pass."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"precision must be one of {PRECISIONS} (or 'auto' where a store is made), got {precision!r}")
     return precision
 
 
@@ -297,6 +325,7 @@ def extract(
     order = todo[np.argsort([len(segments[i].ids) for i in todo], kind="stable")]
     pad_id = loaded.tokenizer.pad_token_id or 0
     model, device = loaded.model, loaded.device
+    target = torch.from_numpy(out)  # shares memory with ``out`` (an array or a writable memmap)
     bar = tqdm(total=int(sum(len(segments[i].rows) for i in order)), unit="item",
                desc=f"{loaded.name} {level}", disable=not progress, leave=False)
     with torch.inference_mode(), _autocast(precision, device):
@@ -313,17 +342,13 @@ def extract(
             positions, feeds, rows = _gather_plan(batch, width, level, aggregation)
             positions, feeds = positions.to(device), feeds.to(device)
             mode = "mean" if aggregation == "mean" else "pick"
-            # gather each layer straight into one (n_layers, n_out, hidden) float32 buffer, then one
-            # (transposing, casting) copy into ``out``: no torch.stack copy in between
-            pooled = torch.empty((len(outputs.hidden_states), len(rows), loaded.hidden), dtype=torch.float32,
-                                 device=device)
+            # layer by layer: gather the batch's vectors (a small, cache-resident block) and copy them
+            # straight into their rows of ``out``; one pass over memory, no (n_out, n_layers, hidden) copy
+            rows_t = torch.from_numpy(rows)
             for layer, h in enumerate(outputs.hidden_states):
-                h = h.reshape(-1, h.shape[-1])
-                if mode == "pick" and h.dtype == torch.float32:
-                    torch.index_select(h, 0, positions, out=pooled[layer])
-                else:
-                    pooled[layer] = _pool(h, positions, feeds, len(rows), mode)
-            out[rows] = pooled.cpu().numpy().transpose(1, 0, 2)
+                vectors = _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
+                target.select(1, layer).index_copy_(0, rows_t, vectors.to("cpu", target.dtype))
+            del outputs  # free the hidden states before the next forward pass
             done[idx] = True
             if on_batch is not None:
                 on_batch()
@@ -600,7 +625,7 @@ def get_activations(
     root: str | os.PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
-    precision: str = "float32",
+    precision: str = "auto",
 ) -> ActivationStore:
     """Return the activation store of (model, task, split), extracting it only when needed.
 
@@ -621,8 +646,10 @@ def get_activations(
         Where stores live; defaults to ``cache_dir()/activations``.
     device : str, optional
     progress : bool
-    precision : {"float32", "bfloat16"}
+    precision : {"auto", "float32", "bfloat16"}
         Arithmetic of the forward pass (``extract``); part of the store's key and folder name.
+        ``"auto"`` (default): bfloat16 on a CPU with native bfloat16 instructions, float32 elsewhere
+        (``resolve_precision``); pass ``"float32"`` for the exact forward pass.
 
     Returns
     -------
@@ -634,6 +661,7 @@ def get_activations(
     data = task_obj.split(split)
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
+    precision = resolve_precision(precision, device)
     kind_hint = "decoder" if model == "smollm2" else "encoder"
     agg_key = aggregation if aggregation != "auto" else f"auto-{kind_hint}"
     path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
@@ -677,8 +705,8 @@ def task_stores(
     seed : int
     splits : sequence of str
     **kwargs
-        Passed to ``get_activations`` (``aggregation``, ``dtype``, ``precision``, ``root``, ``device``,
-        ``progress``).
+        Passed to ``get_activations`` (``aggregation``, ``dtype``, ``precision`` (default ``"auto"``),
+        ``root``, ``device``, ``progress``).
 
     Returns
     -------
