@@ -39,7 +39,11 @@ from sklearn.metrics import adjusted_rand_score
 from utils.activations import task_stores
 from utils.clustering import cluster_neurons
 from utils.probing import bootstrap_ci, fit_layer_probes
-from utils.similarity import ConstantFeatureWarning, gram_statistics, standardized_layer_cka
+from utils.similarity import (
+    ConstantFeatureWarning,
+    gram_statistics,
+    standardized_layer_cka,
+)
 
 THRESHOLD = 0.3  # the pipeline's clustering cut: |r| >= 0.7
 
@@ -133,7 +137,7 @@ def main() -> None:
               f"{layers[1]}, Llast = layer {layers[2]}; stores ready in "
               f"{time.perf_counter() - t0:.0f} s; max |activation| {np.abs(ref_train.activations).max():.1f}")
 
-        def variant(name: str) -> tuple[np.ndarray, np.ndarray]:
+        def variant(name: str, stores: dict = stores, keep: np.ndarray = keep) -> tuple[np.ndarray, np.ndarray]:
             base = stores["bfloat16" if name.startswith("bf16-extract") else "float32"]
             tr, dv = np.asarray(base["train"].activations), np.asarray(base["dev"].activations)[keep]
             store_dtype = {"fp16-store": "float16", "bf16-store": "bfloat16",

@@ -9,13 +9,14 @@ so that drift on a shared machine hits both alike, and the best of each is kept.
 time, and the CPU time of this process (``time.process_time``, all threads), which a machine shared
 with other jobs disturbs much less. Also printed: how much faster bfloat16 is than float32.
 
-    nice .venv/bin/python benchmarks/bench_extraction.py --models minilm mpnet smollm2 --sentences 300
+    nice .venv/bin/python benchmarks/bench_extraction.py --models minilm mpnet smollm2 --sentences 60 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -77,9 +78,9 @@ def main() -> None:
             wall = {"bare": [], "extract": []}
             cpu = {"bare": [], "extract": []}
             runs = {
-                "bare": lambda: bare_forward(loaded, texts, batch_size=args.batch_size, precision=precision),
-                "extract": lambda: extract(loaded, texts, level="word", batch_size=args.batch_size, progress=False,
-                                           precision=precision),
+                "bare": partial(bare_forward, loaded, texts, batch_size=args.batch_size, precision=precision),
+                "extract": partial(extract, loaded, texts, level="word", batch_size=args.batch_size, progress=False,
+                                   precision=precision),
             }
             for _ in range(args.repeats):
                 for method, run in runs.items():

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from utils import activations as act
-from utils.activations import build_store, cpu_has_bfloat16, extract, get_activations, resolve_precision, store_path
+from utils.activations import (
+    build_store,
+    cpu_has_bfloat16,
+    extract,
+    get_activations,
+    resolve_precision,
+    store_path,
+)
 from utils.data import Split, Task
 
 SENTENCES = [
