@@ -61,6 +61,7 @@ explore: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extraction.py
+	$(PY) benchmarks/bench_bf16_fidelity.py
 	$(PY) benchmarks/bench_general_redundancy.py
 	$(PY) benchmarks/bench_probing.py
 

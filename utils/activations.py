@@ -3,9 +3,9 @@
 Start with ``get_activations(model, task, split)``: it returns an ``ActivationStore`` whose
 ``activations`` is a memory-mapped array of shape (n_items, n_layers, hidden) — layer 0 is the
 embedding output — with ``labels`` and ``words`` aligned to its rows. The store is made once per
-(model, task, split, aggregation, budget, seed, dtype), written into a ``.partial`` folder that is
-renamed into place when complete (atomic), resumed after an interruption, reused when present, and
-rebuilt with a warning when its metadata or checksum disagrees.
+(model, task, split, aggregation, budget, seed, dtype, precision), written into a ``.partial``
+folder that is renamed into place when complete (atomic), resumed after an interruption, reused
+when present, and rebuilt with a warning when its metadata or checksum disagrees.
 
 What makes a store safe to reuse:
 
@@ -22,7 +22,11 @@ What makes a store safe to reuse:
   store made from other weights is rebuilt.
 
 ``extract(loaded, texts, level=...)`` is the extraction itself, usable without a store: sentences are
-tokenized once, sorted by length, padded into batches and run under ``torch.inference_mode``.
+tokenized once, sorted by length, padded into batches and run under ``torch.inference_mode``;
+``precision="bfloat16"`` runs the forward pass under ``torch.autocast`` (bfloat16) on the model's
+device, and the vectors are still stored as float32. ``extract`` defaults to float32; stores
+(``get_activations``, ``task_stores``) default to ``"auto"``: bfloat16 on a CPU with native bfloat16
+instructions, where it was measured faithful, float32 elsewhere (see ``PRECISIONS``).
 
 - Word level: the sentence's words are joined by spaces and tokenized with character offsets; each
   subword maps to the word whose characters it covers, and a word's vector is its ``first``,
@@ -39,6 +43,7 @@ tokenized once, sorted by length, padded into batches and run under ``torch.infe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -57,7 +62,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Split, Task, load_task
-from .models import LoadedModel, load_model, model_identity, model_kind
+from .models import LoadedModel, default_device, load_model, model_identity, model_kind
 from .paths import cache_dir, check_name, locked
 from .resources import sha256_file
 
@@ -70,6 +75,49 @@ STORE_VERSION = 2
 STORE_FILES = ("activations.npy", "labels.npy", "sentence_ids.npy", "words.json")
 META_KEYS = ("store_version", "model", "model_sha256", "level", "aggregation", "dtype", "n_items", "n_sentences",
              "n_layers", "hidden", "data_sha256", "files", "complete", "meta_sha256")
+# Arithmetic of the forward pass: "float32" as loaded, or "bfloat16" under torch.autocast (the CPU's
+# AVX512-BF16 / AMX, or a GPU's tensor cores; about 2x faster on this project's CPU). Part of the store
+# key. Stores default to "auto": bfloat16 on a CPU with native bfloat16 instructions, where it was
+# measured faithful (benchmarks/bench_bf16_fidelity.py, table in benchmarks/README.md); float32 elsewhere.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def cpu_has_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """True when the CPU lists native bfloat16 instructions (``avx512_bf16`` or ``amx_bf16``; Linux only).
+
+    Without them torch emulates bfloat16 on the CPU, which is slower than float32.
+    """
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """Turn ``"auto"`` into ``"bfloat16"`` on a CPU with native bfloat16 (``cpu_has_bfloat16``), else ``"float32"``.
+
+    Any other value is checked against ``PRECISIONS`` and returned. ``device`` defaults to
+    ``models.default_device()`` (CUDA when present; CUDA stays float32 under ``"auto"``).
+    """
+    if precision == "auto":
+        device = torch.device(device) if device is not None else default_device()
+        return "bfloat16" if device.type == "cpu" and cpu_has_bfloat16() else "float32"
+    return _check_precision(precision)
+
+
+def _check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of ``PRECISIONS``, else raise ValueError saying what to pass."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (or 'auto' where a store is made), got {precision!r}")
+    return precision
+
+
+def _autocast(precision: str, device: torch.device) -> Any:
+    """The context of the forward pass: bfloat16 autocast on ``device``, or nothing for float32."""
+    if precision == "bfloat16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,10 +328,10 @@ def _batches(segments: list[_Segment], order: np.ndarray, batch_size: int, max_b
 
 def _pool(hidden: torch.Tensor, seg_tokens: torch.Tensor, seg_rows: torch.Tensor, n_out: int, mode: str) -> torch.Tensor:
     """Aggregate token vectors (n_tokens, hidden) into (n_out, hidden) by ``mode`` over each output's tokens."""
-    if mode == "mean":
-        out = torch.zeros(n_out, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        out.index_add_(0, seg_rows, hidden[seg_tokens])
-        counts = torch.bincount(seg_rows, minlength=n_out).clamp_min(1).to(hidden.dtype)
+    if mode == "mean":  # summed in float32 also when the model ran in bfloat16
+        out = torch.zeros(n_out, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+        out.index_add_(0, seg_rows, hidden[seg_tokens].float())
+        counts = torch.bincount(seg_rows, minlength=n_out).clamp_min(1).to(torch.float32)
         return out / counts[:, None]
     return hidden[seg_tokens]
 
@@ -333,6 +381,7 @@ def extract(
     on_batch: Callable[[], None] | None = None,
     progress: bool = True,
     split_glued: bool = True,
+    precision: str = "float32",
 ) -> np.ndarray:
     """Run the model over ``texts`` and return every layer's vector per word or per text.
 
@@ -360,6 +409,9 @@ def extract(
         Word level: pool each word only over the subwords of its core, leaving out punctuation and
         clitics glued to it ("Vinken," pools "Vinken"'s pieces; see ``glued_core`` for why). False
         pools every subword the word's characters produced. The input text is the same either way.
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the forward pass: as loaded, or under bfloat16 ``torch.autocast`` on the
+        model's device. The returned vectors are float32 (or ``out``'s dtype) either way.
 
     Returns
     -------
@@ -367,6 +419,7 @@ def extract(
         ``n_items`` is the number of words (word level) or texts (sentence level).
     """
     aggregation = resolve_aggregation(aggregation, level=level, kind=loaded.kind)
+    _check_precision(precision)
     segments, n_items = build_segments(loaded, texts, level=level, split_glued=split_glued)
     if n_items == 0:
         raise ValueError("nothing to extract: the input holds no sentences")
@@ -383,9 +436,10 @@ def extract(
     order = todo[np.argsort([len(segments[i].ids) for i in todo], kind="stable")]
     pad_id = loaded.tokenizer.pad_token_id or 0
     model, device = loaded.model, loaded.device
+    target = torch.from_numpy(out)  # shares memory with ``out`` (an array or a writable memmap)
     bar = tqdm(total=int(sum(len(segments[i].rows) for i in order)), unit="item",
                desc=f"{loaded.name} {level}", disable=not progress, leave=False)
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(precision, device):
         for idx in _batches(segments, order, batch_size, max_batch_tokens):
             batch = [segments[i] for i in idx]
             width = max(len(s.ids) for s in batch)
@@ -399,18 +453,19 @@ def extract(
             positions, feeds, rows = _gather_plan(batch, width, level, aggregation)
             positions, feeds = positions.to(device), feeds.to(device)
             mode = "mean" if aggregation == "mean" else "pick"
-            pooled = torch.stack([
-                _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
-                for h in outputs.hidden_states
-            ], dim=1)  # (n_out, n_layers, hidden)
-            values = pooled.float().cpu().numpy()
-            if out.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
-                raise ValueError(
-                    f"{loaded.name}: activations reach {np.abs(values).max():.3g}, beyond float16's range "
-                    f"({np.finfo(np.float16).max:.0f}; decoders such as gemma3 have massive activations); "
-                    "store them as float32 (dtype='float32')."
-                )
-            out[rows] = values.astype(out.dtype, copy=False)
+            # layer by layer: gather the batch's vectors (a small, cache-resident block) and copy them
+            # straight into their rows of ``out``; one pass over memory, no (n_out, n_layers, hidden) copy
+            rows_t = torch.from_numpy(rows)
+            for layer, h in enumerate(outputs.hidden_states):
+                vectors = _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
+                if target.dtype == torch.float16 and float(vectors.abs().max()) > np.finfo(np.float16).max:
+                    raise ValueError(
+                        f"{loaded.name}: activations reach {float(vectors.abs().max()):.3g}, beyond float16's range "
+                        f"({np.finfo(np.float16).max:.0f}; decoders such as gemma3 have massive activations); "
+                        "store them as float32 (dtype='float32')."
+                    )
+                target.select(1, layer).index_copy_(0, rows_t, vectors.to("cpu", target.dtype))
+            del outputs  # free the hidden states before the next forward pass
             done[idx] = True
             if on_batch is not None:
                 on_batch()
@@ -602,14 +657,19 @@ def _versions() -> dict[str, str]:
 
 
 def store_path(model: str, task: str, split: str, *, aggregation: str, budget: int | None, eval_budget: int | None,
-               seed: int, dtype: str, root: str | os.PathLike | None = None) -> Path:
-    """Folder of the store for these arguments (under ``cache_dir()/activations`` by default)."""
+               seed: int, dtype: str, precision: str = "float32", root: str | os.PathLike | None = None) -> Path:
+    """Folder of the store for these arguments (under ``cache_dir()/activations`` by default).
+
+    ``precision`` other than float32 adds a ``-x<precision>`` field, so stores of the two never mix
+    (and float32 stores keep the names they had before the field existed).
+    """
     root = Path(root) if root is not None else cache_dir() / "activations"
     b = budget if split == "train" else eval_budget
     for value, what in ((task, "task name"), (split, "split"), (aggregation, "aggregation"), (dtype, "dtype")):
         check_name(value, what=what)
     safe_model = "".join(c if c.isalnum() or c in "._+-" else "_" for c in model.replace("/", "__")).lstrip(".") or "_"
-    return root / safe_model / f"{task}-{split}-{aggregation}-{dtype}-b{b or 'all'}-s{seed}"
+    mode = "" if _check_precision(precision) == "float32" else f"-x{precision}"
+    return root / safe_model / f"{task}-{split}-{aggregation}-{dtype}{mode}-b{b or 'all'}-s{seed}"
 
 
 def _one_builder(fn: Callable[..., ActivationStore]) -> Callable[..., ActivationStore]:
@@ -667,7 +727,7 @@ def _reusable(path: Path, record: dict) -> ActivationStore | None:
 def build_store(
     loaded: LoadedModel, split: Split, path: str | os.PathLike, *, level: str, aggregation: str = "auto",
     dtype: str = "float32", meta: dict | None = None, batch_size: int = 32, checkpoint_every: int = 20,
-    progress: bool = True, split_glued: bool = True,
+    progress: bool = True, split_glued: bool = True, precision: str = "float32",
 ) -> ActivationStore:
     """Extract ``split`` with ``loaded`` into a store at ``path`` (resumable, renamed into place when done).
 
@@ -690,6 +750,8 @@ def build_store(
         Batches between flushes of the activations and the resume state.
     split_glued : bool
         As in ``extract`` (recorded in the metadata for word-level stores).
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the forward pass (as in ``extract``); recorded in the metadata.
 
     Returns
     -------
@@ -705,7 +767,8 @@ def build_store(
     n_items = split.n_items if word_level else len(split)
     record = {
         "store_version": STORE_VERSION, "model": loaded.name, "model_sha256": loaded.source_sha256,
-        "level": level, "aggregation": aggregation, "dtype": dtype, "n_items": int(n_items),
+        "level": level, "aggregation": aggregation, "dtype": dtype, "precision": _check_precision(precision),
+        "n_items": int(n_items),
         "n_sentences": len(split), "n_layers": loaded.n_layers, "hidden": loaded.hidden,
         "data_sha256": _texts_sha256(split), "max_length": loaded.max_length, **(meta or {}),
     }
@@ -740,7 +803,8 @@ def build_store(
             _write_progress(partial, record, done)
 
     extract(loaded, split.texts, level=level, aggregation=aggregation, batch_size=batch_size,
-            out=acts, done=done, on_batch=checkpoint, progress=progress, split_glued=split_glued)
+            out=acts, done=done, on_batch=checkpoint, progress=progress, split_glued=split_glued,
+            precision=precision)
     checkpoint(force=True)
     del acts
     if word_level:
@@ -805,6 +869,7 @@ def get_activations(
     device: str | None = None,
     progress: bool = True,
     split_glued: bool = True,
+    precision: str = "auto",
 ) -> ActivationStore:
     """Return the activation store of (model, task, split), extracting it only when needed.
 
@@ -830,6 +895,10 @@ def get_activations(
     split_glued : bool
         Word level: pool each word over its core's subwords only (see ``extract``). False keeps the
         stores apart (``-keepglued`` in the folder name).
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the forward pass (``extract``); part of the store's key and folder name.
+        ``"auto"`` (default): bfloat16 on a CPU with native bfloat16 instructions, float32 elsewhere
+        (``resolve_precision``); pass ``"float32"`` for the exact forward pass.
 
     Returns
     -------
@@ -849,15 +918,16 @@ def get_activations(
     data = task_obj.split(split)
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_obj.name!r} is empty; nothing to extract")
+    precision = resolve_precision(precision, device)
     kind = model_kind(model)
     agg_key = aggregation if aggregation != "auto" else (f"auto-{kind}" if kind else "auto")
     if task_obj.level == "word" and not split_glued:
         agg_key += "-keepglued"
     path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
-                      seed=seed, dtype=dtype, root=root)
+                      seed=seed, dtype=dtype, precision=precision, root=root)
     # None: only the loaded model can tell (an unresolved hub commit)
     identity = finetuned.meta["weights_sha256_all"] if finetuned is not None else model_identity(model)
-    expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype,
+    expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype, "precision": precision,
                 "data_sha256": _texts_sha256(data), "model_sha256": identity}
     undecided = None
     if task_obj.level == "word":
@@ -865,7 +935,8 @@ def get_activations(
     if path.exists():
         try:
             store = ActivationStore.open(path, verify=True)
-            diff = {k: (store.meta.get(k), v) for k, v in expected.items() if store.meta.get(k) != v}
+            recorded = {"precision": "float32", **store.meta}  # stores made before the field were float32
+            diff = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
             if not diff:
                 return store
             if identity is None and set(diff) == {"model_sha256"}:
@@ -885,7 +956,8 @@ def get_activations(
                       f"now {loaded.source_sha256}); recomputing", stacklevel=2)
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
     return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
-                       meta=meta, batch_size=batch_size, progress=progress, split_glued=split_glued)
+                       meta=meta, batch_size=batch_size, progress=progress, split_glued=split_glued,
+                       precision=precision)
 
 
 def task_stores(
@@ -909,7 +981,8 @@ def task_stores(
     seed : int
     splits : sequence of str
     **kwargs
-        Passed to ``get_activations`` (``aggregation``, ``dtype``, ``root``, ``device``, ``progress``).
+        Passed to ``get_activations`` (``aggregation``, ``dtype``, ``precision`` (default ``"auto"``),
+        ``root``, ``device``, ``progress``).
 
     Returns
     -------
