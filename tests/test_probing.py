@@ -125,7 +125,10 @@ def test_matches_sklearn_on_real_minilm_pos_activations():
     default = LinearProbe().fit(X, y)
     with threadpool_limits(1):
         sk_default = LogisticRegression(max_iter=1000).fit(scaler.transform(X), y)
-    assert abs(default.score(Xd, yd) - sk_default.score(scaler.transform(Xd), yd)) <= 0.01
+    # counted in items, so that a difference of exactly one point (4 of 400) is not lost to float rounding
+    n_ours = int((default.predict(Xd) == yd).sum())
+    n_sk = int((sk_default.predict(scaler.transform(Xd)) == yd).sum())
+    assert abs(n_ours - n_sk) <= 0.01 * len(yd)
 
 
 def test_regressor_matches_ridge_on_the_same_objective():
