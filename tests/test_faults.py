@@ -69,7 +69,7 @@ act._MODEL_CACHE[("minilm", "cpu")] = loaded
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     store = act.get_activations("minilm", fault_task(), "train", root=root, device="cpu", batch_size=2,
-                                progress=False)
+                                progress=False, precision="float32")
 np.save(out + ".npy", np.asarray(store.activations))
 with open(out + ".json", "w") as f:
     json.dump({"forward_calls": calls[0], "warnings": [str(w.message) for w in caught]}, f)
@@ -142,7 +142,7 @@ def test_kill_9_during_extraction_then_resume_is_bit_identical(tmp_path, referen
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.monotonic()
-        store = get_activations("minilm", fault_task(), "train", root=root, device="cpu", batch_size=2, progress=False)
+        store = get_activations("minilm", fault_task(), "train", root=root, device="cpu", batch_size=2, progress=False, precision="float32")
     assert not [w for w in caught if "another process" in str(w.message)], "waited on the dead process's lock"
     assert time.monotonic() - t0 < 60
     assert in_process_minilm[0] < BATCHES  # only the rest ran: it resumed, it did not start again
@@ -190,7 +190,7 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
 @pytest.mark.parametrize("name", ["activations.npy", "labels.npy", "sentence_ids.npy", "words.json", "meta.json"])
 def test_damaged_store_file_is_a_warning_and_a_rebuild(tmp_path, in_process_minilm, name, how):
-    store = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False)
+    store = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
     original = (np.array(store.activations), list(store.labels), list(store.words), np.array(store.sentence_ids))
     path = store.path
     del store
@@ -198,7 +198,7 @@ def test_damaged_store_file_is_a_warning_and_a_rebuild(tmp_path, in_process_mini
     with pytest.raises(StoreError):
         ActivationStore.open(path)
     with pytest.warns(UserWarning, match="unusable.*recomputing"):
-        rebuilt = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False)
+        rebuilt = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
     np.testing.assert_allclose(np.asarray(rebuilt.activations), original[0], atol=1e-6)
     assert list(rebuilt.labels) == original[1] and list(rebuilt.words) == original[2]
     np.testing.assert_array_equal(rebuilt.sentence_ids, original[3])
@@ -207,7 +207,7 @@ def test_damaged_store_file_is_a_warning_and_a_rebuild(tmp_path, in_process_mini
 
 @pytest.mark.parametrize("edit", ["reorder-words", "missing-key", "edit-count"])
 def test_valid_looking_edits_are_caught(tmp_path, in_process_minilm, edit):
-    store = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False)
+    store = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
     path, words = store.path, list(store.words)
     del store
     meta = json.loads((path / "meta.json").read_text())
@@ -220,7 +220,7 @@ def test_valid_looking_edits_are_caught(tmp_path, in_process_minilm, edit):
         meta["n_sentences"] += 1
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
     with pytest.warns(UserWarning, match="unusable.*recomputing"):
-        rebuilt = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False)
+        rebuilt = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
     assert list(rebuilt.words) == words
 
 
@@ -274,7 +274,7 @@ def test_changed_local_weights_make_a_new_store(tmp_path, minilm, monkeypatch):
     folder = _copy_model_folder(fetch("minilm"), tmp_path / "my-model")
     name = str(folder)
     monkeypatch.setattr(act, "_MODEL_CACHE", {})
-    first = get_activations(name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False)
+    first = get_activations(name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False, precision="float32")
     before = np.array(first.activations)
     assert first.meta["model_sha256"].startswith("local-sha256:")
     np.testing.assert_allclose(before, act.extract(minilm, SMALL.train.texts, level="word", progress=False), atol=1e-5)
@@ -284,7 +284,7 @@ def test_changed_local_weights_make_a_new_store(tmp_path, minilm, monkeypatch):
     weights[key] = weights[key] * 1.5
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.warns(UserWarning, match="made from other inputs.*model_sha256"):
-        second = get_activations(name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False)
+        second = get_activations(name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False, precision="float32")
     after = np.array(second.activations)
     assert second.meta["model_sha256"] != first.meta["model_sha256"]
     assert np.abs(after - before).max() > 0.1

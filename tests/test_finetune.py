@@ -199,7 +199,7 @@ def test_bad_inputs_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="train_budget"):
         ft.Recipe(train_budget=1)
     with pytest.raises(ValueError, match="only sentence-level tasks are fine-tuned"):
-        get_activations("minilm+ft", words, "train", root=tmp_path / "stores", progress=False)
+        get_activations("minilm+ft", words, "train", root=tmp_path / "stores", progress=False, precision="float32")
 
 
 def test_regression_task_gets_a_regression_head(tmp_path):
@@ -219,7 +219,7 @@ def test_regression_task_gets_a_regression_head(tmp_path):
 def test_plus_ft_name_extracts_from_the_fine_tuned_encoder(trained, tmp_path, monkeypatch):
     task, _, result = trained
     monkeypatch.setitem(ft.RECIPES, "minilm", SMALL)
-    store = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False)
+    store = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False, precision="float32")
     assert store.activations.shape == (len(task.dev), 7, 384)
     assert store.meta["model"].startswith("minilm+ft-")
     # the fine-tune was made beside the stores, with the same weights as the fixture's (same key, same seed)
@@ -233,9 +233,9 @@ def test_plus_ft_name_extracts_from_the_fine_tuned_encoder(trained, tmp_path, mo
             hs = model.base_model(**enc, output_hidden_states=True).hidden_states
         want = torch.stack(hs)[:, 0, 0].numpy()
         np.testing.assert_allclose(store.activations[i], want, atol=1e-5)
-    base = get_activations("minilm", task, "dev", root=tmp_path / "activations", progress=False)
+    base = get_activations("minilm", task, "dev", root=tmp_path / "activations", progress=False, precision="float32")
     assert np.abs(np.asarray(base.activations[:, -1]) - np.asarray(store.activations[:, -1])).max() > 1e-2
-    again = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False)
+    again = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False, precision="float32")
     assert again.path == store.path
 
 

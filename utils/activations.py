@@ -55,7 +55,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -65,6 +65,9 @@ from .data import Split, Task, load_task
 from .models import LoadedModel, default_device, load_model, model_identity, model_kind
 from .paths import cache_dir, check_name, locked
 from .resources import sha256_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -806,7 +809,7 @@ def build_store(
             out=acts, done=done, on_batch=checkpoint, progress=progress, split_glued=split_glued,
             precision=precision)
     checkpoint(force=True)
-    del acts
+    acts = None  # drop the memory map (the checkpoint closure shares this name) before the folder is renamed
     if word_level:
         labels = [lab for labs in split.labels for lab in labs]
         words = [w for sent in split.texts for w in sent]
