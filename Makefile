@@ -46,9 +46,10 @@ quick: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The linter (rules and line length in pyproject.toml [tool.ruff]); make test runs it first.
+# The linter and the formatter (rules and line length in pyproject.toml [tool.ruff]); make test runs them first.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: lint pytest quick
 

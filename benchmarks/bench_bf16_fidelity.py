@@ -52,7 +52,9 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     """``x`` stored in ``dtype`` ("float16" or "bfloat16") and read back as float32 (same shape)."""
     if dtype == "float16":
         return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
-    return torch.from_numpy(np.array(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()  # copy: x may be read-only
+    return (
+        torch.from_numpy(np.array(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()
+    )  # copy: x may be read-only
 
 
 def neuron_r(a: np.ndarray, b: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
@@ -62,21 +64,23 @@ def neuron_r(a: np.ndarray, b: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
     """
     out = np.empty(a.shape[1])
     for s in range(0, a.shape[1], chunk):
-        x = a[:, s:s + chunk].astype(np.float64)
-        y = b[:, s:s + chunk].astype(np.float64)
+        x = a[:, s : s + chunk].astype(np.float64)
+        y = b[:, s : s + chunk].astype(np.float64)
         x -= x.mean(0)
         y -= y.mean(0)
         den = np.sqrt((x * x).sum(0) * (y * y).sum(0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[s:s + chunk] = np.where(den > 0, (x * y).sum(0) / den, np.nan)
+            out[s : s + chunk] = np.where(den > 0, (x * y).sum(0) / den, np.nan)
     return out
 
 
-def abs_r_change(c_ref: np.ndarray, c: np.ndarray, *, cut: float = 1 - THRESHOLD, band: int = 1024) -> tuple[float, int]:
+def abs_r_change(
+    c_ref: np.ndarray, c: np.ndarray, *, cut: float = 1 - THRESHOLD, band: int = 1024
+) -> tuple[float, int]:
     """Largest ``| |r| - |r_ref| |`` over all neuron pairs, and pairs (i < j) on different sides of ``cut``."""
     worst, crossing = 0.0, 0
     for s in range(0, len(c), band):
-        a, b = np.abs(c_ref[s:s + band]), np.abs(c[s:s + band])
+        a, b = np.abs(c_ref[s : s + band]), np.abs(c[s : s + band])
         worst = max(worst, float(np.abs(a - b).max()))
         crossing += int(((a >= cut) != (b >= cut)).sum())
     return worst, crossing // 2
@@ -89,14 +93,25 @@ def general(train: np.ndarray, n_layers: int, hidden: int) -> dict:
     constant = acc.constant_features()
     corr = acc.correlation()
     del acc
-    return {"corr": corr, "cka": cka, "cka_std": standardized_layer_cka(corr, [hidden] * n_layers, constant=constant),
-            "labels": cluster_neurons(corr, THRESHOLD).labels}
+    return {
+        "corr": corr,
+        "cka": cka,
+        "cka_std": standardized_layer_cka(corr, [hidden] * n_layers, constant=constant),
+        "labels": cluster_neurons(corr, THRESHOLD).labels,
+    }
 
 
 def probes(train: np.ndarray, y: np.ndarray, dev: np.ndarray, yd: np.ndarray, layers: list[int], seed: int) -> dict:
     """Dev accuracy and 95% interval of independent probes at ``layers`` (first, middle, last) and of the oracle."""
-    _, fitted = fit_layer_probes(train, y, activations_dev=dev, y_dev=yd, mode=["independent", "oracle"],
-                                 probe_params={"random_state": seed}, return_probes=True)
+    _, fitted = fit_layer_probes(
+        train,
+        y,
+        activations_dev=dev,
+        y_dev=yd,
+        mode=["independent", "oracle"],
+        probe_params={"random_state": seed},
+        return_probes=True,
+    )
     out = {}
     for key, layer in zip(("L1", "Lmid", "Llast"), layers):
         out[key] = bootstrap_ci(yd, fitted[layer].predict(dev[:, layer]), random_state=seed)
@@ -109,8 +124,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mpnet", "smollm2"])
     parser.add_argument("--task", default="pos")
     parser.add_argument("--token-budget", type=int, default=10_000)
-    parser.add_argument("--variants", nargs="+", default=["bf16-extract", "fp16-store", "bf16-store"],
-                        choices=["bf16-extract", "fp16-store", "bf16-store", "bf16-extract+fp16-store"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["bf16-extract", "fp16-store", "bf16-store"],
+        choices=["bf16-extract", "fp16-store", "bf16-store", "bf16-extract+fp16-store"],
+    )
     parser.add_argument("--no-probes", action="store_true", help="skip the probes (the slowest part)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", help="also write the table here")
@@ -119,29 +138,43 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ConstantFeatureWarning)  # the same few dead neurons in every variant
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; task {args.task}, "
-          f"train budget {args.token_budget} tokens, whole dev split")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; task {args.task}, "
+        f"train budget {args.token_budget} tokens, whole dev split"
+    )
     rows = []
     for model in args.models:
         t0 = time.perf_counter()
-        stores = {p: task_stores(model, args.task, token_budget=args.token_budget, seed=args.seed,
-                                 splits=("train", "dev"), precision=p, progress=False)
-                  for p in ("float32", "bfloat16")}
+        stores = {
+            p: task_stores(
+                model,
+                args.task,
+                token_budget=args.token_budget,
+                seed=args.seed,
+                splits=("train", "dev"),
+                precision=p,
+                progress=False,
+            )
+            for p in ("float32", "bfloat16")
+        }
         ref_train, ref_dev = stores["float32"]["train"], stores["float32"]["dev"]
         n_layers, hidden = ref_train.n_layers, ref_train.hidden
         y = ref_train.labels
         keep = np.isin(ref_dev.labels, np.unique(y))  # dev items whose tag the train split has
         yd = ref_dev.labels[keep]
         layers = [1, n_layers // 2, n_layers - 1]
-        print(f"\n{model}: train {ref_train.activations.shape}, dev {int(keep.sum())} items; probes Lmid = layer "
-              f"{layers[1]}, Llast = layer {layers[2]}; stores ready in "
-              f"{time.perf_counter() - t0:.0f} s; max |activation| {np.abs(ref_train.activations).max():.1f}")
+        print(
+            f"\n{model}: train {ref_train.activations.shape}, dev {int(keep.sum())} items; probes Lmid = layer "
+            f"{layers[1]}, Llast = layer {layers[2]}; stores ready in "
+            f"{time.perf_counter() - t0:.0f} s; max |activation| {np.abs(ref_train.activations).max():.1f}"
+        )
 
         def variant(name: str, stores: dict = stores, keep: np.ndarray = keep) -> tuple[np.ndarray, np.ndarray]:
             base = stores["bfloat16" if name.startswith("bf16-extract") else "float32"]
             tr, dv = np.asarray(base["train"].activations), np.asarray(base["dev"].activations)[keep]
-            store_dtype = {"fp16-store": "float16", "bf16-store": "bfloat16",
-                           "bf16-extract+fp16-store": "float16"}.get(name)
+            store_dtype = {"fp16-store": "float16", "bf16-store": "bfloat16", "bf16-extract+fp16-store": "float16"}.get(
+                name
+            )
             return (round_to(tr, store_dtype), round_to(dv, store_dtype)) if store_dtype else (tr, dv)
 
         ref_tr, ref_dv = variant("float32")
@@ -159,13 +192,19 @@ def main() -> None:
             r = neuron_r(ref_tr.reshape(len(ref_tr), -1), tr.reshape(len(tr), -1))
             got = general(tr, n_layers, hidden)
             dmax, n_cross = abs_r_change(ref["corr"], got["corr"])
-            row = {"model": model, "variant": name, "r_min": float(np.nanmin(r)), "r_med": float(np.nanmedian(r)),
-                   "n_r<.99": int((r < 0.99).sum()),
-                   "max_dabs_r": dmax, "n_cross": n_cross,
-                   "ari": adjusted_rand_score(ref["labels"], got["labels"]),
-                   "n_clusters": int(got["labels"].max() + 1),
-                   "cka": float(np.nanmax(np.abs(got["cka"] - ref["cka"]))),
-                   "cka_std": float(np.nanmax(np.abs(got["cka_std"] - ref["cka_std"])))}
+            row = {
+                "model": model,
+                "variant": name,
+                "r_min": float(np.nanmin(r)),
+                "r_med": float(np.nanmedian(r)),
+                "n_r<.99": int((r < 0.99).sum()),
+                "max_dabs_r": dmax,
+                "n_cross": n_cross,
+                "ari": adjusted_rand_score(ref["labels"], got["labels"]),
+                "n_clusters": int(got["labels"].max() + 1),
+                "cka": float(np.nanmax(np.abs(got["cka"] - ref["cka"]))),
+                "cka_std": float(np.nanmax(np.abs(got["cka_std"] - ref["cka_std"]))),
+            }
             del got
             if not args.no_probes:
                 for k, ci in probes(tr, y, dv, yd, layers, args.seed).items():
@@ -175,8 +214,10 @@ def main() -> None:
             print(f"  {name}: {time.perf_counter() - t:.0f} s; {row}", flush=True)
         del ref
     table = pd.DataFrame(rows)
-    print("\nFidelity against float32 (probe columns: dev accuracy [95% bootstrap interval]; "
-          "'!' = outside the float32 probe's interval)")
+    print(
+        "\nFidelity against float32 (probe columns: dev accuracy [95% bootstrap interval]; "
+        "'!' = outside the float32 probe's interval)"
+    )
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print(table.astype(object).where(table.notna(), "").to_string(index=False))
     if args.csv:

@@ -42,8 +42,11 @@ def bare_forward(loaded, texts, *, batch_size: int, precision: str, max_batch_to
             for b, s in enumerate(batch):
                 ids[b, : len(s.ids)] = s.ids
                 mask[b, : len(s.ids)] = 1
-            loaded.model(input_ids=torch.from_numpy(ids).to(loaded.device),
-                         attention_mask=torch.from_numpy(mask).to(loaded.device), output_hidden_states=True)
+            loaded.model(
+                input_ids=torch.from_numpy(ids).to(loaded.device),
+                attention_mask=torch.from_numpy(mask).to(loaded.device),
+                output_hidden_states=True,
+            )
 
 
 def main() -> None:
@@ -61,11 +64,15 @@ def main() -> None:
     task = load_task("pos")
     texts = task.train.texts[: args.sentences]
     n_words = sum(len(s) for s in texts)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(texts)} sentences, {n_words} words; "
-          f"best of {args.repeats} interleaved repeats")
-    print(f"{'model':8s} {'precision':9s} {'tokens':>6s} {'bare s':>7s} {'extract s':>9s} {'bare tok/s':>10s} "
-          f"{'extract tok/s':>13s} {'extract/bare wall':>17s} {'bare cpu s':>10s} {'extract cpu s':>13s} "
-          f"{'extract/bare cpu':>16s}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(texts)} sentences, {n_words} words; "
+        f"best of {args.repeats} interleaved repeats"
+    )
+    print(
+        f"{'model':8s} {'precision':9s} {'tokens':>6s} {'bare s':>7s} {'extract s':>9s} {'bare tok/s':>10s} "
+        f"{'extract tok/s':>13s} {'extract/bare wall':>17s} {'bare cpu s':>10s} {'extract cpu s':>13s} "
+        f"{'extract/bare cpu':>16s}"
+    )
     summary = []
     for name in args.models:
         loaded = load_model(name, device="cpu")
@@ -79,8 +86,15 @@ def main() -> None:
             cpu = {"bare": [], "extract": []}
             runs = {
                 "bare": partial(bare_forward, loaded, texts, batch_size=args.batch_size, precision=precision),
-                "extract": partial(extract, loaded, texts, level="word", batch_size=args.batch_size, progress=False,
-                                   precision=precision),
+                "extract": partial(
+                    extract,
+                    loaded,
+                    texts,
+                    level="word",
+                    batch_size=args.batch_size,
+                    progress=False,
+                    precision=precision,
+                ),
             }
             for _ in range(args.repeats):
                 for method, run in runs.items():
@@ -93,17 +107,23 @@ def main() -> None:
             best[precision] = np.array([bare, ext, bare_cpu, ext_cpu])
             ratio, ratio_cpu = ext / bare, ext_cpu / bare_cpu
             summary.append((name, precision, ratio, ratio_cpu))
-            print(f"{name:8s} {precision:9s} {n_tokens:6d} {bare:7.2f} {ext:9.2f} {n_tokens / bare:10.0f} "
-                  f"{n_tokens / ext:13.0f} {ratio:16.3f}x {bare_cpu:10.2f} {ext_cpu:13.2f} {ratio_cpu:15.3f}x")
+            print(
+                f"{name:8s} {precision:9s} {n_tokens:6d} {bare:7.2f} {ext:9.2f} {n_tokens / bare:10.0f} "
+                f"{n_tokens / ext:13.0f} {ratio:16.3f}x {bare_cpu:10.2f} {ext_cpu:13.2f} {ratio_cpu:15.3f}x"
+            )
         if len(best) == 2:
             up = best["float32"] / best["bfloat16"]
-            print(f"{name:8s} bfloat16 speed-up over float32: bare {up[0]:.2f}x, extract {up[1]:.2f}x (wall); "
-                  f"bare {up[2]:.2f}x, extract {up[3]:.2f}x (cpu)")
+            print(
+                f"{name:8s} bfloat16 speed-up over float32: bare {up[0]:.2f}x, extract {up[1]:.2f}x (wall); "
+                f"bare {up[2]:.2f}x, extract {up[3]:.2f}x (cpu)"
+            )
         del loaded
     for i, clock in ((2, "wall"), (3, "cpu")):
         worst = max(summary, key=lambda s: s[i])
-        print(f"worst extract/bare ({clock}): {worst[i]:.3f}x ({worst[0]}, {worst[1]}); target <= 1.05x"
-              f"{'' if worst[i] <= 1.05 else '  OVER'}")
+        print(
+            f"worst extract/bare ({clock}): {worst[i]:.3f}x ({worst[0]}, {worst[1]}); target <= 1.05x"
+            f"{'' if worst[i] <= 1.05 else '  OVER'}"
+        )
 
 
 if __name__ == "__main__":

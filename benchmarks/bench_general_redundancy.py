@@ -142,10 +142,16 @@ def run_stage(args: argparse.Namespace) -> dict:
         cka = acc.block_similarity()
         cka_debiased = acc.block_similarity(debiased=True)
         t3 = time.perf_counter()
-        result.update(gram_seconds=t1 - t0, corr_seconds=t2 - t1, cka_seconds=t3 - t2, seconds=t3 - t0,
-                      n_features=int(corr.shape[0]), n_items=len(reader),
-                      adjacent_cka=float(np.mean(np.diagonal(cka, 1))),
-                      adjacent_cka_debiased=float(np.mean(np.diagonal(cka_debiased, 1))))
+        result.update(
+            gram_seconds=t1 - t0,
+            corr_seconds=t2 - t1,
+            cka_seconds=t3 - t2,
+            seconds=t3 - t0,
+            n_features=int(corr.shape[0]),
+            n_items=len(reader),
+            adjacent_cka=float(np.mean(np.diagonal(cka, 1))),
+            adjacent_cka_debiased=float(np.mean(np.diagonal(cka_debiased, 1))),
+        )
         result["cpu_seconds"] = time.process_time() - cpu0
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -160,16 +166,21 @@ def run_stage(args: argparse.Namespace) -> dict:
         t1 = time.perf_counter()
         sweep = cluster_sweep(corr, THRESHOLDS, linkage=tree)
         t2 = time.perf_counter()
-        result.update(linkage_seconds=t1 - t0, cut_seconds=t2 - t1, seconds=t2 - t0,
-                      pct_kept=redundancy_by_threshold(sweep)["pct_kept"].round(1).tolist())
+        result.update(
+            linkage_seconds=t1 - t0,
+            cut_seconds=t2 - t1,
+            seconds=t2 - t0,
+            pct_kept=redundancy_by_threshold(sweep)["pct_kept"].round(1).tolist(),
+        )
     elif args.stage == "sklearn":
         from sklearn.cluster import AgglomerativeClustering
 
         dist = 1.0 - np.abs(corr.astype(np.float64))
         kept = []
         for t in THRESHOLDS:
-            model = AgglomerativeClustering(n_clusters=None, distance_threshold=t, metric="precomputed",
-                                            linkage="average").fit(dist)
+            model = AgglomerativeClustering(
+                n_clusters=None, distance_threshold=t, metric="precomputed", linkage="average"
+            ).fit(dist)
             kept.append(int(model.n_clusters_))
         result.update(seconds=time.perf_counter() - t0, kept=kept)
     result["cpu_seconds"] = time.process_time() - cpu0
@@ -181,8 +192,18 @@ def run_stage(args: argparse.Namespace) -> dict:
 
 def spawn(stage: str, args: argparse.Namespace, data: Path, tmp: Path) -> dict:
     """Run one stage in a fresh interpreter; return its JSON result."""
-    cmd = [sys.executable, __file__, "--stage", stage, "--data", str(data), "--tmp", str(tmp),
-           "--chunk-size", str(args.chunk_size)] + (["--rows", str(args.rows)] if args.rows else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--stage",
+        stage,
+        "--data",
+        str(data),
+        "--tmp",
+        str(tmp),
+        "--chunk-size",
+        str(args.chunk_size),
+    ] + (["--rows", str(args.rows)] if args.rows else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
@@ -200,16 +221,28 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--budget", type=int, default=None, help="passed to get_activations (None: the full-run store)")
     parser.add_argument("--rows", type=int, default=None, help="use only the first ROWS items of the store")
-    parser.add_argument("--synthetic", type=int, default=None, metavar="N",
-                        help="random activations of shape (N, 13, 768) instead of a store")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=None,
+        metavar="N",
+        help="random activations of shape (N, 13, 768) instead of a store",
+    )
     parser.add_argument("--layers", type=int, default=13, help="layers of the synthetic data")
     parser.add_argument("--hidden", type=int, default=768, help="width of the synthetic data")
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--skip-corrcoef", action="store_true", help="skip numpy.corrcoef (needs ~5x the input in RAM)")
-    parser.add_argument("--with-sklearn", action="store_true",
-                        help="also time sklearn AgglomerativeClustering refitted per threshold on the dense distance")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="run the GEMM and streaming stages this many times, alternating; report the fastest")
+    parser.add_argument(
+        "--with-sklearn",
+        action="store_true",
+        help="also time sklearn AgglomerativeClustering refitted per threshold on the dense distance",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="run the GEMM and streaming stages this many times, alternating; report the fastest",
+    )
     parser.add_argument("--seed", type=int, default=0)
     # internal: run one stage in this process
     parser.add_argument("--stage", help=argparse.SUPPRESS)
@@ -232,7 +265,9 @@ def main() -> None:
 
             store = get_activations(args.model, args.task, args.split, budget=args.budget, seed=args.seed)
             data = Path(store.path) / "activations.npy"
-            source = f"{args.model} / {args.task} / {args.split} store, {store.activations.shape} {store.activations.dtype}"
+            source = (
+                f"{args.model} / {args.task} / {args.split} store, {store.activations.shape} {store.activations.dtype}"
+            )
         mm = np.load(data, mmap_mode="r")
         n = min(args.rows or len(mm), len(mm))
         n_features = int(np.prod(mm.shape[1:]))
@@ -276,7 +311,9 @@ def main() -> None:
         rows.append((f"sklearn refit x {len(THRESHOLDS)} thresholds", res["sklearn"]))
     print()
     gemm_cpu = res["gemm"]["cpu_seconds"]
-    print(f"{'stage':40s} {'seconds':>8s} {'x GEMM':>7s} {'CPU s':>7s} {'x GEMM':>7s} {'peak alloc MiB':>15s} {'RSS growth MiB':>15s}")
+    print(
+        f"{'stage':40s} {'seconds':>8s} {'x GEMM':>7s} {'CPU s':>7s} {'x GEMM':>7s} {'peak alloc MiB':>15s} {'RSS growth MiB':>15s}"
+    )
     for name, r in rows:
         cpu = f"{r['cpu_seconds']:7.1f} {r['cpu_seconds'] / gemm_cpu:7.2f}" if "cpu_seconds" in r else " " * 15
         alloc = f"{r['peak_alloc_mib']:15.0f}" if "peak_alloc_mib" in r else " " * 15
@@ -286,14 +323,22 @@ def main() -> None:
     budget = s["chunk_mib"] + 2 * n2
     ratio = s["seconds"] / gemm
     cpu_ratio = s["cpu_seconds"] / gemm_cpu
-    print(f"time target:   stream total / GEMM = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time (target <= 1.5x): "
-          f"{'met' if ratio <= 1.5 else 'NOT met'} (wall)")
-    print(f"load average during the run: {load0} -> {tuple(round(x, 1) for x in os.getloadavg())} "
-          f"(other processes inflate wall times; CPU time is steadier)")
-    print(f"memory target: stream peak alloc {s['peak_alloc_mib']:.0f} MiB vs chunk {s['chunk_mib']:.0f} + "
-          f"2 x N² float32 {2 * n2:.0f} = {budget:.0f} MiB: {'met' if s['peak_alloc_mib'] <= budget else 'NOT met'}")
-    print(f"clustering peak alloc {res['cluster']['peak_alloc_mib']:.0f} MiB on top of the {n2:.0f} MiB correlation "
-          f"matrix (condensed float64 distances; scipy's working copy shows in RSS growth)")
+    print(
+        f"time target:   stream total / GEMM = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time (target <= 1.5x): "
+        f"{'met' if ratio <= 1.5 else 'NOT met'} (wall)"
+    )
+    print(
+        f"load average during the run: {load0} -> {tuple(round(x, 1) for x in os.getloadavg())} "
+        f"(other processes inflate wall times; CPU time is steadier)"
+    )
+    print(
+        f"memory target: stream peak alloc {s['peak_alloc_mib']:.0f} MiB vs chunk {s['chunk_mib']:.0f} + "
+        f"2 x N² float32 {2 * n2:.0f} = {budget:.0f} MiB: {'met' if s['peak_alloc_mib'] <= budget else 'NOT met'}"
+    )
+    print(
+        f"clustering peak alloc {res['cluster']['peak_alloc_mib']:.0f} MiB on top of the {n2:.0f} MiB correlation "
+        f"matrix (condensed float64 distances; scipy's working copy shows in RSS growth)"
+    )
     print(f"percent of neurons kept at t = {THRESHOLDS}: {res['cluster']['pct_kept']}")
     print(f"mean adjacent-layer CKA: {s['adjacent_cka']:.3f} (debiased {s['adjacent_cka_debiased']:.3f})")
 

@@ -48,14 +48,18 @@ def load(args: argparse.Namespace):
         rng = np.random.default_rng(args.seed)
         L, h, C = (13, 768, 41) if args.model == "mpnet" else (7, 384, 41)
         n, nd = args.n, max(1000, args.n // 8)
-        A = rng.standard_normal((n + nd, L, h), dtype=np.float32) * rng.uniform(0.2, 5, size=(1, L, h)).astype(np.float32)
+        A = rng.standard_normal((n + nd, L, h), dtype=np.float32) * rng.uniform(0.2, 5, size=(1, L, h)).astype(
+            np.float32
+        )
         W = rng.standard_normal((L * h, C)).astype(np.float32) / np.sqrt(L * h)
         y = np.argmax(A.reshape(n + nd, -1) @ W + rng.gumbel(size=(n + nd, C)).astype(np.float32) * 0.3, axis=1)
         return A[:n], y[:n], A[n:], y[n:], f"synthetic {args.model}-shaped"
     from utils.activations import get_activations
 
     train = get_activations(args.model, args.task, "train", budget=args.budget, seed=args.seed)
-    dev = get_activations(args.model, args.task, "dev", budget=args.budget, eval_budget=args.eval_budget, seed=args.seed)
+    dev = get_activations(
+        args.model, args.task, "dev", budget=args.budget, eval_budget=args.eval_budget, seed=args.seed
+    )
     Ad, yd, dropped = restrict_to_classes(dev.activations, dev.labels, np.unique(train.labels))
     if dropped:
         print(f"(dropped {dropped} dev tokens whose tag never occurs in train)")
@@ -66,8 +70,19 @@ def load(args: argparse.Namespace):
 # the authors' recipe
 
 
-def authors_recipe(rows, n: int, y: np.ndarray, n_classes: int, *, seed: int, epochs: int = 10,
-                   batch_size: int = 128, lr: float = 1e-3, l1: float = 1e-5, l2: float = 1e-5) -> torch.nn.Linear:
+def authors_recipe(
+    rows,
+    n: int,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    seed: int,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    l1: float = 1e-5,
+    l2: float = 1e-5,
+) -> torch.nn.Linear:
     """Train ``nn.Linear`` as ``aux_classifier.utils.train_model``: Adam, minibatches in file order, no shuffling.
 
     ``rows(start, stop)`` returns the float32 features of rows start..stop, shape (stop - start, d).
@@ -117,15 +132,27 @@ def run_authors(A, y_idx, Ad, yd_idx, C, args) -> list[dict]:
     t, accs = time.perf_counter(), []
     for layer in range(L):
         # as filter_activations_keep_neurons: one contiguous copy of the layer's columns per probe
-        X, Xd = np.ascontiguousarray(A[:, layer], dtype=np.float32), np.ascontiguousarray(Ad[:, layer], dtype=np.float32)
+        X, Xd = (
+            np.ascontiguousarray(A[:, layer], dtype=np.float32),
+            np.ascontiguousarray(Ad[:, layer], dtype=np.float32),
+        )
         m = authors_recipe(lambda a, b: X[a:b], n, y_idx, C, seed=args.seed, epochs=args.epochs)
         accs.append(linear_accuracy(m, lambda a, b: Xd[a:b], len(Ad), yd_idx))
         del X, Xd
     secs = time.perf_counter() - t
     print(f"authors layers: {secs:.1f}s mean dev {np.mean(accs):.4f}", flush=True)
-    return [{"method": "authors", "probes": f"oracle + {L} layers", "seconds": out[0]["seconds"] + secs,
-             "dev_accuracy": out[0]["dev_accuracy"], "layers_dev_accuracy": float(np.mean(accs)), "per_layer": accs,
-             "oracle_seconds": out[0]["seconds"], "layers_seconds": secs}]
+    return [
+        {
+            "method": "authors",
+            "probes": f"oracle + {L} layers",
+            "seconds": out[0]["seconds"] + secs,
+            "dev_accuracy": out[0]["dev_accuracy"],
+            "layers_dev_accuracy": float(np.mean(accs)),
+            "per_layer": accs,
+            "oracle_seconds": out[0]["seconds"],
+            "layers_seconds": secs,
+        }
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,19 +162,37 @@ def run_authors(A, y_idx, Ad, yd_idx, C, args) -> list[dict]:
 def run_ours(A, y, Ad, yd, args, precision: str) -> list[dict]:
     """Oracle and the layer probes with one ``fit_layer_probes`` call (one read of the data, two batched models)."""
     lr = args.lr if args.lr == "auto" else float(args.lr)
-    params = dict(solver="adam", batch_size=args.batch_size, lr=lr, max_epochs=args.max_epochs,
-                  patience=args.patience, random_state=args.seed, precision=precision)
+    params = dict(
+        solver="adam",
+        batch_size=args.batch_size,
+        lr=lr,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        random_state=args.seed,
+        precision=precision,
+    )
     name = f"ours ({precision})"
     t = time.perf_counter()
-    table, probes = fit_layer_probes(A, y, activations_dev=Ad, y_dev=yd, mode=["oracle", "independent"],
-                                     probe_params=params, return_probes=True)
+    table, probes = fit_layer_probes(
+        A, y, activations_dev=Ad, y_dev=yd, mode=["oracle", "independent"], probe_params=params, return_probes=True
+    )
     secs = time.perf_counter() - t
     oracle, layers = table.iloc[0], table.iloc[1:]
-    print(f"{name}: {secs:.1f}s; oracle dev {oracle.score:.4f} ({probes[0].n_iter_} epochs, best {probes[0].best_epoch_}, "
-          f"lr {probes[0].lr_:.1e}); layers mean dev {layers.score.mean():.4f} ({probes[1].n_iter_} epochs)", flush=True)
-    return [{"method": name, "probes": f"oracle + {len(layers)} layers", "seconds": secs,
-             "dev_accuracy": float(oracle.score), "layers_dev_accuracy": float(layers.score.mean()),
-             "per_layer": layers.score.tolist()}]
+    print(
+        f"{name}: {secs:.1f}s; oracle dev {oracle.score:.4f} ({probes[0].n_iter_} epochs, best {probes[0].best_epoch_}, "
+        f"lr {probes[0].lr_:.1e}); layers mean dev {layers.score.mean():.4f} ({probes[1].n_iter_} epochs)",
+        flush=True,
+    )
+    return [
+        {
+            "method": name,
+            "probes": f"oracle + {len(layers)} layers",
+            "seconds": secs,
+            "dev_accuracy": float(oracle.score),
+            "layers_dev_accuracy": float(layers.score.mean()),
+            "per_layer": layers.score.tolist(),
+        }
+    ]
 
 
 def run_sklearn(A, y, Ad, yd, args) -> list[dict]:
@@ -176,9 +221,18 @@ def run_sklearn(A, y, Ad, yd, args) -> list[dict]:
         secs = time.perf_counter() - t
     print(f"sklearn layers: {secs:.1f}s mean dev {np.mean(accs):.4f}", flush=True)
     what = f"{L} layers" if args.sklearn_skip_oracle else f"oracle + {L} layers"
-    return [{"method": "sklearn", "probes": what, "seconds": oracle_secs + secs, "dev_accuracy": acc,
-             "layers_dev_accuracy": float(np.mean(accs)), "per_layer": accs, "oracle_seconds": oracle_secs,
-             "layers_seconds": secs}]
+    return [
+        {
+            "method": "sklearn",
+            "probes": what,
+            "seconds": oracle_secs + secs,
+            "dev_accuracy": acc,
+            "layers_dev_accuracy": float(np.mean(accs)),
+            "per_layer": accs,
+            "oracle_seconds": oracle_secs,
+            "layers_seconds": secs,
+        }
+    ]
 
 
 def main() -> None:
@@ -196,8 +250,13 @@ def main() -> None:
     ap.add_argument("--lr", default="auto", help="ours: 'auto' or a number")
     ap.add_argument("--max-epochs", type=int, default=10, help="ours")
     ap.add_argument("--patience", type=int, default=2, help="ours")
-    ap.add_argument("--precision", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"],
-                    help="ours: run once per precision")
+    ap.add_argument(
+        "--precision",
+        nargs="+",
+        default=["bfloat16", "float32"],
+        choices=["bfloat16", "float32"],
+        help="ours: run once per precision",
+    )
     ap.add_argument("--authors-threads", type=int, default=None, help="torch threads for the authors' recipe")
     ap.add_argument("--skip", nargs="*", default=[], choices=["authors", "ours", "sklearn"])
     ap.add_argument("--sklearn-max-iter", type=int, default=100)
@@ -209,8 +268,11 @@ def main() -> None:
     A, y, Ad, yd, what = load(args)
     classes = np.unique(y)
     y_idx, yd_idx = np.searchsorted(classes, y), np.searchsorted(classes, yd)
-    print(f"{what}: train {A.shape}, dev {Ad.shape}, {len(classes)} classes, torch threads {args.threads}, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"{what}: train {A.shape}, dev {Ad.shape}, {len(classes)} classes, torch threads {args.threads}, "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     rows = []
     if "ours" not in args.skip:
         for precision in args.precision:

@@ -62,8 +62,11 @@ def stage(kind: str, path: str, thresholds: list[float], budget_gib: float, devi
 
         res = cluster_neurons_tiled(x, thresholds, memory_budget=int(budget_gib * 2**30), device=device, progress=False)
         clusters = res.clusterings
-        extra = {"edges": res.correlation.n_edges, "largest_component": res.largest_component,
-                 "components_2plus": int((res.component_sizes >= 2).sum())}
+        extra = {
+            "edges": res.correlation.n_edges,
+            "largest_component": res.largest_component,
+            "components_2plus": int((res.component_sizes >= 2).sum()),
+        }
     else:
         from utils.clustering import cluster_sweep, neuron_correlation
 
@@ -73,14 +76,30 @@ def stage(kind: str, path: str, thresholds: list[float], budget_gib: float, devi
     wall = time.perf_counter() - t0
     labels_path = Path(path).with_suffix(f".{kind}.labels.npy")
     np.save(labels_path, np.stack([c.labels for c in clusters]))
-    return {"kind": kind, "wall_s": wall, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "kept": [c.n_clusters for c in clusters], "labels": str(labels_path), **extra}
+    return {
+        "kind": kind,
+        "wall_s": wall,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "kept": [c.n_clusters for c in clusters],
+        "labels": str(labels_path),
+        **extra,
+    }
 
 
 def run_stage(kind: str, path: Path, args: argparse.Namespace) -> dict:
     """``stage`` in a fresh Python process (so that its peak memory is its own)."""
-    cmd = [sys.executable, __file__, "--stage", kind, "--path", str(path), "--budget-gib", str(args.budget_gib),
-           "--thresholds", *map(str, args.thresholds)] + (["--device", args.device] if args.device else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--stage",
+        kind,
+        "--path",
+        str(path),
+        "--budget-gib",
+        str(args.budget_gib),
+        "--thresholds",
+        *map(str, args.thresholds),
+    ] + (["--device", args.device] if args.device else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -96,8 +115,12 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["10k", "30k", "131k"], choices=list(SHAPES))
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.1, 0.2, 0.3])
-    parser.add_argument("--dense-max", type=int, default=12_000,
-                        help="largest neuron count for the dense path (it needs ~12 bytes x n² plus scipy's copy)")
+    parser.add_argument(
+        "--dense-max",
+        type=int,
+        default=12_000,
+        help="largest neuron count for the dense path (it needs ~12 bytes x n² plus scipy's copy)",
+    )
     parser.add_argument("--budget-gib", type=float, default=2.0, help="memory budget for one component's block")
     parser.add_argument("--device", default=None)
     parser.add_argument("--stage", choices=["tiled", "dense"], help=argparse.SUPPRESS)
@@ -109,10 +132,14 @@ def main() -> None:
 
     import torch
 
-    print(f"rows {args.rows}; thresholds {args.thresholds}; torch threads {torch.get_num_threads()}; "
-          f"device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}")
-    header = (f"{'size':>5} {'neurons':>8} {'path':>6} {'wall s':>8} {'peak GiB':>9} {'edges':>10} "
-              f"{'largest comp':>12} {'kept @ t':>22} {'same as dense':>13}")
+    print(
+        f"rows {args.rows}; thresholds {args.thresholds}; torch threads {torch.get_num_threads()}; "
+        f"device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}"
+    )
+    header = (
+        f"{'size':>5} {'neurons':>8} {'path':>6} {'wall s':>8} {'peak GiB':>9} {'edges':>10} "
+        f"{'largest comp':>12} {'kept @ t':>22} {'same as dense':>13}"
+    )
     lines = [header, "-" * len(header)]
     for size in args.sizes:
         n_layers, hidden = SHAPES[size]
@@ -134,8 +161,10 @@ def main() -> None:
             )
         if dense is None:
             need = 12 * d * d / 2**30
-            lines.append(f"{size:>5} {d:>8,} {'dense':>6} {'not run':>8}: the dense path needs about {need:.0f} GiB "
-                         f"(float32 matrix + float64 condensed distances) plus scipy's working copy")
+            lines.append(
+                f"{size:>5} {d:>8,} {'dense':>6} {'not run':>8}: the dense path needs about {need:.0f} GiB "
+                f"(float32 matrix + float64 condensed distances) plus scipy's working copy"
+            )
         print("\n".join(lines[-3:]), flush=True)
     print("\n" + "\n".join(lines))
 

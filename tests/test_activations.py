@@ -162,8 +162,9 @@ def test_interrupted_extraction_resumes_where_it_stopped(minilm, tmp_path):
             build_store(minilm, split, path, level="word", batch_size=2, checkpoint_every=1, progress=False)
         assert (tmp_path / "store.partial").exists() and not path.exists()
         state = json.loads((tmp_path / "store.partial" / "state.json").read_text())
-        done_before = int(np.unpackbits(np.frombuffer(bytes.fromhex(state["done"]), dtype=np.uint8),
-                                        count=state["n_segments"]).sum())
+        done_before = int(
+            np.unpackbits(np.frombuffer(bytes.fromhex(state["done"]), dtype=np.uint8), count=state["n_segments"]).sum()
+        )
         assert done_before == 4  # two batches of two segments were checkpointed
         calls["n"] = 100
         store = build_store(minilm, split, path, level="word", batch_size=2, checkpoint_every=1, progress=False)

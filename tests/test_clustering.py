@@ -100,7 +100,9 @@ def test_constant_neuron_gets_zero_correlation_and_a_warning(acts):
         np.testing.assert_array_equal(np.delete(corr[j], j), 0.0)
         np.testing.assert_array_equal(np.delete(corr[:, j], j), 0.0)
     keep = np.setdiff1d(np.arange(24), [5, 17])
-    np.testing.assert_allclose(corr[np.ix_(keep, keep)], np.corrcoef(X[:, keep].astype(np.float64), rowvar=False), atol=1e-5)
+    np.testing.assert_allclose(
+        corr[np.ix_(keep, keep)], np.corrcoef(X[:, keep].astype(np.float64), rowvar=False), atol=1e-5
+    )
 
 
 def test_no_warning_without_constant_neurons(acts):
@@ -117,7 +119,9 @@ def test_nan_input_raises_a_clear_error(acts):
 
 
 def test_wrong_shape_raises(acts):
-    with pytest.raises(ValueError, match=r"Expected activations of shape \(n_items, n_layers, hidden\) or \(n_samples, n_features\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected activations of shape \(n_items, n_layers, hidden\) or \(n_samples, n_features\)"
+    ):
         neuron_correlation(acts[:, 0, 0], progress=False)
 
 
@@ -130,7 +134,9 @@ def test_cluster_neurons_matches_scipy_and_a_plain_loop(acts, threshold):
     corr = neuron_correlation(acts, progress=False)
     dist = 1.0 - np.abs(corr.astype(np.float64))
     np.fill_diagonal(dist, 0.0)
-    scipy_labels = fcluster(linkage(squareform(dist, checks=False), method="average"), t=threshold, criterion="distance")
+    scipy_labels = fcluster(
+        linkage(squareform(dist, checks=False), method="average"), t=threshold, criterion="distance"
+    )
     result = cluster_neurons(corr, threshold)
     assert same_partition(result.labels, scipy_labels)
     assert same_partition(result.labels, naive_average_linkage(dist, threshold))
@@ -247,7 +253,9 @@ def test_layer_duplication_matches_a_loop(acts):
     expected = np.zeros((4, 4))
     for a in range(4):
         for b in range(4):
-            best = [max(abs(float(corr[i, j])) for j in range(b * 6, b * 6 + 6) if j != i) for i in range(a * 6, a * 6 + 6)]
+            best = [
+                max(abs(float(corr[i, j])) for j in range(b * 6, b * 6 + 6) if j != i) for i in range(a * 6, a * 6 + 6)
+            ]
             expected[a, b] = np.mean(best)
     np.testing.assert_allclose(dup, expected, atol=1e-7)
 
@@ -268,8 +276,9 @@ def test_general_redundancy_agrees_with_the_separate_steps(acts):
     from utils.clustering import general_redundancy
     from utils.similarity import layer_similarity
 
-    result = general_redundancy(acts, thresholds=[0.8, 0.5], reference_threshold=0.6, min_abs_corr=0.5,
-                                chunk_size=32, progress=False)
+    result = general_redundancy(
+        acts, thresholds=[0.8, 0.5], reference_threshold=0.6, min_abs_corr=0.5, chunk_size=32, progress=False
+    )
     corr = neuron_correlation(acts, chunk_size=32, progress=False)
     assert (result.n_items, result.n_layers, result.hidden) == (120, 4, 6)
     np.testing.assert_allclose(result.cka, layer_similarity(acts, chunk_size=32, progress=False), atol=1e-12)
@@ -281,8 +290,9 @@ def test_general_redundancy_agrees_with_the_separate_steps(acts):
     assert result.kept["threshold"].tolist() == [0.5, 0.6, 0.8]  # the reference threshold is added
     reference = cluster_neurons(corr, 0.6)
     np.testing.assert_array_equal(result.clusters.labels, reference.labels)
-    pd.testing.assert_frame_equal(result.spans.drop(columns="threshold"),
-                                  cluster_layer_spans(reference, n_layers=4, hidden=6))
+    pd.testing.assert_frame_equal(
+        result.spans.drop(columns="threshold"), cluster_layer_spans(reference, n_layers=4, hidden=6)
+    )
     np.testing.assert_array_equal(result.pair_counts, layer_pair_counts(corr, 4, 6, min_abs_corr=0.5))
     np.testing.assert_allclose(result.duplication, layer_duplication(corr, 4, 6))
     assert len(result.constant_neurons) == 0
@@ -296,7 +306,8 @@ def test_general_redundancy_keeps_every_threshold_for_the_probe_sweep(acts):
     corr = neuron_correlation(acts, progress=False)
     assert [c.threshold for c in result.sweep] == [0.5, 0.6, 0.8]
     for c in result.sweep:
-        labels = fcluster(linkage(squareform(1 - np.abs(corr), checks=False), "average"), c.threshold,
-                          criterion="distance")
+        labels = fcluster(
+            linkage(squareform(1 - np.abs(corr), checks=False), "average"), c.threshold, criterion="distance"
+        )
         assert same_partition(c.labels, labels)
         np.testing.assert_array_equal(c.representatives, cluster_neurons(corr, c.threshold).representatives)

@@ -34,12 +34,15 @@ def test_budget_takes_a_prefix_of_whole_sentences_and_leaves_test_alone():
     assert len(sent.train) == 50
 
 
-@pytest.mark.parametrize("name,n,classes", [
-    ("sentiment", 10_605, {"positive", "negative"}),
-    ("polarity", 4_000, {"positive", "negative"}),
-    ("uncertainty", 3_000, {"certain", "uncertain"}),
-    ("tweets", 38_158, {"negative", "neutral", "positive"}),
-])
+@pytest.mark.parametrize(
+    "name,n,classes",
+    [
+        ("sentiment", 10_605, {"positive", "negative"}),
+        ("polarity", 4_000, {"positive", "negative"}),
+        ("uncertainty", 3_000, {"certain", "uncertain"}),
+        ("tweets", 38_158, {"negative", "neutral", "positive"}),
+    ],
+)
 def test_sentence_tasks(name, n, classes):
     task = load_task(name)
     total = len(task.train) + len(task.dev) + len(task.test)

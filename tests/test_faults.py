@@ -31,7 +31,7 @@ from utils.data import Split, Task
 from utils.paths import REPO_ROOT
 
 # The same tiny word task in this process and in the child processes (80 sentences, 40 batches of 2).
-TASK_CODE = '''
+TASK_CODE = """
 import numpy as np
 from utils.data import Split, Task
 
@@ -41,14 +41,16 @@ def fault_task(n=80):
     sents = [[vocab[i] for i in rng.integers(0, len(vocab), int(rng.integers(4, 12)))] for _ in range(n)]
     split = Split(sents, [[w[0].upper() for w in s] for s in sents])
     return Task("faults", "word", split, split, split)
-'''
+"""
 namespace: dict = {}
 exec(TASK_CODE, namespace)  # noqa: S102 - our own constant, shared with the child scripts
 fault_task = namespace["fault_task"]
 
 # A child that builds the task's train store with a slowed forward (so that it can be caught mid-way),
 # then saves the store's activations and what happened.
-BUILDER = TASK_CODE + '''
+BUILDER = (
+    TASK_CODE
+    + """
 import json, sys, time, warnings
 import torch
 from utils import activations as act
@@ -73,7 +75,8 @@ with warnings.catch_warnings(record=True) as caught:
 np.save(out + ".npy", np.asarray(store.activations))
 with open(out + ".json", "w") as f:
     json.dump({"forward_calls": calls[0], "warnings": [str(w.message) for w in caught]}, f)
-'''
+"""
+)
 
 BATCHES = 40  # 80 sentences in batches of 2
 
@@ -83,8 +86,14 @@ def _child_env() -> dict:
 
 
 def _spawn(script: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(script), *args], env=_child_env(), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=_child_env(),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _done_count(partial: Path) -> int:
@@ -125,8 +134,17 @@ def test_kill_9_during_extraction_then_resume_is_bit_identical(tmp_path, referen
     script.write_text(BUILDER)
     root = tmp_path / "stores"
     child = _spawn(script, str(root), str(tmp_path / "child"), "0.15", str(torch.get_num_threads()))
-    path = act.store_path("minilm", "faults", "train", aggregation="auto-encoder", budget=None, eval_budget=None,
-                          seed=0, dtype="float32", root=root)
+    path = act.store_path(
+        "minilm",
+        "faults",
+        "train",
+        aggregation="auto-encoder",
+        budget=None,
+        eval_budget=None,
+        seed=0,
+        dtype="float32",
+        root=root,
+    )
     partial = path.with_name(path.name + ".partial")
     deadline = time.monotonic() + 120
     while _done_count(partial) == 0 and child.poll() is None and time.monotonic() < deadline:
@@ -142,7 +160,9 @@ def test_kill_9_during_extraction_then_resume_is_bit_identical(tmp_path, referen
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.monotonic()
-        store = get_activations("minilm", fault_task(), "train", root=root, device="cpu", batch_size=2, progress=False, precision="float32")
+        store = get_activations(
+            "minilm", fault_task(), "train", root=root, device="cpu", batch_size=2, progress=False, precision="float32"
+        )
     assert not [w for w in caught if "another process" in str(w.message)], "waited on the dead process's lock"
     assert time.monotonic() - t0 < 60
     assert in_process_minilm[0] < BATCHES  # only the rest ran: it resumed, it did not start again
@@ -171,16 +191,20 @@ def test_two_concurrent_builders_make_one_correct_store(tmp_path, reference):
     np.testing.assert_array_equal(np.asarray(ActivationStore.open(root / "minilm" / stores[0]).activations), reference)
 
 
-SMALL = Task("smallfaults", "word", Split([["The", "cat", "sat."], ["Stocks", "fell", "sharply", "today."]],
-                                          [["A", "B", "C"], ["D", "E", "F", "G"]]),
-             Split([["x"]], [["A"]]), Split([["y"]], [["A"]]))
+SMALL = Task(
+    "smallfaults",
+    "word",
+    Split([["The", "cat", "sat."], ["Stocks", "fell", "sharply", "today."]], [["A", "B", "C"], ["D", "E", "F", "G"]]),
+    Split([["x"]], [["A"]]),
+    Split([["y"]], [["A"]]),
+)
 
 
 def _damage(path: Path, how: str) -> None:
     raw = path.read_bytes()
     if how == "flip":
         at = len(raw) - 3 if path.suffix == ".npy" else len(raw) // 2  # npy: in the data; json: in the text
-        path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x04]) + raw[at + 1:])
+        path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x04]) + raw[at + 1 :])
     elif how == "truncate":
         path.write_bytes(raw[: len(raw) - max(1, len(raw) // 5)])
     else:
@@ -198,7 +222,9 @@ def test_damaged_store_file_is_a_warning_and_a_rebuild(tmp_path, in_process_mini
     with pytest.raises(StoreError):
         ActivationStore.open(path)
     with pytest.warns(UserWarning, match="unusable.*recomputing"):
-        rebuilt = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
+        rebuilt = get_activations(
+            "minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32"
+        )
     np.testing.assert_allclose(np.asarray(rebuilt.activations), original[0], atol=1e-6)
     assert list(rebuilt.labels) == original[1] and list(rebuilt.words) == original[2]
     np.testing.assert_array_equal(rebuilt.sentence_ids, original[3])
@@ -220,15 +246,18 @@ def test_valid_looking_edits_are_caught(tmp_path, in_process_minilm, edit):
         meta["n_sentences"] += 1
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
     with pytest.warns(UserWarning, match="unusable.*recomputing"):
-        rebuilt = get_activations("minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32")
+        rebuilt = get_activations(
+            "minilm", SMALL, "train", root=tmp_path, device="cpu", progress=False, precision="float32"
+        )
     assert list(rebuilt.words) == words
 
 
 def test_damaged_resume_state_is_not_trusted(tmp_path, minilm):
     """A done mask that claims unfinished segments are done would leave rows of zeros: refuse it."""
     split = fault_task(16).train
-    reference = np.array(build_store(minilm, split, tmp_path / "reference", level="word", batch_size=2,
-                                     progress=False).activations)
+    reference = np.array(
+        build_store(minilm, split, tmp_path / "reference", level="word", batch_size=2, progress=False).activations
+    )
     path = tmp_path / "store"
     forward, calls = minilm.model.forward, [0]
 
@@ -274,7 +303,9 @@ def test_changed_local_weights_make_a_new_store(tmp_path, minilm, monkeypatch):
     folder = _copy_model_folder(fetch("minilm"), tmp_path / "my-model")
     name = str(folder)
     monkeypatch.setattr(act, "_MODEL_CACHE", {})
-    first = get_activations(name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False, precision="float32")
+    first = get_activations(
+        name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False, precision="float32"
+    )
     before = np.array(first.activations)
     assert first.meta["model_sha256"].startswith("local-sha256:")
     np.testing.assert_allclose(before, act.extract(minilm, SMALL.train.texts, level="word", progress=False), atol=1e-5)
@@ -284,7 +315,9 @@ def test_changed_local_weights_make_a_new_store(tmp_path, minilm, monkeypatch):
     weights[key] = weights[key] * 1.5
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.warns(UserWarning, match="made from other inputs.*model_sha256"):
-        second = get_activations(name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False, precision="float32")
+        second = get_activations(
+            name, SMALL, "train", root=tmp_path / "stores", device="cpu", progress=False, precision="float32"
+        )
     after = np.array(second.activations)
     assert second.meta["model_sha256"] != first.meta["model_sha256"]
     assert np.abs(after - before).max() > 0.1
@@ -324,7 +357,7 @@ def test_corrupted_unpacked_resource_is_detected_and_unpacked_again(tmp_path, mo
     assert (again / "vocab.txt").exists()
 
 
-OFFLINE_CHILD = '''
+OFFLINE_CHILD = """
 import json, sys, time
 out = {}
 t0 = time.monotonic()
@@ -347,7 +380,7 @@ loaded = load_model("fake-org/minilm-copy", device="cpu")
 out["loaded_identity"] = loaded.source_sha256
 out["identity"] = model_identity("fake-org/minilm-copy")
 print(json.dumps(out))
-'''
+"""
 
 
 def test_offline_hub_names_fail_fast_and_cached_hub_models_record_their_commit(tmp_path):
@@ -366,11 +399,15 @@ def test_offline_hub_names_fail_fast_and_cached_hub_models_record_their_commit(t
             (snapshot / p.name).symlink_to(p)
     script = tmp_path / "offline.py"
     script.write_text(textwrap.dedent(OFFLINE_CHILD))
-    env = {k: v for k, v in _child_env().items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env = {
+        k: v
+        for k, v in _child_env().items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
     env["HF_HUB_CACHE"] = str(tmp_path / "hf")
-    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["model_s"] < 5, out  # was 45-50 s of retries (about 0.1 s here when the machine is idle)

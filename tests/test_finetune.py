@@ -112,8 +112,9 @@ def test_cached_result_is_reused_and_a_corrupt_one_is_rebuilt_identically(traine
 def uninterrupted(tmp_path_factory):
     task = synthetic_task()
     root = tmp_path_factory.mktemp("uninterrupted")
-    return ft.finetune("minilm", task, recipe=RESUME, seed=3, root=root, device="cpu", checkpoint_every=3,
-                       progress=False)
+    return ft.finetune(
+        "minilm", task, recipe=RESUME, seed=3, root=root, device="cpu", checkpoint_every=3, progress=False
+    )
 
 
 class Interrupt(Exception):
@@ -131,13 +132,31 @@ def test_interrupted_fine_tune_resumes_to_the_same_weights(uninterrupted, tmp_pa
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        ft.finetune("minilm", task, recipe=RESUME, seed=3, root=tmp_path, device="cpu", checkpoint_every=3,
-                    progress=False, on_step=stop)
+        ft.finetune(
+            "minilm",
+            task,
+            recipe=RESUME,
+            seed=3,
+            root=tmp_path,
+            device="cpu",
+            checkpoint_every=3,
+            progress=False,
+            on_step=stop,
+        )
     path = ft.finetuned_path("minilm", task, RESUME, seed=3, root=tmp_path)
     assert not path.exists() and (path.parent / (path.name + ".partial") / "checkpoint.pt").exists()
     seen.clear()
-    resumed = ft.finetune("minilm", task, recipe=RESUME, seed=3, root=tmp_path, device="cpu", checkpoint_every=3,
-                          progress=False, on_step=seen.append)
+    resumed = ft.finetune(
+        "minilm",
+        task,
+        recipe=RESUME,
+        seed=3,
+        root=tmp_path,
+        device="cpu",
+        checkpoint_every=3,
+        progress=False,
+        on_step=seen.append,
+    )
     assert seen == list(range(resumes_from + 1, 11))  # it resumed: no step before the checkpoint was redone
     assert resumed.meta["resumed_from_step"] == resumes_from
     a, b = _weights(uninterrupted), _weights(resumed)
@@ -150,8 +169,15 @@ def test_interrupted_fine_tune_resumes_to_the_same_weights(uninterrupted, tmp_pa
 
 
 def test_a_different_seed_gives_different_weights(uninterrupted, tmp_path):
-    other = ft.finetune("minilm", synthetic_task(), recipe=dataclasses.replace(RESUME, epochs=1), seed=4,
-                        root=tmp_path, device="cpu", progress=False)
+    other = ft.finetune(
+        "minilm",
+        synthetic_task(),
+        recipe=dataclasses.replace(RESUME, epochs=1),
+        seed=4,
+        root=tmp_path,
+        device="cpu",
+        progress=False,
+    )
     a, b = _weights(uninterrupted), _weights(other)
     assert not torch.equal(a["classifier.weight"], b["classifier.weight"])
 
@@ -159,8 +185,16 @@ def test_a_different_seed_gives_different_weights(uninterrupted, tmp_path):
 def test_cache_key_changes_when_any_input_changes():
     task = synthetic_task()
     base_fields, base = ft.finetune_key("minilm", task, ft.PAPER_RECIPE, seed=0)
-    changed = {"epochs": 2, "learning_rate": 3e-5, "max_length": 64, "batch_size": 16, "weight_decay": 0.01,
-               "warmup_ratio": 0.1, "max_grad_norm": 0.5, "train_budget": 100}
+    changed = {
+        "epochs": 2,
+        "learning_rate": 3e-5,
+        "max_length": 64,
+        "batch_size": 16,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.1,
+        "max_grad_norm": 0.5,
+        "train_budget": 100,
+    }
     assert set(changed) == {f.name for f in dataclasses.fields(ft.Recipe)}  # every field is tried
     digests = {base}
     for name, value in changed.items():
@@ -219,7 +253,9 @@ def test_regression_task_gets_a_regression_head(tmp_path):
 def test_plus_ft_name_extracts_from_the_fine_tuned_encoder(trained, tmp_path, monkeypatch):
     task, _, result = trained
     monkeypatch.setitem(ft.RECIPES, "minilm", SMALL)
-    store = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False, precision="float32")
+    store = get_activations(
+        "minilm+ft", task, "dev", root=tmp_path / "activations", progress=False, precision="float32"
+    )
     assert store.activations.shape == (len(task.dev), 7, 384)
     assert store.meta["model"].startswith("minilm+ft-")
     # the fine-tune was made beside the stores, with the same weights as the fixture's (same key, same seed)
@@ -235,7 +271,9 @@ def test_plus_ft_name_extracts_from_the_fine_tuned_encoder(trained, tmp_path, mo
         np.testing.assert_allclose(store.activations[i], want, atol=1e-5)
     base = get_activations("minilm", task, "dev", root=tmp_path / "activations", progress=False, precision="float32")
     assert np.abs(np.asarray(base.activations[:, -1]) - np.asarray(store.activations[:, -1])).max() > 1e-2
-    again = get_activations("minilm+ft", task, "dev", root=tmp_path / "activations", progress=False, precision="float32")
+    again = get_activations(
+        "minilm+ft", task, "dev", root=tmp_path / "activations", progress=False, precision="float32"
+    )
     assert again.path == store.path
 
 

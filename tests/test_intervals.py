@@ -74,14 +74,17 @@ def test_paired_interval_is_narrower_than_unpaired_on_correlated_predictions():
     assert ratio.low < ratio.estimate < ratio.high
 
 
-@pytest.mark.parametrize(("interval", "bound", "direction", "expected"), [
-    ((0.97, 0.99), 0.97, "at_least", "holds"),
-    ((0.95, 0.96), 0.97, "at_least", "does not hold"),
-    ((0.95, 0.98), 0.97, "at_least", "inconclusive"),
-    ((0.05, 0.09), 0.10, "at_most", "holds"),
-    ((0.08, 0.12), 0.10, "at_most", "inconclusive"),
-    ((0.11, 0.12), 0.10, "at_most", "does not hold"),
-])
+@pytest.mark.parametrize(
+    ("interval", "bound", "direction", "expected"),
+    [
+        ((0.97, 0.99), 0.97, "at_least", "holds"),
+        ((0.95, 0.96), 0.97, "at_least", "does not hold"),
+        ((0.95, 0.98), 0.97, "at_least", "inconclusive"),
+        ((0.05, 0.09), 0.10, "at_most", "holds"),
+        ((0.08, 0.12), 0.10, "at_most", "inconclusive"),
+        ((0.11, 0.12), 0.10, "at_most", "does not hold"),
+    ],
+)
 def test_verdict_reads_the_interval_against_the_bound(interval, bound, direction, expected):
     assert verdict(interval, bound, direction=direction) == expected
     assert verdict(Interval(0.0, *interval, 0.95), bound, direction=direction) == expected

@@ -7,11 +7,14 @@ from utils.activations import extract
 from utils.models import load_model
 
 
-@pytest.mark.parametrize("name,n_layers,hidden,kind", [
-    ("minilm", 7, 384, "encoder"),
-    ("mpnet", 13, 768, "encoder"),
-    ("smollm2", 31, 576, "decoder"),
-])
+@pytest.mark.parametrize(
+    "name,n_layers,hidden,kind",
+    [
+        ("minilm", 7, 384, "encoder"),
+        ("mpnet", 13, 768, "encoder"),
+        ("smollm2", 31, 576, "decoder"),
+    ],
+)
 def test_offline_models_give_documented_shapes(name, n_layers, hidden, kind):
     loaded = load_model(name, device="cpu")
     assert (loaded.n_layers, loaded.hidden, loaded.kind) == (n_layers, hidden, kind)

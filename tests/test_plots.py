@@ -76,8 +76,15 @@ def kept_table() -> pd.DataFrame:
     for model in DEPTHS:
         for task in TASKS[:2]:
             for t in np.arange(0.1, 1.0, 0.1):
-                rows.append({"model": model, "task": task, "run": f"{model} / {task}", "threshold": t,
-                             "pct_kept": 100 * (1 - t) ** 2})
+                rows.append(
+                    {
+                        "model": model,
+                        "task": task,
+                        "run": f"{model} / {task}",
+                        "threshold": t,
+                        "pct_kept": 100 * (1 - t) ** 2,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -86,8 +93,16 @@ def spans_table() -> pd.DataFrame:
     for model, n in DEPTHS.items():
         for task in TASKS[:2]:
             for span in range(1, n + 1):
-                rows.append({"threshold": 0.3, "span": span, "n_clusters": int(2000 / span**2), "model": model,
-                             "task": task, "run": f"{model} / {task}"})
+                rows.append(
+                    {
+                        "threshold": 0.3,
+                        "span": span,
+                        "n_clusters": int(2000 / span**2),
+                        "model": model,
+                        "task": task,
+                        "run": f"{model} / {task}",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -96,8 +111,16 @@ def share_table() -> pd.DataFrame:
     for model, n in DEPTHS.items():
         for task in TASKS[:2]:
             for layer in range(n):
-                rows.append({"threshold": 0.3, "layer": layer, "pct_redundant": 100 * layer / n, "model": model,
-                             "task": task, "run": f"{model} / {task}"})
+                rows.append(
+                    {
+                        "threshold": 0.3,
+                        "layer": layer,
+                        "pct_redundant": 100 * layer / n,
+                        "model": model,
+                        "task": task,
+                        "run": f"{model} / {task}",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -106,18 +129,22 @@ def probe_table(n: int = 31) -> pd.DataFrame:
     for mode in ("independent", "incremental"):
         for layer in range(n):
             score, control = 0.8 + 0.1 * layer / n, 0.6 - 0.2 * layer / n
-            rows.append({"layer": layer, "mode": mode, "score": score, "control_score": control,
-                         "selectivity": score - control})
+            rows.append(
+                {"layer": layer, "mode": mode, "score": score, "control_score": control, "selectivity": score - control}
+            )
     rows.append({"layer": n - 1, "mode": "oracle", "score": 0.91, "control_score": 0.6, "selectivity": 0.31})
     return pd.DataFrame(rows)
 
 
 def curve_table() -> pd.DataFrame:
     ks = [9, 19, 49, 99, 199, 499, 999, 1996, 4992, 9000]
-    return pd.DataFrame([
-        {"ordering": o, "k": k, "score": 0.2 + 0.7 * np.log10(k) / 4 - 0.05 * i}
-        for i, o in enumerate(["lca", "random", "bottom", "mean_difference"]) for k in ks
-    ])
+    return pd.DataFrame(
+        [
+            {"ordering": o, "k": k, "score": 0.2 + 0.7 * np.log10(k) / 4 - 0.05 * i}
+            for i, o in enumerate(["lca", "random", "bottom", "mean_difference"])
+            for k in ks
+        ]
+    )
 
 
 def layer_counts_table() -> pd.DataFrame:
@@ -125,8 +152,15 @@ def layer_counts_table() -> pd.DataFrame:
     for model, n in DEPTHS.items():
         for task in TASKS:
             for layer in range(n):
-                rows.append({"run": f"{model} · {task}", "model": model, "task": task, "layer": layer,
-                             "count": (layer * 7) % 50})
+                rows.append(
+                    {
+                        "run": f"{model} · {task}",
+                        "model": model,
+                        "task": task,
+                        "layer": layer,
+                        "count": (layer * 7) % 50,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -135,8 +169,16 @@ def steps_table() -> pd.DataFrame:
     for model, total in (("mpnet", 9984), ("smollm2", 17856)):
         for task in TASKS:
             for step, neurons in (("oracle", total), ("LS", 2304), ("LS+CC", 1536), ("LS+CC+FS", 89)):
-                rows.append({"step": step, "neurons": neurons, "test": 0.7 + neurons / total / 10,
-                             "pct_kept": 100 * neurons / total, "model": model, "task": task})
+                rows.append(
+                    {
+                        "step": step,
+                        "neurons": neurons,
+                        "test": 0.7 + neurons / total / 10,
+                        "pct_kept": 100 * neurons / total,
+                        "model": model,
+                        "task": task,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -144,42 +186,95 @@ def cc_sweep_table() -> pd.DataFrame:
     rows = []
     for model in ("mpnet", "smollm2"):
         for task in TASKS:
-            rows.append({"model": model, "task": task, "step": "oracle", "threshold": np.nan, "pct_kept": 100.0,
-                         "test": 0.9, "test_low": 0.88, "test_high": 0.92, "ratio": 1.0, "ratio_low": 1.0,
-                         "ratio_high": 1.0})
-            rows.append({"model": model, "task": task, "step": "constant", "threshold": np.nan, "pct_kept": 92.3,
-                         "test": np.nan, "test_low": np.nan, "test_high": np.nan, "ratio": np.nan,
-                         "ratio_low": np.nan, "ratio_high": np.nan})
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "step": "oracle",
+                    "threshold": np.nan,
+                    "pct_kept": 100.0,
+                    "test": 0.9,
+                    "test_low": 0.88,
+                    "test_high": 0.92,
+                    "ratio": 1.0,
+                    "ratio_low": 1.0,
+                    "ratio_high": 1.0,
+                }
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "step": "constant",
+                    "threshold": np.nan,
+                    "pct_kept": 92.3,
+                    "test": np.nan,
+                    "test_low": np.nan,
+                    "test_high": np.nan,
+                    "ratio": np.nan,
+                    "ratio_low": np.nan,
+                    "ratio_high": np.nan,
+                }
+            )
             for t in np.arange(0.1, 1.0, 0.1):
                 acc = 0.9 - 0.3 * t**3
-                rows.append({"model": model, "task": task, "step": "clustering", "threshold": t,
-                             "pct_kept": 100 * (1 - t) ** 3 + 0.05, "test": acc, "test_low": acc - 0.03,
-                             "test_high": acc + 0.03, "ratio": acc / 0.9, "ratio_low": acc / 0.9 - 0.02,
-                             "ratio_high": acc / 0.9 + 0.02})
+                rows.append(
+                    {
+                        "model": model,
+                        "task": task,
+                        "step": "clustering",
+                        "threshold": t,
+                        "pct_kept": 100 * (1 - t) ** 3 + 0.05,
+                        "test": acc,
+                        "test_low": acc - 0.03,
+                        "test_high": acc + 0.03,
+                        "ratio": acc / 0.9,
+                        "ratio_low": acc / 0.9 - 0.02,
+                        "ratio_high": acc / 0.9 + 0.02,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 FIGURES = {
     "norm_curves": lambda: plots.norm_curves(norms_table(), title="Mean activation norm per layer"),
     "heatmap_panels": lambda: plots.heatmap_panels(
-        cka_runs(), title="Linear CKA between layers", xlabel="layer", ylabel="layer", cbar_label="linear CKA",
-        vmin=0.0, vmax=1.0),
+        cka_runs(),
+        title="Linear CKA between layers",
+        xlabel="layer",
+        ylabel="layer",
+        cbar_label="linear CKA",
+        vmin=0.0,
+        vmax=1.0,
+    ),
     "heatmap_panels_cross": lambda: plots.heatmap_panels(
-        {"mpnet (rows) vs smollm2 (columns) / pos": cka_matrix(31)[:13]}, title="Linear CKA between two models",
-        xlabel="layer (second model)", ylabel="layer (first model)", cbar_label="linear CKA", vmin=0.0, vmax=1.0,
-        ncols=1),
-    "kept_curves": lambda: plots.kept_curves(kept_table(), title="Neurons kept", reference_pct_kept=15.0,
-                                             reference_label="paper: 85% redundant (15% kept)"),
+        {"mpnet (rows) vs smollm2 (columns) / pos": cka_matrix(31)[:13]},
+        title="Linear CKA between two models",
+        xlabel="layer (second model)",
+        ylabel="layer (first model)",
+        cbar_label="linear CKA",
+        vmin=0.0,
+        vmax=1.0,
+        ncols=1,
+    ),
+    "kept_curves": lambda: plots.kept_curves(
+        kept_table(), title="Neurons kept", reference_pct_kept=15.0, reference_label="paper: 85% redundant (15% kept)"
+    ),
     "span_bars": lambda: plots.span_bars(spans_table(), title="Layers spanned by clusters"),
     "layer_share_curves": lambda: plots.layer_share_curves(share_table(), title="Neurons dropped per layer"),
     "layer_probe_curves": lambda: plots.layer_probe_curves(probe_table(), title="smollm2 · pos: layer probes"),
     "neuron_curves": lambda: plots.neuron_curves(curve_table(), oracle=0.91, target=0.90, title="accuracy vs k"),
     "selected_layer_bars": lambda: plots.selected_layer_bars(layer_counts_table(), title="Layers of the sets"),
     "transfer_steps": lambda: plots.transfer_steps(steps_table(), title="Feature-selected transfer"),
-    "cc_sweep_curves": lambda: plots.cc_sweep_curves(cc_sweep_table(), title="Probes on cluster representatives",
-                                                     reference_pct_kept=15.0, reference_label="paper: 15% kept"),
-    "cc_sweep_curves_ratio": lambda: plots.cc_sweep_curves(cc_sweep_table(), title="% of the oracle", value="ratio",
-                                                           tolerance=0.97),
+    "cc_sweep_curves": lambda: plots.cc_sweep_curves(
+        cc_sweep_table(),
+        title="Probes on cluster representatives",
+        reference_pct_kept=15.0,
+        reference_label="paper: 15% kept",
+    ),
+    "cc_sweep_curves_ratio": lambda: plots.cc_sweep_curves(
+        cc_sweep_table(), title="% of the oracle", value="ratio", tolerance=0.97
+    ),
 }
 
 
@@ -228,7 +323,8 @@ def test_figure_fits_reader_width_and_text_stays_8pt(name, tmp_path):
     smallest = min(sizes, key=sizes.get)
     assert sizes[smallest] >= MIN_PT, (
         f"{name}: text {smallest!r} appears at {sizes[smallest]:.1f} pt when the {width_px}-px PNG is shown "
-        f"{READER_PX} px wide; at least {MIN_PT} pt")
+        f"{READER_PX} px wide; at least {MIN_PT} pt"
+    )
 
 
 @pytest.mark.parametrize("name", list(FIGURES))
@@ -266,7 +362,8 @@ def test_models_of_different_depth_keep_their_own_layer_axis(name):
     for depth, limits in by_depth.items():
         for low, high in limits:
             assert low <= 0 and depth - 1 <= high < depth + 1, (
-                f"{name}: a {depth}-layer panel spans x in [{low:.1f}, {high:.1f}]; expected its own 0..{depth - 1}")
+                f"{name}: a {depth}-layer panel spans x in [{low:.1f}, {high:.1f}]; expected its own 0..{depth - 1}"
+            )
 
 
 # ---- undefined cells -------------------------------------------------------------------------
@@ -287,8 +384,16 @@ def _cell_pixels(fig: plt.Figure, ax: plt.Axes, row: int, col: int) -> np.ndarra
 def test_nan_cells_are_drawn_in_the_undefined_colour(cmap):
     m = cka_matrix(13, constant_layer=0)
     m[5, 6] = m[6, 5] = 0.0  # the low end of the colour map must not look undefined
-    fig = plots.heatmap_panels({"mpnet / sentiment": m, "smollm2 / pos": cka_matrix(31)}, title="t", xlabel="layer",
-                               ylabel="layer", cbar_label="CKA", vmin=0.0, vmax=1.0, cmap=cmap)
+    fig = plots.heatmap_panels(
+        {"mpnet / sentiment": m, "smollm2 / pos": cka_matrix(31)},
+        title="t",
+        xlabel="layer",
+        ylabel="layer",
+        cbar_label="CKA",
+        vmin=0.0,
+        vmax=1.0,
+        cmap=cmap,
+    )
     ax = _data_axes(fig)[0]
     face = np.array(to_rgba(plots.UNDEFINED_COLOR)[:3]) * 255
     edge = np.array(to_rgba(plots.UNDEFINED_EDGE)[:3]) * 255
@@ -341,8 +446,9 @@ def test_spans_decades():
     assert not plots.spans_decades([0, np.nan, 5, 10])
 
 
-@pytest.mark.parametrize(("name", "axis"), [("neuron_curves", "x"), ("transfer_steps", "x"), ("norm_curves", "y"),
-                                            ("span_bars", "y")])
+@pytest.mark.parametrize(
+    ("name", "axis"), [("neuron_curves", "x"), ("transfer_steps", "x"), ("norm_curves", "y"), ("span_bars", "y")]
+)
 def test_log_axis_where_values_span_two_decades(name, axis):
     for ax in _data_axes(FIGURES[name]()):
         scale = ax.get_xscale() if axis == "x" else ax.get_yscale()

@@ -70,8 +70,9 @@ def test_precision_is_part_of_the_store_key(minilm, tmp_path, monkeypatch):
     half = get_activations("minilm", task, "train", root=tmp_path, device="cpu", progress=False, precision="bfloat16")
     assert full.path != half.path and "xbfloat16" in half.path.name and "xbfloat16" not in full.path.name
     assert (full.meta["precision"], half.meta["precision"]) == ("float32", "bfloat16")
-    np.testing.assert_array_equal(np.asarray(half.activations),
-                                  extract(minilm, SENTENCES, level="word", progress=False, precision="bfloat16"))
+    np.testing.assert_array_equal(
+        np.asarray(half.activations), extract(minilm, SENTENCES, level="word", progress=False, precision="bfloat16")
+    )
     assert not np.array_equal(np.asarray(half.activations), np.asarray(full.activations))
 
     def no_forward(*args, **kwargs):
@@ -114,19 +115,41 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it(minilm, tmp_path, 
     assert resolve_precision("float32", "cpu") == "float32"
     monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
     split = Split(SENTENCES, [["X"] * len(s) for s in SENTENCES])
-    store = get_activations("minilm", Task("toy", "word", split, split, split, classes=("X",)), "train",
-                            root=tmp_path, device="cpu", progress=False)  # the default: "auto"
+    store = get_activations(
+        "minilm",
+        Task("toy", "word", split, split, split, classes=("X",)),
+        "train",
+        root=tmp_path,
+        device="cpu",
+        progress=False,
+    )  # the default: "auto"
     assert store.meta["precision"] == want and ("xbfloat16" in store.path.name) == native
-    np.testing.assert_array_equal(np.asarray(store.activations),
-                                  extract(minilm, SENTENCES, level="word", progress=False, precision=want))
+    np.testing.assert_array_equal(
+        np.asarray(store.activations), extract(minilm, SENTENCES, level="word", progress=False, precision=want)
+    )
 
 
 def test_unknown_precision_is_refused(minilm, tmp_path):
     with pytest.raises(ValueError, match="precision must be one of.*float16"):
         extract(minilm, SENTENCES, level="word", progress=False, precision="float16")
     with pytest.raises(ValueError, match="precision must be one of"):
-        build_store(minilm, Split(SENTENCES, [["X"] * len(s) for s in SENTENCES]), tmp_path / "s",
-                    level="word", progress=False, precision="half")
+        build_store(
+            minilm,
+            Split(SENTENCES, [["X"] * len(s) for s in SENTENCES]),
+            tmp_path / "s",
+            level="word",
+            progress=False,
+            precision="half",
+        )
     with pytest.raises(ValueError, match="precision must be one of"):
-        store_path("m", "t", "train", aggregation="last", budget=None, eval_budget=None, seed=0,
-                   dtype="float32", precision="bf16")
+        store_path(
+            "m",
+            "t",
+            "train",
+            aggregation="last",
+            budget=None,
+            eval_budget=None,
+            seed=0,
+            dtype="float32",
+            precision="bf16",
+        )

@@ -38,7 +38,9 @@ def three_neuron_problem(n: int = 1600, d: int = 60, seed: int = 0):
     scales = rng.uniform(0.05, 20.0, size=d)
     X = (rng.standard_normal((n, d)) * scales + rng.normal(0, 5, size=d)).astype(np.float32)
     z = (X[:, KNOWN] - X[:, KNOWN].mean(0)) / X[:, KNOWN].std(0)
-    y = np.array(["DET", "NOUN", "VERB"])[np.argmax(np.c_[z[:, 0] + z[:, 1], z[:, 2] - z[:, 1], -z[:, 0] - z[:, 2]], axis=1)]
+    y = np.array(["DET", "NOUN", "VERB"])[
+        np.argmax(np.c_[z[:, 0] + z[:, 1], z[:, 2] - z[:, 1], -z[:, 0] - z[:, 2]], axis=1)
+    ]
     return X, y
 
 
@@ -233,8 +235,9 @@ def test_batched_layer_probes_equal_individual_probes(mode, lr):
     A, y, words = layered_problem(h=150)
     Atr, ytr, Ad, yd = A[:500], y[:500], A[500:], y[500:]
     params = dict(solver="adam", lr=lr, batch_size=50, max_epochs=6, patience=2)
-    table, probes = fit_layer_probes(Atr, ytr, activations_dev=Ad, y_dev=yd, mode=mode, probe_params=params,
-                                     return_probes=True)
+    table, probes = fit_layer_probes(
+        Atr, ytr, activations_dev=Ad, y_dev=yd, mode=mode, probe_params=params, return_probes=True
+    )
     for row, probe in zip(table.itertuples(), probes):
         if mode == "independent":
             X, Xd = Atr[:, row.layer], Ad[:, row.layer]
@@ -249,8 +252,13 @@ def test_batched_layer_probes_equal_individual_probes(mode, lr):
 
 def test_several_modes_in_one_call_equal_separate_calls():
     A, y, words = layered_problem(h=120)
-    kw = dict(activations_dev=A[500:], y_dev=y[500:], words=words[:500], words_dev=words[500:],
-              probe_params=dict(max_epochs=4, batch_size=50))
+    kw = dict(
+        activations_dev=A[500:],
+        y_dev=y[500:],
+        words=words[:500],
+        words_dev=words[500:],
+        probe_params=dict(max_epochs=4, batch_size=50),
+    )
     both, probes = fit_layer_probes(A[:500], y[:500], mode=["oracle", "incremental"], return_probes=True, **kw)
     alone = [fit_layer_probes(A[:500], y[:500], mode=m, return_probes=True, **kw) for m in ("oracle", "incremental")]
     pd.testing.assert_frame_equal(both, pd.concat([alone[0][0], alone[1][0]], ignore_index=True))
@@ -272,8 +280,15 @@ def test_batched_lbfgs_layer_probes_agree_with_individual_probes():
     flip = np.random.default_rng(9).random(len(y)) < 0.25  # label noise: a unique, well-conditioned optimum
     y = np.where(flip, np.roll(y, 1), y)
     params = dict(solver="lbfgs", tol=1e-6, max_iter=2000)
-    table, probes = fit_layer_probes(A[:500], y[:500], activations_dev=A[500:], y_dev=y[500:], mode="incremental",
-                                     probe_params=params, return_probes=True)
+    table, probes = fit_layer_probes(
+        A[:500],
+        y[:500],
+        activations_dev=A[500:],
+        y_dev=y[500:],
+        mode="incremental",
+        probe_params=params,
+        return_probes=True,
+    )
     for row, probe in zip(table.itertuples(), probes):
         X = A[:500, : row.layer + 1].reshape(500, -1)
         single = LinearProbe(**params).fit(X, y[:500])
@@ -319,8 +334,15 @@ def test_control_labels_are_fixed_per_word_type_across_calls():
 def test_selectivity_uses_an_independently_trained_control_probe():
     A, y, words = layered_problem()
     params = dict(solver="lbfgs", tol=1e-6, max_iter=2000)
-    table = fit_layer_probes(A[:500], y[:500], activations_dev=A[500:], y_dev=y[500:], words=words[:500],
-                             words_dev=words[500:], probe_params=params)
+    table = fit_layer_probes(
+        A[:500],
+        y[:500],
+        activations_dev=A[500:],
+        y_dev=y[500:],
+        words=words[:500],
+        words_dev=words[500:],
+        probe_params=params,
+    )
     yc, ycd = control_labels(words[:500], y[:500]), control_labels(words[500:], y[:500])
     for row in table.itertuples():
         ctl = LinearProbe(**params).fit(A[:500, row.layer], yc)
@@ -431,9 +453,10 @@ def test_probe_splits_drop_unseen_dev_and_test_items_with_their_words():
     assert dropped == 2 and yt.tolist() == ["a", "b"]
     np.testing.assert_array_equal(Xt, acts[[6, 9]].reshape(2, -1))
     # real-valued targets: nothing is dropped
-    reg = ProbeSplits.from_stores(SimpleNamespace(activations=acts[:6], labels=np.linspace(0, 1, 6), words=list("uvwxyz")),
-                                  SimpleNamespace(activations=acts[6:], labels=np.array([0.15, 2.5, 0.3, 0.7]),
-                                                  words=list("pqrs")))
+    reg = ProbeSplits.from_stores(
+        SimpleNamespace(activations=acts[:6], labels=np.linspace(0, 1, 6), words=list("uvwxyz")),
+        SimpleNamespace(activations=acts[6:], labels=np.array([0.15, 2.5, 0.3, 0.7]), words=list("pqrs")),
+    )
     assert reg.dropped_dev == 0 and len(reg.labels_dev) == 4
 
 
@@ -458,8 +481,9 @@ def dead_neuron_problem(n: int = 1200, seed: int = 0):
 def test_dead_neuron_gets_zero_weight_regression_mpnet_12_555(solver):
     X, y = dead_neuron_problem()
     assert 0 < X[:, 0].astype(np.float64).std() < 1e-30
-    probe = LinearProbe(solver=solver, max_epochs=5).fit(X[:900], y[:900], **(
-        {"X_dev": X[900:], "y_dev": y[900:]} if solver == "adam" else {}))
+    probe = LinearProbe(solver=solver, max_epochs=5).fit(
+        X[:900], y[:900], **({"X_dev": X[900:], "y_dev": y[900:]} if solver == "adam" else {})
+    )
     assert probe.constant_.tolist() == [True] + [False] * 59
     assert probe.scale_[0] == 1.0
     np.testing.assert_array_equal(probe.standardized_coef_[:, 0], 0.0)
@@ -471,8 +495,9 @@ def test_dead_neuron_gets_zero_weight_regression_mpnet_12_555(solver):
 def test_layer_probes_mark_dead_neurons_per_layer():
     X, y = dead_neuron_problem(n=600)
     A = X.reshape(600, 3, 20)  # neuron 0 is unit 0 of layer 0
-    table, probes = fit_layer_probes(A[:400], y[:400], activations_dev=A[400:], y_dev=y[400:],
-                                     mode=["independent", "oracle"], return_probes=True)
+    table, probes = fit_layer_probes(
+        A[:400], y[:400], activations_dev=A[400:], y_dev=y[400:], mode=["independent", "oracle"], return_probes=True
+    )
     oracle = probes[-1]
     assert np.flatnonzero(oracle.constant_).tolist() == [0]
     np.testing.assert_array_equal(oracle.standardized_coef_[:, 0], 0.0)
@@ -483,8 +508,9 @@ def test_select_regularization_keeps_the_best_dev_oracle():
     X, y = three_neuron_problem(n=900, d=60)
     A = X.reshape(900, 3, 20)
     grid = (1e-5, 1e-3, 3.0)  # 3.0 shrinks every weight to ~0: it must lose
-    table, oracle = select_regularization(A[:600], y[:600], activations_dev=A[600:], y_dev=y[600:], grid=grid,
-                                          probe_params={"max_epochs": 5})
+    table, oracle = select_regularization(
+        A[:600], y[:600], activations_dev=A[600:], y_dev=y[600:], grid=grid, probe_params={"max_epochs": 5}
+    )
     assert table["l1"].tolist() == list(grid) and table["l2"].tolist() == list(grid)
     assert table["chosen"].sum() == 1
     chosen = table[table.chosen].iloc[0]
@@ -513,14 +539,23 @@ def test_probe_splits_keep_the_sentence_of_each_kept_item():
     from types import SimpleNamespace
 
     rng = np.random.default_rng(0)
-    train = SimpleNamespace(activations=rng.normal(size=(6, 2, 3)), labels=np.array(list("ababab")), words=list("uvwxyz"),
-                            sentence_ids=np.array([0, 0, 0, 1, 1, 2]))
-    dev = SimpleNamespace(activations=rng.normal(size=(5, 2, 3)), labels=np.array(list("abzab")), words=list("pqrst"),
-                          sentence_ids=np.array([0, 0, 1, 1, 2]))
+    train = SimpleNamespace(
+        activations=rng.normal(size=(6, 2, 3)),
+        labels=np.array(list("ababab")),
+        words=list("uvwxyz"),
+        sentence_ids=np.array([0, 0, 0, 1, 1, 2]),
+    )
+    dev = SimpleNamespace(
+        activations=rng.normal(size=(5, 2, 3)),
+        labels=np.array(list("abzab")),
+        words=list("pqrst"),
+        sentence_ids=np.array([0, 0, 1, 1, 2]),
+    )
     d = ProbeSplits.from_stores(train, dev)
     assert d.dropped_dev == 1 and d.sentences_dev.tolist() == [0, 0, 1, 2]  # the "z" of sentence 1 is dropped
-    test = SimpleNamespace(activations=rng.normal(size=(4, 2, 3)), labels=np.array(list("zabb")),
-                           sentence_ids=np.array([5, 5, 6, 7]))
+    test = SimpleNamespace(
+        activations=rng.normal(size=(4, 2, 3)), labels=np.array(list("zabb")), sentence_ids=np.array([5, 5, 6, 7])
+    )
     Xt, yt, dropped = d.test_features(test)
     assert d.test_sentences(test).tolist() == [5, 6, 7] and len(yt) == 3 and dropped == 1
     # a store without sentence ids: each item its own sentence
@@ -531,8 +566,9 @@ def test_probe_splits_keep_the_sentence_of_each_kept_item():
 @pytest.mark.parametrize("labels", [np.array(["NN", "VB", "DT", "NN"], dtype=object), np.array([0, 1, 1, 0])])
 def test_predictions_round_trip(tmp_path, labels):
     preds = {"oracle/seed0": labels[::-1].copy(), "lca/seed0": labels.copy()}
-    path = write_predictions(tmp_path / "predictions" / "m-pos-test", labels=labels, sentences=[0, 0, 1, 1],
-                             predictions=preds)
+    path = write_predictions(
+        tmp_path / "predictions" / "m-pos-test", labels=labels, sentences=[0, 0, 1, 1], predictions=preds
+    )
     assert path.name == "m-pos-test.npz" and not list(path.parent.glob("*partial*"))
     back = read_predictions(path)
     assert list(back.columns) == ["item", "sentence", "label", "oracle/seed0", "lca/seed0"]
@@ -551,8 +587,9 @@ def test_dead_neuron_is_found_without_standardisation_too():
     X, y = dead_neuron_problem(n=600)
     # a constant at a large offset, stored in float32: its std (~6e-5) is rounding noise, found only by the mean
     X[:, 1] = np.float32(1000.0) + np.float32(1e-4) * np.random.default_rng(2).integers(0, 2, size=600)
-    probe = LinearProbe(standardize=False, solver="adam", max_epochs=3).fit(X[:400], y[:400], X_dev=X[400:],
-                                                                           y_dev=y[400:])
+    probe = LinearProbe(standardize=False, solver="adam", max_epochs=3).fit(
+        X[:400], y[:400], X_dev=X[400:], y_dev=y[400:]
+    )
     assert np.flatnonzero(probe.constant_).tolist() == [0, 1]
     np.testing.assert_array_equal(probe.coef_[:, :2], 0.0)
     np.testing.assert_array_equal(probe.scale_, 1.0)

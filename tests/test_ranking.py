@@ -35,7 +35,9 @@ def three_neuron_problem(n: int = 1600, d: int = 60, seed: int = 0):
     scales = rng.uniform(0.05, 20.0, size=d)
     X = (rng.standard_normal((n, d)) * scales + rng.normal(0, 5, size=d)).astype(np.float32)
     z = (X[:, KNOWN] - X[:, KNOWN].mean(0)) / X[:, KNOWN].std(0)
-    y = np.array(["DET", "NOUN", "VERB"])[np.argmax(np.c_[z[:, 0] + z[:, 1], z[:, 2] - z[:, 1], -z[:, 0] - z[:, 2]], axis=1)]
+    y = np.array(["DET", "NOUN", "VERB"])[
+        np.argmax(np.c_[z[:, 0] + z[:, 1], z[:, 2] - z[:, 1], -z[:, 0] - z[:, 2]], axis=1)
+    ]
     return X, y
 
 
@@ -136,14 +138,19 @@ def test_f_statistic_matches_sklearn_and_streams_memmaps(tmp_path):
 
 
 def test_random_ordering_is_a_seeded_permutation():
-    a, b, c = random_ordering(100, random_state=1), random_ordering(100, random_state=1), random_ordering(100, random_state=2)
+    a, b, c = (
+        random_ordering(100, random_state=1),
+        random_ordering(100, random_state=1),
+        random_ordering(100, random_state=2),
+    )
     assert sorted(a.tolist()) == list(range(100)) and np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_neurons_per_layer_counts_global_indices():
     neurons = np.array([0, 5, 383, 384, 1000, 2687])
-    np.testing.assert_array_equal(neurons_per_layer(neurons, hidden=384, n_layers=7),
-                                  np.histogram(neurons // 384, bins=np.arange(8))[0])
+    np.testing.assert_array_equal(
+        neurons_per_layer(neurons, hidden=384, n_layers=7), np.histogram(neurons // 384, bins=np.arange(8))[0]
+    )
     with pytest.raises(ValueError, match="must lie in"):
         neurons_per_layer([2688], hidden=384, n_layers=7)
 
@@ -183,8 +190,9 @@ def test_minimal_set_percentages_refer_to_n_total_and_skip_points_beyond_the_fea
     order = random_ordering(60, random_state=0)
     # as in the pipeline: X holds 60 of a 1,000-neuron model; 10% of 1,000 > 60 is skipped
     with pytest.warns(UserWarning, match="no grid point reached the target"):
-        result = minimal_neuron_set(X[:400], y[:400], X[400:], y[400:], order, target=1.01, n_total=1000,
-                                    pct_grid=(0.01, 0.05, 0.1))
+        result = minimal_neuron_set(
+            X[:400], y[:400], X[400:], y[400:], order, target=1.01, n_total=1000, pct_grid=(0.01, 0.05, 0.1)
+        )
     assert result.curve.k.tolist() == [10, 50, 60] and not result.reached
     assert result.k == 60 and result.pct == pytest.approx(0.06)
 
@@ -193,8 +201,11 @@ def test_accuracy_curve_lca_beats_random_and_bottom_at_small_k():
     X, y = three_neuron_problem(n=1000, d=200)
     Xtr, ytr, Xd, yd = X[:700], y[:700], X[700:], y[700:]
     probe = LinearProbe().fit(Xtr, ytr)
-    orderings = {"lca": lca_ordering(probe.standardized_coef_), "random": random_ordering(200, random_state=0),
-                 "bottom": bottom_ordering(probe.standardized_coef_)}
+    orderings = {
+        "lca": lca_ordering(probe.standardized_coef_),
+        "random": random_ordering(200, random_state=0),
+        "bottom": bottom_ordering(probe.standardized_coef_),
+    }
     curve = accuracy_curve(Xtr, ytr, Xd, yd, orderings=orderings, pcts=(0.015, 0.05, 0.5))
     assert list(curve.columns) == ["ordering", "pct", "k", "score"] and len(curve) == 9
     at = curve.pivot(index="k", columns="ordering", values="score")
@@ -222,10 +233,14 @@ def test_neuron_orderings_and_the_test_table():
     assert np.array_equal(orderings["random"], random_ordering(100, random_state=3))
     target = oracle.score(Xd, yd) * 0.99
     with pytest.warns(UserWarning, match="no grid point reached the target"):  # bottom: the 3 neurons come last
-        sets = {name: minimal_neuron_set(Xtr, ytr, Xd, yd, o, target=target, pct_grid=(0.03, 0.1, 0.5, 0.9))
-                for name, o in orderings.items() if name in ("lca", "bottom")}
-    table = minimal_set_table(sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100,
-                              oracle_dev=oracle.score(Xd, yd), n_boot=200)
+        sets = {
+            name: minimal_neuron_set(Xtr, ytr, Xd, yd, o, target=target, pct_grid=(0.03, 0.1, 0.5, 0.9))
+            for name, o in orderings.items()
+            if name in ("lca", "bottom")
+        }
+    table = minimal_set_table(
+        sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=oracle.score(Xd, yd), n_boot=200
+    )
     assert list(table.columns[:6]) == ["ordering", "neurons_total", "neurons_kept", "pct_kept", "score", "oracle_score"]
     lca = table.set_index("ordering").loc["lca"]
     assert lca.neurons_kept == 3 and lca.pct_kept == 3.0
@@ -256,13 +271,24 @@ def test_test_table_intervals_are_the_paired_bootstrap_by_sentence():
     oracle = LinearProbe().fit(Xtr, ytr)
     orderings = neuron_orderings(oracle.standardized_coef_, Xtr, ytr, random_state=1)
     target = oracle.score(Xd, yd) * 0.95
-    sets = {name: minimal_neuron_set(Xtr, ytr, Xd, yd, orderings[name], target=target, pct_grid=(0.03, 0.1, 0.5, 0.9))
-            for name in ("lca", "random")}
+    sets = {
+        name: minimal_neuron_set(Xtr, ytr, Xd, yd, orderings[name], target=target, pct_grid=(0.03, 0.1, 0.5, 0.9))
+        for name in ("lca", "random")
+    }
     preds = set_predictions(sets, X_test=Xte, oracle=oracle)
     assert list(preds) == ["oracle", "lca", "random"]
     np.testing.assert_array_equal(preds["lca"], sets["lca"].probe.predict(Xte[:, sets["lca"].neurons]))
-    table = minimal_set_table(sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=oracle.score(Xd, yd),
-                              groups=groups, n_boot=300, random_state=4).set_index("ordering")
+    table = minimal_set_table(
+        sets,
+        X_test=Xte,
+        y_test=yte,
+        oracle=oracle,
+        n_total=100,
+        oracle_dev=oracle.score(Xd, yd),
+        groups=groups,
+        n_boot=300,
+        random_state=4,
+    ).set_index("ordering")
     lca = table.loc["lca"]
     s = score_interval(yte, preds["lca"], groups=groups, n_boot=300, random_state=4)
     assert (lca.score, lca.score_low, lca.score_high) == pytest.approx((s.estimate, s.low, s.high))
@@ -275,6 +301,7 @@ def test_test_table_intervals_are_the_paired_bootstrap_by_sentence():
     assert (lca.vs_random, lca.vs_random_low, lca.vs_random_high) == pytest.approx((v.estimate, v.low, v.high))
     assert np.isnan(lca.vs_bottom) and np.isnan(table.loc["random", "vs_random"])  # no bottom set; LCA rows only
     # resampling sentences differs from resampling items
-    items = minimal_set_table(sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=0.9, n_boot=300,
-                              random_state=4).set_index("ordering")
+    items = minimal_set_table(
+        sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=0.9, n_boot=300, random_state=4
+    ).set_index("ordering")
     assert (items.loc["lca", "score_low"], items.loc["lca", "score_high"]) != (lca.score_low, lca.score_high)

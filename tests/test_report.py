@@ -44,8 +44,9 @@ def test_claims_hold_the_papers_numbers_and_check_each_bound():
 
 
 def test_transfer_claims_name_each_bound():
-    table = pd.DataFrame({"model": ["a", "b"], "task": ["t", "t"], "pct_kept": [3.0, 20.0],
-                          "pct_of_oracle": [96.0, 99.0]})
+    table = pd.DataFrame(
+        {"model": ["a", "b"], "task": ["t", "t"], "pct_kept": [3.0, 20.0], "pct_of_oracle": [96.0, 99.0]}
+    )
     c = transfer_claims(table)
     assert c["keeps_97pct"].tolist() == [False, True]
     assert c["at_most_10pct_neurons"].tolist() == [True, False]
@@ -73,8 +74,12 @@ def test_check_runs_names_the_missing_runs():
     table = pd.DataFrame({"model": ["m", "m"], "task": ["pos", "sst"], "split": ["train", "train"]})
     check_runs(table, "activation_stores.csv", [("m", "pos"), ("m", "sst")])
     with pytest.raises(ValueError, match=r"no rows for \[\('m', 'pos', 'dev'\)\].*01_activation_extraction"):
-        check_runs(table, "activation_stores.csv", [("m", "pos", "train"), ("m", "pos", "dev")],
-                   keys=("model", "task", "split"))
+        check_runs(
+            table,
+            "activation_stores.csv",
+            [("m", "pos", "train"), ("m", "pos", "dev")],
+            keys=("model", "task", "split"),
+        )
 
 
 def test_oracle_score_reads_the_single_oracle_row():
@@ -89,11 +94,19 @@ def test_oracle_score_reads_the_single_oracle_row():
 
 
 def test_norm_reading_names_the_peak_per_run():
-    norms = pd.DataFrame({"model": "m", "task": ["pos"] * 3 + ["sst"] * 3, "layer": [0, 1, 2] * 2,
-                          "mean_norm": [1.0, 5.5, 2.25, 3.0, 2.0, np.inf]})
+    norms = pd.DataFrame(
+        {
+            "model": "m",
+            "task": ["pos"] * 3 + ["sst"] * 3,
+            "layer": [0, 1, 2] * 2,
+            "mean_norm": [1.0, 5.5, 2.25, 3.0, 2.0, np.inf],
+        }
+    )
     lines = describe_norms(norms).splitlines()
-    assert lines[0] == ("m · pos: mean norm 1.00 at the embeddings, peak 5.50 at layer 1, 2.25 at the last layer "
-                        "(3 layers; all finite: True).")
+    assert lines[0] == (
+        "m · pos: mean norm 1.00 at the embeddings, peak 5.50 at layer 1, 2.25 at the last layer "
+        "(3 layers; all finite: True)."
+    )
     assert lines[1].startswith("m · sst: mean norm 3.00 at the embeddings, peak inf at layer 2")
     assert lines[1].endswith("all finite: False).")
 
@@ -112,8 +125,9 @@ def _tables(layer_share_by_layer, spans):
 def test_reading_is_generated_from_the_numbers():
     banded = np.array([[1.0, 0.9, 0.5, 0.2], [0.9, 1.0, 0.8, 0.4], [0.5, 0.8, 1.0, 0.7], [0.2, 0.4, 0.7, 1.0]])
     kept, share, spans = _tables([60.0, 50.0, 20.0, 10.0], [8, 2, 0, 0])
-    text = describe_general_redundancy({"m": banded}, kept, share, spans, reference_threshold=0.3,
-                                       same_unit={"m": 0.75}, constant_neurons={"m": 3})
+    text = describe_general_redundancy(
+        {"m": banded}, kept, share, spans, reference_threshold=0.3, same_unit={"m": 0.75}, constant_neurons={"m": 3}
+    )
     assert "for 100% of layers the most similar other layer is a neighbour" in text
     assert "75% of them are one unit index repeated" in text
     assert "3 constant neurons stay as singletons" in text
@@ -135,8 +149,9 @@ def test_general_reading_takes_its_target_from_the_claim():
     kept, share, spans = _tables([60.0, 50.0, 20.0, 10.0], [8, 2, 0, 0])
     text = describe_general_redundancy({"m": np.eye(4)}, kept, share, spans, reference_threshold=0.3)
     assert "**85% of neurons are redundant**" in text
-    text = describe_general_redundancy({"m": np.eye(4)}, kept, share, spans, reference_threshold=0.3,
-                                       paper_pct_redundant=50)
+    text = describe_general_redundancy(
+        {"m": np.eye(4)}, kept, share, spans, reference_threshold=0.3, paper_pct_redundant=50
+    )
     assert "50% or fewer remain from threshold 0.3 on" in text
 
 
@@ -147,26 +162,62 @@ def test_general_reading_takes_its_target_from_the_claim():
 def _task_layers():
     rows = []
     for layer, (ind, inc, sel) in enumerate([(0.60, 0.60, 0.10), (0.85, 0.86, 0.30), (0.80, 0.895, 0.20)]):
-        rows.append({"model": "m", "task": "pos", "layer": layer, "mode": "independent", "score": ind,
-                     "selectivity": sel})
-        rows.append({"model": "m", "task": "pos", "layer": layer, "mode": "incremental", "score": inc,
-                     "selectivity": 0.0})
+        rows.append(
+            {"model": "m", "task": "pos", "layer": layer, "mode": "independent", "score": ind, "selectivity": sel}
+        )
+        rows.append(
+            {"model": "m", "task": "pos", "layer": layer, "mode": "incremental", "score": inc, "selectivity": 0.0}
+        )
     rows.append({"model": "m", "task": "pos", "layer": 2, "mode": "oracle", "score": 0.9, "selectivity": np.nan})
     return pd.DataFrame(rows)
 
 
 def _minimal_neurons():
     base = {"model": "m", "task": "pos", "neurons_total": 300, "oracle_score": 0.88}
-    return pd.DataFrame([
-        {**base, "ordering": "lca", "neurons_kept": 15, "pct_kept": 5.0, "score": 0.87, "score_low": 0.85,
-         "score_high": 0.89, "reached": True},
-        {**base, "ordering": "random", "neurons_kept": 60, "pct_kept": 20.0, "score": 0.86, "score_low": 0.8,
-         "score_high": 0.9, "reached": True},
-        {**base, "ordering": "bottom", "neurons_kept": 300, "pct_kept": 100.0, "score": 0.7, "score_low": 0.6,
-         "score_high": 0.8, "reached": False},
-        {**base, "ordering": "mean_difference", "neurons_kept": 30, "pct_kept": 10.0, "score": 0.86,
-         "score_low": 0.8, "score_high": 0.9, "reached": True},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                **base,
+                "ordering": "lca",
+                "neurons_kept": 15,
+                "pct_kept": 5.0,
+                "score": 0.87,
+                "score_low": 0.85,
+                "score_high": 0.89,
+                "reached": True,
+            },
+            {
+                **base,
+                "ordering": "random",
+                "neurons_kept": 60,
+                "pct_kept": 20.0,
+                "score": 0.86,
+                "score_low": 0.8,
+                "score_high": 0.9,
+                "reached": True,
+            },
+            {
+                **base,
+                "ordering": "bottom",
+                "neurons_kept": 300,
+                "pct_kept": 100.0,
+                "score": 0.7,
+                "score_low": 0.6,
+                "score_high": 0.8,
+                "reached": False,
+            },
+            {
+                **base,
+                "ordering": "mean_difference",
+                "neurons_kept": 30,
+                "pct_kept": 10.0,
+                "score": 0.86,
+                "score_low": 0.8,
+                "score_high": 0.9,
+                "reached": True,
+            },
+        ]
+    )
 
 
 def test_task_reading_is_generated_from_the_tables():
@@ -204,10 +255,17 @@ def test_task_claim_table_marks_the_lca_rows():
 
 
 def test_reproduction_report_verdicts_follow_the_bounds():
-    transfer = pd.DataFrame({"model": ["a", "b"], "task": ["pos", "pos"], "pct_kept": [4.0, 12.5],
-                             "pct_of_oracle": [98.0, 95.5]})
-    general = pd.DataFrame({"model": ["a", "a", "b"], "task": ["pos", "sst", "pos"], "threshold": [0.3, 0.3, 0.3],
-                            "pct_kept": [10.0, 14.0, 40.0]})
+    transfer = pd.DataFrame(
+        {"model": ["a", "b"], "task": ["pos", "pos"], "pct_kept": [4.0, 12.5], "pct_of_oracle": [98.0, 95.5]}
+    )
+    general = pd.DataFrame(
+        {
+            "model": ["a", "a", "b"],
+            "task": ["pos", "sst", "pos"],
+            "threshold": [0.3, 0.3, 0.3],
+            "pct_kept": [10.0, 14.0, 40.0],
+        }
+    )
     minimal = _minimal_neurons()
     text = reproduction_report(transfer, general=general, minimal=minimal)
     assert "a: 88% redundant; b: 60% redundant (mean over tasks): the claim **holds in part**" in text
@@ -235,14 +293,37 @@ def test_markdown_helpers():
 
 def _sweep(model, task, rows, *, total=1000, constant=0):
     """cc_sweep-shaped rows: (threshold, neurons_kept, ratio, ratio_low, ratio_high) per clustering step."""
-    out = [{"model": model, "task": task, "step": "oracle", "threshold": np.nan, "neurons_total": total,
-            "neurons_constant": constant, "neurons_kept": total, "pct_removed_nonconstant": 0.0,
-            "ratio": 1.0, "ratio_low": 1.0, "ratio_high": 1.0}]
+    out = [
+        {
+            "model": model,
+            "task": task,
+            "step": "oracle",
+            "threshold": np.nan,
+            "neurons_total": total,
+            "neurons_constant": constant,
+            "neurons_kept": total,
+            "pct_removed_nonconstant": 0.0,
+            "ratio": 1.0,
+            "ratio_low": 1.0,
+            "ratio_high": 1.0,
+        }
+    ]
     for t, kept, r, lo, hi in rows:
-        out.append({"model": model, "task": task, "step": "clustering", "threshold": t, "neurons_total": total,
-                    "neurons_constant": constant, "neurons_kept": kept,
-                    "pct_removed_nonconstant": 100 * (total - constant - kept) / (total - constant),
-                    "ratio": r, "ratio_low": lo, "ratio_high": hi})
+        out.append(
+            {
+                "model": model,
+                "task": task,
+                "step": "clustering",
+                "threshold": t,
+                "neurons_total": total,
+                "neurons_constant": constant,
+                "neurons_kept": kept,
+                "pct_removed_nonconstant": 100 * (total - constant - kept) / (total - constant),
+                "ratio": r,
+                "ratio_low": lo,
+                "ratio_high": hi,
+            }
+        )
     return out
 
 
@@ -288,20 +369,29 @@ def test_general_sweep_reading_names_the_constant_neurons():
 
 
 def _transfer_table():
-    return pd.DataFrame({
-        "model": ["a", "a", "b", "b"], "task": ["pos", "sst", "pos", "sst"],
-        "pct_kept": [2.0, 9.0, 3.0, 4.0], "pct_of_oracle": [99.0, 98.0, 96.0, 98.5],
-        "pct_kept_min": [1.0, 8.0, 2.0, 3.0], "pct_kept_max": [3.0, 11.0, 4.0, 5.0],
-        "ratio": [0.99, 0.98, 0.96, 0.985], "ratio_low": [0.975, 0.97, 0.93, 0.96],
-        "ratio_high": [1.0, 0.99, 0.965, 1.01],
-    })
+    return pd.DataFrame(
+        {
+            "model": ["a", "a", "b", "b"],
+            "task": ["pos", "sst", "pos", "sst"],
+            "pct_kept": [2.0, 9.0, 3.0, 4.0],
+            "pct_of_oracle": [99.0, 98.0, 96.0, 98.5],
+            "pct_kept_min": [1.0, 8.0, 2.0, 3.0],
+            "pct_kept_max": [3.0, 11.0, 4.0, 5.0],
+            "ratio": [0.99, 0.98, 0.96, 0.985],
+            "ratio_low": [0.975, 0.97, 0.93, 0.96],
+            "ratio_high": [1.0, 0.99, 0.965, 1.01],
+        }
+    )
 
 
 def test_transfer_verdicts_need_both_bounds():
     v = transfer_claim_verdicts(_transfer_table()).set_index(["model", "task"])
     assert v.loc[("a", "pos"), "verdict"] == "holds"
     assert v.loc[("a", "sst"), ["accuracy_verdict", "size_verdict", "verdict"]].tolist() == [
-        "holds", "inconclusive", "inconclusive"]  # seeds on both sides of 10%
+        "holds",
+        "inconclusive",
+        "inconclusive",
+    ]  # seeds on both sides of 10%
     assert v.loc[("b", "pos"), "verdict"] == "does not hold"  # [0.93, 0.965] lies below 0.97
     assert v.loc[("b", "sst"), "verdict"] == "inconclusive"
     no_spread = transfer_claim_verdicts(_transfer_table().drop(columns=["pct_kept_min", "pct_kept_max"]))
@@ -333,22 +423,38 @@ def test_side_by_side_table_and_report_use_the_interval_verdicts():
 
 def _seeded_lca(rows):
     """LCA rows of minimal_neurons: (seed, pct_kept, ratio, ratio_low, ratio_high) per seed."""
-    return pd.DataFrame([{"model": "m", "task": "pos", "ordering": "lca", "seed": s, "pct_kept": k, "ratio": r,
-                          "ratio_low": lo, "ratio_high": hi} for s, k, r, lo, hi in rows])
+    return pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "task": "pos",
+                "ordering": "lca",
+                "seed": s,
+                "pct_kept": k,
+                "ratio": r,
+                "ratio_low": lo,
+                "ratio_high": hi,
+            }
+            for s, k, r, lo, hi in rows
+        ]
+    )
 
 
-@pytest.mark.parametrize("rows, expected", [
-    # every seed removes >= 92% and the whole ratio interval is >= 0.99
-    ([(0, 5.0, 1.00, 0.995, 1.01), (1, 8.0, 0.999, 0.991, 1.005)], "holds"),
-    # the interval straddles the tolerance 0.99
-    ([(0, 5.0, 0.99, 0.97, 1.01), (1, 5.0, 0.995, 0.985, 1.004)], "inconclusive"),
-    # the whole interval lies below the tolerance
-    ([(0, 5.0, 0.95, 0.93, 0.97), (1, 5.0, 0.96, 0.94, 0.98)], "does not hold"),
-    # the share removed is short of 92% (9% kept), however good the score
-    ([(0, 9.0, 1.0, 0.995, 1.01)], "does not hold"),
-    # seeds disagree: one holds, one does not
-    ([(0, 5.0, 1.0, 0.995, 1.01), (1, 20.0, 1.0, 0.995, 1.01)], "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        # every seed removes >= 92% and the whole ratio interval is >= 0.99
+        ([(0, 5.0, 1.00, 0.995, 1.01), (1, 8.0, 0.999, 0.991, 1.005)], "holds"),
+        # the interval straddles the tolerance 0.99
+        ([(0, 5.0, 0.99, 0.97, 1.01), (1, 5.0, 0.995, 0.985, 1.004)], "inconclusive"),
+        # the whole interval lies below the tolerance
+        ([(0, 5.0, 0.95, 0.93, 0.97), (1, 5.0, 0.96, 0.94, 0.98)], "does not hold"),
+        # the share removed is short of 92% (9% kept), however good the score
+        ([(0, 9.0, 1.0, 0.995, 1.01)], "does not hold"),
+        # seeds disagree: one holds, one does not
+        ([(0, 5.0, 1.0, 0.995, 1.01), (1, 20.0, 1.0, 0.995, 1.01)], "inconclusive"),
+    ],
+)
 def test_task_claim_verdicts_are_read_from_intervals(rows, expected):
     v = task_claim_verdicts(_seeded_lca(rows), delta=1.0)
     assert len(v) == 1
@@ -362,8 +468,10 @@ def test_task_claim_verdicts_are_read_from_intervals(rows, expected):
 
 
 def test_task_claim_verdicts_use_the_tolerance_and_ignore_other_orderings():
-    table = pd.concat([_seeded_lca([(0, 5.0, 0.97, 0.96, 0.985)]),
-                       _seeded_lca([(0, 90.0, 0.5, 0.4, 0.6)]).assign(ordering="random")], ignore_index=True)
+    table = pd.concat(
+        [_seeded_lca([(0, 5.0, 0.97, 0.96, 0.985)]), _seeded_lca([(0, 90.0, 0.5, 0.4, 0.6)]).assign(ordering="random")],
+        ignore_index=True,
+    )
     assert task_claim_verdicts(table, delta=1.0).verdict.tolist() == ["does not hold"]  # 0.985 < 0.99
     assert task_claim_verdicts(table, delta=5.0).verdict.tolist() == ["holds"]  # 0.96 >= 0.95
     assert "[0.960, 0.985] ≥ 0.950" in task_claim_verdicts(table, delta=5.0).deciding.iloc[0]
@@ -372,8 +480,14 @@ def test_task_claim_verdicts_use_the_tolerance_and_ignore_other_orderings():
 
 
 def test_seed_spread_is_mean_sd_min_max_per_group():
-    t = pd.DataFrame({"model": "m", "ordering": ["lca", "lca", "lca", "random"], "k": [10, 14, 12, 50],
-                      "score": [0.9, 0.8, 0.85, 0.7]})
+    t = pd.DataFrame(
+        {
+            "model": "m",
+            "ordering": ["lca", "lca", "lca", "random"],
+            "k": [10, 14, 12, 50],
+            "score": [0.9, 0.8, 0.85, 0.7],
+        }
+    )
     s = seed_spread(t, by=["model", "ordering"], values=["k", "score"]).set_index("ordering")
     assert s.loc["lca", "n_seeds"] == 3 and s.loc["random", "n_seeds"] == 1
     assert s.loc["lca", "k_mean"] == 12 and s.loc["lca", "k_sd"] == pytest.approx(np.std([10, 14, 12], ddof=1))
@@ -410,8 +524,9 @@ def test_task_claim_verdicts_read_the_bound_rows_straight_from_test():
 def test_task_reading_gives_the_reading_at_the_bound():
     counts = pd.DataFrame({"model": "m", "task": "pos", "layer": [0, 1, 2], "count": [2, 9, 4]})
     one = _minimal_neurons().assign(seed=0, ratio=1.0, ratio_low=0.995, ratio_high=1.01)
-    bound = one[one.ordering == "lca"].assign(ordering="lca_at_bound", pct_kept=8.0, ratio=0.97, ratio_low=0.96,
-                                              ratio_high=0.98)
+    bound = one[one.ordering == "lca"].assign(
+        ordering="lca_at_bound", pct_kept=8.0, ratio=0.97, ratio_low=0.96, ratio_high=0.98
+    )
     text = describe_task_redundancy(_task_layers(), pd.concat([one, bound], ignore_index=True), counts, delta=1.0)
     assert "m · pos: **holds**" in text  # the search's set: 95% removable, [0.995, 1.01] >= 0.99
     assert "8% of them" in text and "0.970 of the oracle, intervals within [0.960, 0.980] -> **does not hold**" in text

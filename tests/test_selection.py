@@ -107,13 +107,15 @@ def test_reduced_probe_reproduces_the_pipeline_test_predictions(result, splits, 
 def test_reduced_probe_on_text_runs_a_truncated_model(minilm):
     rng = np.random.default_rng(0)
     neurons = np.sort(rng.choice(3 * 384, size=10, replace=False))  # layers 0..2 of 7
-    probe = ReducedProbe(int(neurons.max() // 384), 384, neurons, rng.normal(size=(3, 10)), np.zeros(3),
-                         np.array(["x", "y", "z"]))
+    probe = ReducedProbe(
+        int(neurons.max() // 384), 384, neurons, rng.normal(size=(3, 10)), np.zeros(3), np.array(["x", "y", "z"])
+    )
     texts = [["The", "cat", "sat."], ["Stocks", "fell", "sharply", "on", "Monday."]]
     full = extract(minilm, texts, level="word", progress=False)
     np.testing.assert_array_equal(probe.predict_texts(minilm, texts, level="word"), probe.predict(full))
-    np.testing.assert_allclose(probe.decision_function(full),
-                               full.reshape(len(full), -1)[:, neurons] @ probe.coef_.T, rtol=1e-6)
+    np.testing.assert_allclose(
+        probe.decision_function(full), full.reshape(len(full), -1)[:, neurons] @ probe.coef_.T, rtol=1e-6
+    )
     with pytest.raises(ValueError, match="expected activations of shape"):
         probe.predict(full[:, :1])
 
@@ -168,8 +170,10 @@ def test_predictions_round_trip_with_their_dtype(labels, tmp_path):
 def _seed_results(splits, seeds=(0, 1, 2)):
     train, dev, test = splits
     adam = {"solver": "adam", "max_epochs": 5}
-    return [run_transfer(train, dev, test, grid=[(3, 1, None)], probe_params={**adam, "random_state": s},
-                         progress=False) for s in seeds]
+    return [
+        run_transfer(train, dev, test, grid=[(3, 1, None)], probe_params={**adam, "random_state": s}, progress=False)
+        for s in seeds
+    ]
 
 
 def test_transfer_over_seeds_pools_seeds_on_shared_resamples(splits):
@@ -187,16 +191,18 @@ def test_transfer_over_seeds_pools_seeds_on_shared_resamples(splits):
     assert s["ratio_low"] <= s["ratio"] <= s["ratio_high"]
     assert s["n_test_groups"] == len(np.unique(groups))
     # the same bootstrap by hand: resample groups, every seed's items of a group together
-    counts = np.random.default_rng(0).multinomial(len(np.unique(groups)), np.full(len(np.unique(groups)),
-                                                  1 / len(np.unique(groups))), size=400)
+    counts = np.random.default_rng(0).multinomial(
+        len(np.unique(groups)), np.full(len(np.unique(groups)), 1 / len(np.unique(groups))), size=400
+    )
     w = counts[:, groups]  # weight of each item in each replicate
     red = np.mean([w @ (r.test_predictions == yt) for r in results], axis=0)
     ora = np.mean([w @ (r.oracle_test_predictions == yt) for r in results], axis=0)
     low, high = np.nanquantile(red / ora, [0.025, 0.975])
     assert (s["ratio_low"], s["ratio_high"]) == pytest.approx((low, high))
     with pytest.raises(ValueError, match="different test items"):
-        other = run_transfer(splits[0], splits[1], (splits[2][0][:-5], yt[:-5]), grid=[(3, 1, None)],
-                             probe_params=FAST, progress=False)
+        other = run_transfer(
+            splits[0], splits[1], (splits[2][0][:-5], yt[:-5]), grid=[(3, 1, None)], probe_params=FAST, progress=False
+        )
         transfer_over_seeds([results[0], other])
 
 
@@ -209,8 +215,9 @@ def planted():
     def make(n):
         src = rng.normal(size=(n, 4))
         layer0 = np.c_[src, rng.normal(size=(n, 1)), np.full((n, 1), 2.5)]  # 4 sources, noise, constant
-        layer1 = np.c_[src + 0.05 * rng.normal(size=(n, 4)), -src[:, 1] + 0.05 * rng.normal(size=n),
-                       src[:, 0] + rng.normal(size=n)]  # |r| ~ 0.7 with unit 0: merges only at looser cuts
+        layer1 = np.c_[
+            src + 0.05 * rng.normal(size=(n, 4)), -src[:, 1] + 0.05 * rng.normal(size=n), src[:, 0] + rng.normal(size=n)
+        ]  # |r| ~ 0.7 with unit 0: merges only at looser cuts
         acts = np.stack([layer0, layer1], axis=1).astype(np.float32)  # (n, 2, 6)
         y = np.where(src[:, 0] + 0.3 * src[:, 1] > 0, "pos", "neg")
         return acts, y
@@ -229,8 +236,17 @@ def test_cc_sweep_matches_clusters_and_probes_computed_separately(planted):
     thresholds = [0.1, 0.5, 0.9]
     clusterings = cluster_sweep(corr, thresholds)
     groups = np.arange(len(yt)) // 3
-    sweep = cc_sweep((A, y), (Ad, yd), (At, yt), clusterings, constant=[5], probe_params=FAST,
-                     test_groups=groups, n_boot=300, progress=False)
+    sweep = cc_sweep(
+        (A, y),
+        (Ad, yd),
+        (At, yt),
+        clusterings,
+        constant=[5],
+        probe_params=FAST,
+        test_groups=groups,
+        n_boot=300,
+        progress=False,
+    )
     t = sweep.table
     assert list(t["step"]) == ["oracle", "constant", "clustering", "clustering", "clustering"]
     const = t[t.step == "constant"].iloc[0]
@@ -239,8 +255,9 @@ def test_cc_sweep_matches_clusters_and_probes_computed_separately(planted):
     oracle_pred = LinearProbe(**FAST).fit(X, y, X_dev=Xd, y_dev=yd).predict(Xt)
     for c, row in zip(clusterings, t[t.step == "clustering"].itertuples()):
         # kept = scipy's clusters minus the constant singleton
-        labels = fcluster(linkage(1 - np.abs(corr[np.triu_indices(12, 1)]), "average"), c.threshold,
-                          criterion="distance")
+        labels = fcluster(
+            linkage(1 - np.abs(corr[np.triu_indices(12, 1)]), "average"), c.threshold, criterion="distance"
+        )
         assert row.neurons_kept == len(np.unique(labels)) - 1
         assert row.pct_removed_nonconstant == pytest.approx(100 * (11 - row.neurons_kept) / 11)
         reps = np.setdiff1d(c.representatives, [5])

@@ -71,7 +71,9 @@ def layered(rng):
     acts = np.empty((n, n_layers, hidden))
     acts[:, 0] = rng.standard_normal((n, hidden))
     for layer in range(1, n_layers):
-        acts[:, layer] = acts[:, layer - 1] @ rng.standard_normal((hidden, hidden)) / 3 + rng.standard_normal((n, hidden))
+        acts[:, layer] = acts[:, layer - 1] @ rng.standard_normal((hidden, hidden)) / 3 + rng.standard_normal(
+            (n, hidden)
+        )
     acts[:, 2, 0] += 40.0  # a large offset: the streaming centring must cope
     return acts
 
@@ -141,9 +143,15 @@ def test_linear_cka_validates_input(pair):
 @pytest.mark.parametrize("debiased", [False, True])
 def test_layer_similarity_equals_pairwise_linear_cka(layered, chunk_size, debiased):
     n_layers = layered.shape[1]
-    expected = np.array([[linear_cka(layered[:, i], layered[:, j], debiased=debiased) for j in range(n_layers)]
-                         for i in range(n_layers)])
-    exact = layer_similarity(layered, chunk_size=chunk_size, debiased=debiased, compute_dtype=np.float64, progress=False)
+    expected = np.array(
+        [
+            [linear_cka(layered[:, i], layered[:, j], debiased=debiased) for j in range(n_layers)]
+            for i in range(n_layers)
+        ]
+    )
+    exact = layer_similarity(
+        layered, chunk_size=chunk_size, debiased=debiased, compute_dtype=np.float64, progress=False
+    )
     np.testing.assert_allclose(exact, expected, atol=1e-10)
     fast = layer_similarity(layered.astype(np.float32), chunk_size=chunk_size, debiased=debiased, progress=False)
     np.testing.assert_allclose(fast, expected, atol=1e-5)
@@ -185,8 +193,11 @@ def test_state_dict_round_trip_resumes_exactly(layered, tmp_path):
     resumed.add(X[70:])
     assert resumed.n_samples_ == len(X)
     np.testing.assert_allclose(resumed.gram(), whole.gram(), atol=1e-9)
-    np.testing.assert_allclose(resumed.block_similarity(debiased=True),
-                               layer_similarity(layered, debiased=True, compute_dtype=np.float64, progress=False), atol=1e-10)
+    np.testing.assert_allclose(
+        resumed.block_similarity(debiased=True),
+        layer_similarity(layered, debiased=True, compute_dtype=np.float64, progress=False),
+        atol=1e-10,
+    )
 
 
 def test_accumulator_validates_batches(layered):
@@ -211,8 +222,9 @@ def test_nan_in_a_later_chunk_names_the_global_row(layered):
 
 def test_cross_model_similarity_equals_pairwise_linear_cka(layered, rng):
     other = np.concatenate([layered[:, ::2], rng.standard_normal((len(layered), 1, 8))], axis=1)[..., :6]  # (n, 4, 6)
-    expected = np.array([[linear_cka(layered[:, i], other[:, j]) for j in range(other.shape[1])]
-                         for i in range(layered.shape[1])])
+    expected = np.array(
+        [[linear_cka(layered[:, i], other[:, j]) for j in range(other.shape[1])] for i in range(layered.shape[1])]
+    )
     got = cross_model_similarity(layered, other, chunk_size=11, compute_dtype=np.float64, progress=False)
     assert got.shape == (5, 4)
     np.testing.assert_allclose(got, expected, atol=1e-10)
@@ -230,10 +242,7 @@ def test_layer_similarity_rejects_2d_input(layered):
 
 
 def test_cka_by_layer_distance_and_adjacent_summary():
-    m = np.array([[1.0, 0.9, 0.5, 0.2],
-                  [0.9, 1.0, 0.8, 0.4],
-                  [0.5, 0.8, 1.0, 0.7],
-                  [0.2, 0.4, 0.7, 1.0]])
+    m = np.array([[1.0, 0.9, 0.5, 0.2], [0.9, 1.0, 0.8, 0.4], [0.5, 0.8, 1.0, 0.7], [0.2, 0.4, 0.7, 1.0]])
     np.testing.assert_allclose(cka_by_layer_distance(m), [1.0, 0.8, 0.45, 0.2])
     s = adjacent_layer_summary(m)
     assert s["frac_nearest_adjacent"] == 1.0
@@ -247,10 +256,7 @@ def test_cka_by_layer_distance_and_adjacent_summary():
 
 
 def test_adjacent_summary_leaves_out_constant_layers():
-    m = np.array([[1.0, 0.9, 0.5, 0.2],
-                  [0.9, 1.0, 0.8, 0.4],
-                  [0.5, 0.8, 1.0, 0.7],
-                  [0.2, 0.4, 0.7, 1.0]])
+    m = np.array([[1.0, 0.9, 0.5, 0.2], [0.9, 1.0, 0.8, 0.4], [0.5, 0.8, 1.0, 0.7], [0.2, 0.4, 0.7, 1.0]])
     m[0, :] = m[:, 0] = np.nan  # layer 0 constant over the items: CKA undefined
     s = adjacent_layer_summary(m)
     assert s["undefined_layers"] == [0]
@@ -295,7 +301,7 @@ def test_standardized_layer_cka_equals_cka_of_standardized_layers():
     got = standardized_layer_cka(corr, [5, 5, 5])
     for i in range(3):
         for j in range(3):
-            want = linear_cka(z[:, 5 * i:5 * i + 5], z[:, 5 * j:5 * j + 5])
+            want = linear_cka(z[:, 5 * i : 5 * i + 5], z[:, 5 * j : 5 * j + 5])
             np.testing.assert_allclose(got[i, j], want, atol=1e-10)
     assert not np.isclose(got[0, 2], linear_cka(flat[:, :5], flat[:, 10:]))
     # a block of only constant features is undefined, not 0

@@ -96,7 +96,9 @@ def dask_clients():
 def test_column_moments_equal_numpy(acts):
     X = acts.reshape(len(acts), -1).astype(np.float64)
     m = column_moments(acts, chunk_size=37, tile_size=50, progress=False)
-    np.testing.assert_allclose(m.mean, X.mean(axis=0), rtol=1e-6, atol=1e-6 * X.std(axis=0).max())  # float32 z = x - shift, as the dense path
+    np.testing.assert_allclose(
+        m.mean, X.mean(axis=0), rtol=1e-6, atol=1e-6 * X.std(axis=0).max()
+    )  # float32 z = x - shift, as the dense path
     np.testing.assert_allclose(m.std, X.std(axis=0), rtol=1e-6)
     assert m.n_samples == len(X) and len(m.constant) == 0
 
@@ -177,8 +179,9 @@ def test_layer_cka_from_the_same_tiles(acts):
     res = thresholded_correlation(acts, t_max=0.3, tile_size=70, chunk_size=150, layer_cka=True, progress=False)
     acc = gram_statistics(acts, progress=False)
     np.testing.assert_allclose(res.layer_cka, acc.block_similarity(), atol=1e-6)
-    np.testing.assert_allclose(res.layer_cka_standardized, standardized_layer_cka(acc.correlation(), [48] * 5),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        res.layer_cka_standardized, standardized_layer_cka(acc.correlation(), [48] * 5), atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +192,10 @@ def test_dask_one_and_two_workers_equal_local(acts, dense_planted, dask_clients)
     _, dense = dense_planted
     c1, c2 = dask_clients
     local = thresholded_correlation(acts, t_max=0.45, tile_size=64, chunk_size=150, progress=False)
-    runs = [cluster_neurons_tiled(acts, THRESHOLDS, tile_size=64, chunk_size=150, client=c, progress=False)
-            for c in (c1, c2)]
+    runs = [
+        cluster_neurons_tiled(acts, THRESHOLDS, tile_size=64, chunk_size=150, client=c, progress=False)
+        for c in (c1, c2)
+    ]
     for res in runs:
         assert_same_clusterings(dense, res.clusterings)
         assert (abs(res.correlation.edges - local.edges) > 1e-6).nnz == 0
@@ -201,8 +206,9 @@ def test_dask_one_and_two_workers_equal_local(acts, dense_planted, dask_clients)
 def test_dask_on_minilm_store_two_workers(minilm_store, dask_clients):
     thresholds = [0.1, 0.3]
     dense = cluster_sweep(neuron_correlation(minilm_store, progress=False), thresholds)
-    res = cluster_neurons_tiled(minilm_store, thresholds, tile_size=700, chunk_size=500, client=dask_clients[1],
-                                progress=False)
+    res = cluster_neurons_tiled(
+        minilm_store, thresholds, tile_size=700, chunk_size=500, client=dask_clients[1], progress=False
+    )
     assert_same_clusterings(dense, res.clusterings)
 
 
@@ -240,8 +246,9 @@ def test_giant_component_raises_and_says_so(giant):
 
 def test_giant_component_approximate_is_marked(giant):
     corr = thresholded_correlation(giant, t_max=0.6, progress=False)
-    res = cluster_components(giant, corr, [0.3, 0.6], memory_budget=dense_block_bytes(40), on_giant="approximate",
-                             progress=False)
+    res = cluster_components(
+        giant, corr, [0.3, 0.6], memory_budget=dense_block_bytes(40), on_giant="approximate", progress=False
+    )
     assert not res.exact
     assert [len(m) for m in res.approximate_components] == [60]
     dense = cluster_sweep(neuron_correlation(giant, progress=False), [0.3, 0.6])

@@ -33,8 +33,9 @@ def test_adam_zero_grad_honours_set_to_none():
 
 
 def test_auto_lr_and_solver_choice():
-    torch.testing.assert_close(auto_lr(torch.tensor([100, 768, 9984])),
-                               torch.tensor([1e-2, 3 / 768, 3 / 9984], dtype=torch.float64))
+    torch.testing.assert_close(
+        auto_lr(torch.tensor([100, 768, 9984])), torch.tensor([1e-2, 3 / 768, 3 / 9984], dtype=torch.float64)
+    )
     assert resolve_solver("auto", LBFGS_MAX_CELLS, has_dev=False) == "lbfgs"
     assert resolve_solver("auto", LBFGS_MAX_CELLS + 1, has_dev=False) == "adam"
     assert resolve_solver("auto", 10, has_dev=True) == "adam"

@@ -27,9 +27,12 @@ def executed_pair(tmp_path_factory):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell("n = 3")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# Demo\nWrites `figures/demo.csv`."), params,
-                nbformat.v4.new_code_cell("squares = [i * i for i in range(n)]"),
-                nbformat.v4.new_code_cell("print(sum(squares))")]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Demo\nWrites `figures/demo.csv`."),
+        params,
+        nbformat.v4.new_code_cell("squares = [i * i for i in range(n)]"),
+        nbformat.v4.new_code_cell("print(sum(squares))"),
+    ]
     source, executed = folder / "demo.ipynb", folder / "executed.ipynb"
     nbformat.write(nb, source)
     pm.execute_notebook(str(source), str(executed), parameters={"n": 4}, kernel_name="python3", progress_bar=False)
@@ -95,7 +98,8 @@ def test_readme_table_check_catches_a_changed_number():
     problems = tutorial.table_problems(edited, table.rename(columns=README_COLUMNS))
     assert problems == ["row 1, column 'test': the table says '0.880', the CSV 0.8761"]
     assert tutorial.table_problems(markdown, table.iloc[:1].rename(columns=README_COLUMNS)) == [
-        "the table has 2 rows, the CSV 1"]
+        "the table has 2 rows, the CSV 1"
+    ]
 
 
 def test_committed_readme_numbers_match_their_csv():
@@ -112,8 +116,13 @@ def test_provenance_record_and_staleness(tmp_path):
     (repo / "utils").mkdir(parents=True)
 
     def git(*args):
-        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo,
-                              check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     git("init", "-q")
     (repo / "utils" / "a.py").write_text("x = 1\n")
@@ -134,9 +143,12 @@ def test_provenance_record_and_staleness(tmp_path):
     assert "02_y" in tutorial.timing_table(copy.deepcopy(record))
 
 
-@pytest.mark.xfail(strict=True, reason="the committed notebooks and figures predate the current code: no full "
-                   "`make reproduce` of it has been committed yet (02/03 lack outputs); strict, so the first "
-                   "consistent full run makes this test fail until the marker is removed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the committed notebooks and figures predate the current code: no full "
+    "`make reproduce` of it has been committed yet (02/03 lack outputs); strict, so the first "
+    "consistent full run makes this test fail until the marker is removed",
+)
 def test_committed_tutorial_is_consistent():
     assert tutorial.tutorial_problems() == []
 
@@ -144,8 +156,14 @@ def test_committed_tutorial_is_consistent():
 def test_run_notebooks_executes_in_order_and_records_provenance(executed_pair, tmp_path):
     source, _ = executed_pair
     (tmp_path / "params.yaml").write_text("n: 5\n")
-    runs = tutorial.run_notebooks([source.stem], params_file=tmp_path / "params.yaml", out_dir=tmp_path / "out",
-                                  figures_dir=tmp_path / "figs", source_dir=source.parent, progress=False)
+    runs = tutorial.run_notebooks(
+        [source.stem],
+        params_file=tmp_path / "params.yaml",
+        out_dir=tmp_path / "out",
+        figures_dir=tmp_path / "figs",
+        source_dir=source.parent,
+        progress=False,
+    )
     copy_ = tmp_path / "out" / source.name
     assert tutorial.executed_problems(source, copy_) == []
     assert nbformat.read(copy_, as_version=4).cells[-1].outputs[0]["text"].strip() == str(sum(i * i for i in range(5)))
@@ -153,8 +171,13 @@ def test_run_notebooks_executes_in_order_and_records_provenance(executed_pair, t
     assert [r["name"] for r in record["notebooks"]] == [source.stem] == [r.name for r in runs]
     assert 20 < record["peak_rss_mib"] < 4096  # a Python kernel's resident memory, in MiB
     with pytest.raises(FileNotFoundError, match="no notebook"):
-        tutorial.run_notebooks(["nope"], params_file=tmp_path / "params.yaml", out_dir=tmp_path / "out",
-                               figures_dir=tmp_path / "figs", source_dir=source.parent)
+        tutorial.run_notebooks(
+            ["nope"],
+            params_file=tmp_path / "params.yaml",
+            out_dir=tmp_path / "out",
+            figures_dir=tmp_path / "figs",
+            source_dir=source.parent,
+        )
 
 
 def test_committed_sources_share_their_parameter_defaults(tmp_path):
@@ -170,5 +193,7 @@ def test_committed_sources_share_their_parameter_defaults(tmp_path):
     cell.source = cell.source.replace("eval_budget = 500", "eval_budget = 1000")
     nbformat.write(nb, tmp_path / "other.ipynb")
     problems = tutorial.default_problems([sources[0], tmp_path / "other.ipynb"])
-    assert problems == ["other.ipynb: parameter eval_budget = 1000, but 01_activation_extraction.ipynb has 500; "
-                        "give the notebooks one default"]
+    assert problems == [
+        "other.ipynb: parameter eval_budget = 1000, but 01_activation_extraction.ipynb has 500; "
+        "give the notebooks one default"
+    ]

@@ -76,8 +76,22 @@ SENTENCE_AGGREGATIONS = ("cls", "last", "mean")
 STORE_VERSION = 2
 # The files of a finished store; meta.json records the size and sha256 of each.
 STORE_FILES = ("activations.npy", "labels.npy", "sentence_ids.npy", "words.json")
-META_KEYS = ("store_version", "model", "model_sha256", "level", "aggregation", "dtype", "n_items", "n_sentences",
-             "n_layers", "hidden", "data_sha256", "files", "complete", "meta_sha256")
+META_KEYS = (
+    "store_version",
+    "model",
+    "model_sha256",
+    "level",
+    "aggregation",
+    "dtype",
+    "n_items",
+    "n_sentences",
+    "n_layers",
+    "hidden",
+    "data_sha256",
+    "files",
+    "complete",
+    "meta_sha256",
+)
 # Arithmetic of the forward pass: "float32" as loaded, or "bfloat16" under torch.autocast (the CPU's
 # AVX512-BF16 / AMX, or a GPU's tensor cores; about 2x faster on this project's CPU). Part of the store
 # key. Stores default to "auto": bfloat16 on a CPU with native bfloat16 instructions, where it was
@@ -136,8 +150,9 @@ class _Segment:
     token_word: np.ndarray  # (n_tokens,) index into ``rows`` of each token, -1 for special tokens
 
 
-def _word_segments(tok: Any, sentence: Sequence[str], row0: int, max_length: int,
-                   split_glued: bool = True) -> tuple[list[_Segment], int]:
+def _word_segments(
+    tok: Any, sentence: Sequence[str], row0: int, max_length: int, split_glued: bool = True
+) -> tuple[list[_Segment], int]:
     """Tokenize one sentence (joined words, char offsets); split into windows that fit; return segments and n_windows-1."""
     words = list(sentence)
     ids, token_word, owner = _encode_words(tok, words, split_glued=split_glued)
@@ -216,7 +231,9 @@ def glued_core(word: str) -> tuple[int, int]:
     return m.start("core"), m.end("core")
 
 
-def _encode_words(tok: Any, words: Sequence[str], *, split_glued: bool = True) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _encode_words(
+    tok: Any, words: Sequence[str], *, split_glued: bool = True
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Tokenize ``" ".join(words)`` and align every token with a word by character offsets.
 
     A token belongs to the word holding its last non-space character; a token of spaces only
@@ -271,8 +288,9 @@ def _sentence_segments(tok: Any, texts: Sequence, max_length: int) -> tuple[list
     return segments, n_trunc
 
 
-def build_segments(loaded: LoadedModel, texts: Sequence, *, level: str,
-                   split_glued: bool = True) -> tuple[list[_Segment], int]:
+def build_segments(
+    loaded: LoadedModel, texts: Sequence, *, level: str, split_glued: bool = True
+) -> tuple[list[_Segment], int]:
     """Tokenize ``texts`` into model inputs; return the segments and the total number of output rows.
 
     ``split_glued`` (word level): pool each word over its core's subwords only (see ``glued_core``).
@@ -317,19 +335,26 @@ def resolve_aggregation(aggregation: str, *, level: str, kind: str) -> str:
     return aggregation
 
 
-def _batches(segments: list[_Segment], order: np.ndarray, batch_size: int, max_batch_tokens: int) -> Iterator[np.ndarray]:
+def _batches(
+    segments: list[_Segment], order: np.ndarray, batch_size: int, max_batch_tokens: int
+) -> Iterator[np.ndarray]:
     """Yield index arrays of segments, in length order, capped by count and by padded tokens."""
     start = 0
     while start < len(order):
         stop = start + 1
-        while stop < len(order) and stop - start < batch_size and \
-                len(segments[order[stop]].ids) * (stop - start + 1) <= max_batch_tokens:
+        while (
+            stop < len(order)
+            and stop - start < batch_size
+            and len(segments[order[stop]].ids) * (stop - start + 1) <= max_batch_tokens
+        ):
             stop += 1
         yield order[start:stop]
         start = stop
 
 
-def _pool(hidden: torch.Tensor, seg_tokens: torch.Tensor, seg_rows: torch.Tensor, n_out: int, mode: str) -> torch.Tensor:
+def _pool(
+    hidden: torch.Tensor, seg_tokens: torch.Tensor, seg_rows: torch.Tensor, n_out: int, mode: str
+) -> torch.Tensor:
     """Aggregate token vectors (n_tokens, hidden) into (n_out, hidden) by ``mode`` over each output's tokens."""
     if mode == "mean":  # summed in float32 also when the model ran in bfloat16
         out = torch.zeros(n_out, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
@@ -339,7 +364,9 @@ def _pool(hidden: torch.Tensor, seg_tokens: torch.Tensor, seg_rows: torch.Tensor
     return hidden[seg_tokens]
 
 
-def _gather_plan(batch: list[_Segment], width: int, level: str, aggregation: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def _gather_plan(
+    batch: list[_Segment], width: int, level: str, aggregation: str
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Flat token positions to read from a (batch, width) grid, which output each feeds, and output rows."""
     positions, feeds, rows = [], [], []
     n_out = 0
@@ -362,13 +389,14 @@ def _gather_plan(batch: list[_Segment], width: int, level: str, aggregation: str
         else:
             words = tw[idx]
             # first / last subword of each word: where the word index changes
-            keep = np.r_[True, words[1:] != words[:-1]] if aggregation == "first" else np.r_[words[1:] != words[:-1], True]
+            keep = (
+                np.r_[True, words[1:] != words[:-1]] if aggregation == "first" else np.r_[words[1:] != words[:-1], True]
+            )
             positions.append(b * width + idx[keep])
             feeds.append(n_out + words[keep])
         rows.append(seg.rows)
         n_out += len(seg.rows)
-    return (torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(feeds)),
-            np.concatenate(rows))
+    return (torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(feeds)), np.concatenate(rows))
 
 
 def extract(
@@ -440,8 +468,13 @@ def extract(
     pad_id = loaded.tokenizer.pad_token_id or 0
     model, device = loaded.model, loaded.device
     target = torch.from_numpy(out)  # shares memory with ``out`` (an array or a writable memmap)
-    bar = tqdm(total=int(sum(len(segments[i].rows) for i in order)), unit="item",
-               desc=f"{loaded.name} {level}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=int(sum(len(segments[i].rows) for i in order)),
+        unit="item",
+        desc=f"{loaded.name} {level}",
+        disable=not progress,
+        leave=False,
+    )
     with torch.inference_mode(), _autocast(precision, device):
         for idx in _batches(segments, order, batch_size, max_batch_tokens):
             batch = [segments[i] for i in idx]
@@ -451,8 +484,11 @@ def extract(
             for b, s in enumerate(batch):
                 ids[b, : len(s.ids)] = s.ids
                 mask[b, : len(s.ids)] = 1
-            outputs = model(input_ids=torch.from_numpy(ids).to(device),
-                            attention_mask=torch.from_numpy(mask).to(device), output_hidden_states=True)
+            outputs = model(
+                input_ids=torch.from_numpy(ids).to(device),
+                attention_mask=torch.from_numpy(mask).to(device),
+                output_hidden_states=True,
+            )
             positions, feeds, rows = _gather_plan(batch, width, level, aggregation)
             positions, feeds = positions.to(device), feeds.to(device)
             mode = "mean" if aggregation == "mean" else "pick"
@@ -560,7 +596,9 @@ class ActivationStore:
         acts = np.load(act_path, mmap_mode="r")
         expected = (meta["n_items"], meta["n_layers"], meta["hidden"])
         if tuple(acts.shape) != expected or str(acts.dtype) != meta["dtype"]:
-            raise StoreError(f"{act_path} has shape {acts.shape} {acts.dtype}, metadata says {expected} {meta['dtype']}")
+            raise StoreError(
+                f"{act_path} has shape {acts.shape} {acts.dtype}, metadata says {expected} {meta['dtype']}"
+            )
         labels = np.load(path / "labels.npy", allow_pickle=False)
         sentence_ids = np.load(path / "sentence_ids.npy", allow_pickle=False)
         words = json.loads((path / "words.json").read_text(encoding="utf-8"))
@@ -593,8 +631,9 @@ def read_store_meta(path: str | os.PathLike) -> dict:
     if not isinstance(meta, dict):
         raise StoreError(f"{meta_path} does not hold a JSON object; delete {path} to rebuild")
     if meta.get("store_version") != STORE_VERSION:
-        raise StoreError(f"{path} was written by store version {meta.get('store_version')}, this code reads "
-                         f"version {STORE_VERSION}")
+        raise StoreError(
+            f"{path} was written by store version {meta.get('store_version')}, this code reads version {STORE_VERSION}"
+        )
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise StoreError(f"{meta_path} lacks {missing}; delete {path} to rebuild")
@@ -616,10 +655,14 @@ def _check_file(path: Path, record: dict | None, *, full: bool) -> None:
         raise StoreError(f"{path} is missing; delete {path.parent} to rebuild")
     size = path.stat().st_size
     if size != record.get("bytes"):
-        raise StoreError(f"{path} has {size} bytes, {record.get('bytes')} were written (truncated or altered); "
-                         f"delete {path.parent} to rebuild")
+        raise StoreError(
+            f"{path} has {size} bytes, {record.get('bytes')} were written (truncated or altered); "
+            f"delete {path.parent} to rebuild"
+        )
     if full and sha256_file(path) != record.get("sha256"):
-        raise StoreError(f"{path} does not match its recorded sha256: the file is corrupt; delete {path.parent} to rebuild")
+        raise StoreError(
+            f"{path} does not match its recorded sha256: the file is corrupt; delete {path.parent} to rebuild"
+        )
 
 
 class StoreError(RuntimeError):
@@ -659,8 +702,19 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
 
 
-def store_path(model: str, task: str, split: str, *, aggregation: str, budget: int | None, eval_budget: int | None,
-               seed: int, dtype: str, precision: str = "float32", root: str | os.PathLike | None = None) -> Path:
+def store_path(
+    model: str,
+    task: str,
+    split: str,
+    *,
+    aggregation: str,
+    budget: int | None,
+    eval_budget: int | None,
+    seed: int,
+    dtype: str,
+    precision: str = "float32",
+    root: str | os.PathLike | None = None,
+) -> Path:
     """Folder of the store for these arguments (under ``cache_dir()/activations`` by default).
 
     ``precision`` other than float32 adds a ``-x<precision>`` field, so stores of the two never mix
@@ -679,14 +733,18 @@ def _one_builder(fn: Callable[..., ActivationStore]) -> Callable[..., Activation
     """Hold the store's file lock (``paths.locked``) while ``fn(loaded, split, path, ...)`` runs."""
 
     @functools.wraps(fn)
-    def wrapper(loaded: LoadedModel, split: Split, path: str | os.PathLike, *args: Any, **kwargs: Any) -> ActivationStore:
+    def wrapper(
+        loaded: LoadedModel, split: Split, path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> ActivationStore:
         with locked(Path(path), what=f"the activation store {path}"):
             return fn(loaded, split, path, *args, **kwargs)
 
     return wrapper
 
 
-def _read_progress(partial: Path, record: dict, n_segments: int, dtype: str, shape: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_progress(
+    partial: Path, record: dict, n_segments: int, dtype: str, shape: tuple
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The memmapped activations and done mask of a ``.partial`` folder, or None when it cannot be resumed.
 
     Resumable means: ``state.json`` parses, was made for the same ``record``, its done mask has
@@ -695,8 +753,11 @@ def _read_progress(partial: Path, record: dict, n_segments: int, dtype: str, sha
     try:
         state = json.loads((partial / "state.json").read_text())
         packed = bytes.fromhex(state["done"])
-        if state["record"] != json.loads(json.dumps(record)) or state["n_segments"] != n_segments or \
-                hashlib.sha256(packed).hexdigest() != state["done_sha256"]:
+        if (
+            state["record"] != json.loads(json.dumps(record))
+            or state["n_segments"] != n_segments
+            or hashlib.sha256(packed).hexdigest() != state["done_sha256"]
+        ):
             return None
         done = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=n_segments).astype(bool)
         acts = np.load(partial / "activations.npy", mmap_mode="r+")
@@ -710,8 +771,12 @@ def _read_progress(partial: Path, record: dict, n_segments: int, dtype: str, sha
 def _write_progress(partial: Path, record: dict, done: np.ndarray) -> None:
     """Write the resume state (record, done mask, its sha256) atomically."""
     packed = np.packbits(done).tobytes()
-    state = {"record": record, "n_segments": int(len(done)), "done": packed.hex(),
-             "done_sha256": hashlib.sha256(packed).hexdigest()}
+    state = {
+        "record": record,
+        "n_segments": int(len(done)),
+        "done": packed.hex(),
+        "done_sha256": hashlib.sha256(packed).hexdigest(),
+    }
     tmp = partial / "state.json.tmp"
     tmp.write_text(json.dumps(state))
     os.replace(tmp, partial / "state.json")
@@ -728,9 +793,19 @@ def _reusable(path: Path, record: dict) -> ActivationStore | None:
 
 @_one_builder
 def build_store(
-    loaded: LoadedModel, split: Split, path: str | os.PathLike, *, level: str, aggregation: str = "auto",
-    dtype: str = "float32", meta: dict | None = None, batch_size: int = 32, checkpoint_every: int = 20,
-    progress: bool = True, split_glued: bool = True, precision: str = "float32",
+    loaded: LoadedModel,
+    split: Split,
+    path: str | os.PathLike,
+    *,
+    level: str,
+    aggregation: str = "auto",
+    dtype: str = "float32",
+    meta: dict | None = None,
+    batch_size: int = 32,
+    checkpoint_every: int = 20,
+    progress: bool = True,
+    split_glued: bool = True,
+    precision: str = "float32",
 ) -> ActivationStore:
     """Extract ``split`` with ``loaded`` into a store at ``path`` (resumable, renamed into place when done).
 
@@ -769,11 +844,20 @@ def build_store(
     word_level = level == "word"
     n_items = split.n_items if word_level else len(split)
     record = {
-        "store_version": STORE_VERSION, "model": loaded.name, "model_sha256": loaded.source_sha256,
-        "level": level, "aggregation": aggregation, "dtype": dtype, "precision": _check_precision(precision),
+        "store_version": STORE_VERSION,
+        "model": loaded.name,
+        "model_sha256": loaded.source_sha256,
+        "level": level,
+        "aggregation": aggregation,
+        "dtype": dtype,
+        "precision": _check_precision(precision),
         "n_items": int(n_items),
-        "n_sentences": len(split), "n_layers": loaded.n_layers, "hidden": loaded.hidden,
-        "data_sha256": _texts_sha256(split), "max_length": loaded.max_length, **(meta or {}),
+        "n_sentences": len(split),
+        "n_layers": loaded.n_layers,
+        "hidden": loaded.hidden,
+        "data_sha256": _texts_sha256(split),
+        "max_length": loaded.max_length,
+        **(meta or {}),
     }
     if word_level:
         record["split_glued"] = bool(split_glued)
@@ -782,7 +866,9 @@ def build_store(
         return reused
     partial = path.with_name(path.name + ".partial")
     act_file, state_file = partial / "activations.npy", partial / "state.json"
-    segments_count = len(build_segments(loaded, split.texts, level=level, split_glued=split_glued)[0]) if word_level else len(split)
+    segments_count = (
+        len(build_segments(loaded, split.texts, level=level, split_glued=split_glued)[0]) if word_level else len(split)
+    )
     shape = (n_items, loaded.n_layers, loaded.hidden)
     progress_state = _read_progress(partial, record, segments_count, dtype, shape) if partial.exists() else None
     if progress_state is not None:
@@ -790,8 +876,11 @@ def build_store(
         log.info("resuming %s: %d of %d segments done", path.name, int(done.sum()), len(done))
     else:
         if partial.exists():
-            warnings.warn(f"{partial} cannot be resumed (made from other inputs, or its resume state is damaged); "
-                          "starting it again", stacklevel=3)
+            warnings.warn(
+                f"{partial} cannot be resumed (made from other inputs, or its resume state is damaged); "
+                "starting it again",
+                stacklevel=3,
+            )
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
         acts = np.lib.format.open_memmap(act_file, mode="w+", dtype=dtype, shape=shape)
@@ -805,9 +894,19 @@ def build_store(
             acts.flush()
             _write_progress(partial, record, done)
 
-    extract(loaded, split.texts, level=level, aggregation=aggregation, batch_size=batch_size,
-            out=acts, done=done, on_batch=checkpoint, progress=progress, split_glued=split_glued,
-            precision=precision)
+    extract(
+        loaded,
+        split.texts,
+        level=level,
+        aggregation=aggregation,
+        batch_size=batch_size,
+        out=acts,
+        done=done,
+        on_batch=checkpoint,
+        progress=progress,
+        split_glued=split_glued,
+        precision=precision,
+    )
     checkpoint(force=True)
     acts = None  # drop the memory map (the checkpoint closure shares this name) before the folder is renamed
     if word_level:
@@ -818,11 +917,15 @@ def build_store(
         labels = list(split.labels)
         words = [t if isinstance(t, str) else " [SEP] ".join(t) for t in split.texts]
         sentence_ids = np.arange(len(split))
-    np.save(partial / "labels.npy", np.asarray([str(x) for x in labels]) if not _numeric(labels) else np.asarray(labels, dtype=np.float64))
+    np.save(
+        partial / "labels.npy",
+        np.asarray([str(x) for x in labels]) if not _numeric(labels) else np.asarray(labels, dtype=np.float64),
+    )
     np.save(partial / "sentence_ids.npy", sentence_ids)
     (partial / "words.json").write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
-    record.update(files={name: _file_record(partial / name) for name in STORE_FILES}, versions=_versions(),
-                  complete=True)
+    record.update(
+        files={name: _file_record(partial / name) for name in STORE_FILES}, versions=_versions(), complete=True
+    )
     record["meta_sha256"] = _meta_digest(json.loads(json.dumps(record)))
     (partial / "meta.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     state_file.unlink()
@@ -926,12 +1029,29 @@ def get_activations(
     agg_key = aggregation if aggregation != "auto" else (f"auto-{kind}" if kind else "auto")
     if task_obj.level == "word" and not split_glued:
         agg_key += "-keepglued"
-    path = store_path(model, task_obj.name, split, aggregation=agg_key, budget=budget, eval_budget=eval_budget,
-                      seed=seed, dtype=dtype, precision=precision, root=root)
+    path = store_path(
+        model,
+        task_obj.name,
+        split,
+        aggregation=agg_key,
+        budget=budget,
+        eval_budget=eval_budget,
+        seed=seed,
+        dtype=dtype,
+        precision=precision,
+        root=root,
+    )
     # None: only the loaded model can tell (an unresolved hub commit)
     identity = finetuned.meta["weights_sha256_all"] if finetuned is not None else model_identity(model)
-    expected = {"model": model, "task": task_obj.name, "split": split, "dtype": dtype, "precision": precision,
-                "data_sha256": _texts_sha256(data), "model_sha256": identity}
+    expected = {
+        "model": model,
+        "task": task_obj.name,
+        "split": split,
+        "dtype": dtype,
+        "precision": precision,
+        "data_sha256": _texts_sha256(data),
+        "model_sha256": identity,
+    }
     undecided = None
     if task_obj.level == "word":
         expected["split_glued"] = bool(split_glued)  # stores made before the option existed are rebuilt
@@ -955,12 +1075,25 @@ def get_activations(
     if undecided is not None:
         if undecided.meta["model_sha256"] == loaded.source_sha256:
             return undecided
-        warnings.warn(f"activation store {path} was made from other weights ({undecided.meta['model_sha256']}, "
-                      f"now {loaded.source_sha256}); recomputing", stacklevel=2)
+        warnings.warn(
+            f"activation store {path} was made from other weights ({undecided.meta['model_sha256']}, "
+            f"now {loaded.source_sha256}); recomputing",
+            stacklevel=2,
+        )
     meta = {"task": task_obj.name, "split": split, "budget": budget, "eval_budget": eval_budget, "seed": seed}
-    return build_store(loaded, data, path, level=task_obj.level, aggregation=aggregation, dtype=dtype,
-                       meta=meta, batch_size=batch_size, progress=progress, split_glued=split_glued,
-                       precision=precision)
+    return build_store(
+        loaded,
+        data,
+        path,
+        level=task_obj.level,
+        aggregation=aggregation,
+        dtype=dtype,
+        meta=meta,
+        batch_size=batch_size,
+        progress=progress,
+        split_glued=split_glued,
+        precision=precision,
+    )
 
 
 def task_stores(

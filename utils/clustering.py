@@ -306,8 +306,12 @@ def redundancy_by_threshold(clusterings: NeuronClusters | Sequence[NeuronCluster
         Columns ``threshold, neurons_total, neurons_kept, pct_kept`` (percent), sorted by threshold.
     """
     rows = [
-        {"threshold": c.threshold, "neurons_total": c.n_features, "neurons_kept": c.n_clusters,
-         "pct_kept": 100.0 * c.n_clusters / c.n_features}
+        {
+            "threshold": c.threshold,
+            "neurons_total": c.n_features,
+            "neurons_kept": c.n_clusters,
+            "pct_kept": 100.0 * c.n_clusters / c.n_features,
+        }
         for c in _as_list(clusterings)
     ]
     return pd.DataFrame(rows).sort_values("threshold", ignore_index=True)
@@ -332,10 +336,17 @@ def layer_redundancy(
     for c in _as_list(clusterings):
         _check_layout(c.n_features, n_layers, hidden)
         redundant = c.redundant().reshape(n_layers, hidden).sum(axis=1)
-        frames.append(pd.DataFrame({
-            "threshold": c.threshold, "layer": np.arange(n_layers), "neurons": hidden,
-            "redundant": redundant, "pct_redundant": 100.0 * redundant / hidden,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "threshold": c.threshold,
+                    "layer": np.arange(n_layers),
+                    "neurons": hidden,
+                    "redundant": redundant,
+                    "pct_redundant": 100.0 * redundant / hidden,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -557,13 +568,19 @@ def general_redundancy(
     spans = cluster_layer_spans(at_ref, n_layers=n_layers, hidden=hidden)
     spans.insert(0, "threshold", float(reference_threshold))
     return GeneralRedundancy(
-        n_items=n_items, n_layers=n_layers, hidden=hidden, cka=cka.biased, cka_debiased=cka.debiased,
+        n_items=n_items,
+        n_layers=n_layers,
+        hidden=hidden,
+        cka=cka.biased,
+        cka_debiased=cka.debiased,
         cka_standardized=cka.standardized,
         kept=redundancy_by_threshold(sweep),
         layer_share=layer_redundancy(sweep, n_layers=n_layers, hidden=hidden),
         spans=spans,
         duplication=layer_duplication(corr, n_layers, hidden),
         pair_counts=layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr),
-        clusters=at_ref, same_unit=same_unit_share(at_ref, hidden=hidden), constant_neurons=constant,
+        clusters=at_ref,
+        same_unit=same_unit_share(at_ref, hidden=hidden),
+        constant_neurons=constant,
         sweep=sweep,
     )

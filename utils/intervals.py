@@ -54,8 +54,10 @@ def _check(y_true: Any, *preds: Any, groups: Any = None) -> tuple[np.ndarray, li
     y_true = np.asarray(y_true)
     preds = [np.asarray(p) for p in preds]
     if y_true.ndim != 1 or any(p.shape != y_true.shape for p in preds):
-        raise ValueError(f"y_true and every prediction must be 1D of one length; got shapes {y_true.shape} and "
-                         f"{[p.shape for p in preds]}.")
+        raise ValueError(
+            f"y_true and every prediction must be 1D of one length; got shapes {y_true.shape} and "
+            f"{[p.shape for p in preds]}."
+        )
     if len(y_true) == 0:
         raise ValueError("y_true is empty: there is nothing to score. Check the split.")
     if groups is None:
@@ -63,8 +65,10 @@ def _check(y_true: Any, *preds: Any, groups: Any = None) -> tuple[np.ndarray, li
     else:
         groups = np.asarray(groups)
         if groups.shape != y_true.shape:
-            raise ValueError(f"groups must give one group id per item: expected shape {y_true.shape}, got "
-                             f"{groups.shape}. For word-level tasks pass the sentence index of each word.")
+            raise ValueError(
+                f"groups must give one group id per item: expected shape {y_true.shape}, got "
+                f"{groups.shape}. For word-level tasks pass the sentence index of each word."
+            )
         codes = np.unique(groups, return_inverse=True)[1].ravel()
     return y_true, preds, codes
 
@@ -77,8 +81,9 @@ def bootstrap_counts(n_groups: int, *, n_boot: int = 1000, random_state: int = 0
     return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
 
 
-def _scores(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, counts: np.ndarray,
-            metric: Metric) -> tuple[float, np.ndarray]:
+def _scores(
+    y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, counts: np.ndarray, metric: Metric
+) -> tuple[float, np.ndarray]:
     """The metric on the sample and on each replicate of ``counts``: (estimate, shape (n_boot,))."""
     n_groups = counts.shape[1]
     if metric == "accuracy":
@@ -88,7 +93,7 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, counts: n
     if metric == "macro_f1":
         labels, joint = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
         c = len(labels)
-        t, p = joint[: len(y_true)], joint[len(y_true):]
+        t, p = joint[: len(y_true)], joint[len(y_true) :]
         per_group = np.zeros((n_groups, c * c))
         np.add.at(per_group, (codes, t * c + p), 1.0)
         sample = _macro_f1(per_group.sum(axis=0)[None].reshape(1, c, c))[0]
@@ -114,8 +119,16 @@ def _interval(estimate: float, stats: np.ndarray, level: float) -> Interval:
     return Interval(float(estimate), float(low), float(high), level)
 
 
-def score_interval(y_true: Any, y_pred: Any, *, metric: Metric = "accuracy", groups: Any = None,
-                   n_boot: int = 1000, level: float = 0.95, random_state: int = 0) -> Interval:
+def score_interval(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    metric: Metric = "accuracy",
+    groups: Any = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    random_state: int = 0,
+) -> Interval:
     """A score with its percentile bootstrap interval over test items (or over ``groups`` of them).
 
     Parameters
@@ -137,9 +150,18 @@ def score_interval(y_true: Any, y_pred: Any, *, metric: Metric = "accuracy", gro
     return _interval(*_scores(y_true, y_pred, codes, counts, metric), level)
 
 
-def paired_interval(y_true: Any, pred_a: Any, pred_b: Any, *, metric: Metric = "accuracy",
-                    compare: Literal["difference", "ratio"] = "difference", groups: Any = None,
-                    n_boot: int = 1000, level: float = 0.95, random_state: int = 0) -> Interval:
+def paired_interval(
+    y_true: Any,
+    pred_a: Any,
+    pred_b: Any,
+    *,
+    metric: Metric = "accuracy",
+    compare: Literal["difference", "ratio"] = "difference",
+    groups: Any = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    random_state: int = 0,
+) -> Interval:
     """Interval of score(a) − score(b) (or score(a) / score(b)) on the same bootstrap resamples.
 
     Parameters
@@ -164,6 +186,7 @@ def paired_interval(y_true: Any, pred_a: Any, pred_b: Any, *, metric: Metric = "
     if compare == "difference":
         combine = np.subtract
     elif compare == "ratio":
+
         def combine(x, y):
             with np.errstate(divide="ignore", invalid="ignore"):
                 return np.divide(x, y)
@@ -172,8 +195,9 @@ def paired_interval(y_true: Any, pred_a: Any, pred_b: Any, *, metric: Metric = "
     return _interval(float(combine(a, b)), combine(sa, sb), level)
 
 
-def verdict(interval: Interval | tuple[float, float], bound: float, *,
-            direction: Literal["at_least", "at_most"] = "at_least") -> Verdict:
+def verdict(
+    interval: Interval | tuple[float, float], bound: float, *, direction: Literal["at_least", "at_most"] = "at_least"
+) -> Verdict:
     """Read a claim "quantity ≥ bound" (or ≤) from the quantity's interval.
 
     "holds" when the whole interval lies on the claimed side of ``bound``, "does not hold" when it

@@ -51,7 +51,9 @@ def macro_f1(y_true: Any, y_pred: Any) -> float:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     _check_pair(y_true, y_pred)
     t, p, n_classes = _joint_codes(y_true, y_pred)
-    return float(_macro_f1_counts(np.bincount(t * n_classes + p, minlength=n_classes**2).reshape(1, n_classes, n_classes))[0])
+    return float(
+        _macro_f1_counts(np.bincount(t * n_classes + p, minlength=n_classes**2).reshape(1, n_classes, n_classes))[0]
+    )
 
 
 def pearson(y_true: Any, y_pred: Any) -> float:
@@ -68,13 +70,20 @@ def mse(y_true: Any, y_pred: Any) -> float:
     return float(np.mean((y_true - y_pred) ** 2))
 
 
-METRICS: dict[str, Callable[[Any, Any], float]] = {"accuracy": accuracy, "macro_f1": macro_f1, "pearson": pearson, "mse": mse}
+METRICS: dict[str, Callable[[Any, Any], float]] = {
+    "accuracy": accuracy,
+    "macro_f1": macro_f1,
+    "pearson": pearson,
+    "mse": mse,
+}
 
 
 def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> None:
     """Raise when two label vectors are not 1D of one non-zero length."""
     if y_true.ndim != 1 or y_pred.ndim != 1 or len(y_true) != len(y_pred):
-        raise ValueError(f"y_true and y_pred must be 1D of the same length, got shapes {y_true.shape} and {y_pred.shape}.")
+        raise ValueError(
+            f"y_true and y_pred must be 1D of the same length, got shapes {y_true.shape} and {y_pred.shape}."
+        )
     if len(y_true) == 0:
         raise ValueError("y_true is empty: there is nothing to score. Check the split.")
 

@@ -86,7 +86,15 @@ def default_device() -> torch.device:
 
 def _kind_of(config: Any) -> Kind:
     """Decoder for causal LMs (Llama, GPT-2, ...), encoder otherwise."""
-    if getattr(config, "is_decoder", False) or config.model_type in {"llama", "gpt2", "mistral", "qwen2", "gemma", "gemma3_text", "phi"}:
+    if getattr(config, "is_decoder", False) or config.model_type in {
+        "llama",
+        "gpt2",
+        "mistral",
+        "qwen2",
+        "gemma",
+        "gemma3_text",
+        "phi",
+    }:
         return "decoder"
     return "encoder"
 
@@ -112,10 +120,14 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     has_weights = any(folder.glob("*.safetensors"))
     if has_config and has_weights:
         return folder
-    missing = " / ".join(m for m, ok in (("no config.json", has_config), ("no *.safetensors weights", has_weights))
-                         if not ok)
-    hint = " (it holds pickled *.bin weights, which are not loaded: convert them to safetensors)" \
-        if any(folder.glob("*.bin")) else ""
+    missing = " / ".join(
+        m for m, ok in (("no config.json", has_config), ("no *.safetensors weights", has_weights)) if not ok
+    )
+    hint = (
+        " (it holds pickled *.bin weights, which are not loaded: convert them to safetensors)"
+        if any(folder.glob("*.bin"))
+        else ""
+    )
     raise OSError(
         f"{folder}: this folder is not a model ({missing}){hint}. Give a folder written by "
         "`save_pretrained` (config.json, model.safetensors and the tokenizer files), a hub name, or one of "
@@ -197,7 +209,9 @@ def model_kind(name: str) -> Kind | None:
     return None
 
 
-def load_model(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(
+    name: str, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> LoadedModel:
     """Load a model and tokenizer for activation extraction.
 
     Parameters
@@ -230,7 +244,9 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
         kwargs = {"local_files_only": True}
         where = str(path)
     elif _is_path_like(name):
-        raise OSError(f"there is no model folder {name!r}; check the path (offline models: {', '.join(OFFLINE_MODELS)})")
+        raise OSError(
+            f"there is no model folder {name!r}; check the path (offline models: {', '.join(OFFLINE_MODELS)})"
+        )
     else:
         kwargs = {}
         where = name
@@ -278,9 +294,15 @@ def load_model(name: str, *, device: str | torch.device | None = None, dtype: to
     if tok_max and tok_max < 100_000:
         max_len = min(max_len, tok_max)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, name=name,
-        n_layers=config.num_hidden_layers + 1, hidden=config.hidden_size,
-        kind=_kind_of(config), max_length=int(max_len), source_sha256=sha, device=device,
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        n_layers=config.num_hidden_layers + 1,
+        hidden=config.hidden_size,
+        kind=_kind_of(config),
+        max_length=int(max_len),
+        source_sha256=sha,
+        device=device,
     )
 
 

@@ -28,8 +28,15 @@ import numpy as np
 
 from .validation import check_finite_stats
 
-__all__ = ["CHUNK_ELEMENTS", "CONSTANT_RTOL", "RunningMoments", "constant_features", "feature_stats", "row_chunks",
-           "standardizing_scale"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "CONSTANT_RTOL",
+    "RunningMoments",
+    "constant_features",
+    "feature_stats",
+    "row_chunks",
+    "standardizing_scale",
+]
 
 CHUNK_ELEMENTS = 2**24
 """Values per row chunk (64 MiB of float32): rows per chunk = this / row width, at least 256."""

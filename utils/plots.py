@@ -50,7 +50,12 @@ UNDEFINED_EDGE = "#a6a6a6"
 #: Default legend text for undefined cells.
 UNDEFINED_LABEL = "undefined: constant layer"
 #: Names of neuron orderings as the notebooks' text uses them.
-ORDERING_LABELS = {"lca": "LCA", "random": "random", "bottom": "bottom (LCA reversed)", "mean_difference": "F statistic"}
+ORDERING_LABELS = {
+    "lca": "LCA",
+    "random": "random",
+    "bottom": "bottom (LCA reversed)",
+    "mean_difference": "F statistic",
+}
 #: A quantity spanning at least this many decades (max / min ≥ 10**LOG_DECADES) gets a log axis.
 LOG_DECADES = 2.0
 
@@ -121,14 +126,28 @@ def _grid(n: int, ncols: int | None = None) -> tuple[int, int]:
 
 
 def _panels(
-    n: int, *, panel_w: float, panel_h: float, ncols: int | None = None, extra_w: float = 0.0,
-    extra_h: float = 0.6, sharex: bool | str = False, sharey: bool | str = False,
+    n: int,
+    *,
+    panel_w: float,
+    panel_h: float,
+    ncols: int | None = None,
+    extra_w: float = 0.0,
+    extra_h: float = 0.6,
+    sharex: bool | str = False,
+    sharey: bool | str = False,
 ) -> tuple[plt.Figure, list[plt.Axes]]:
     """A constrained-layout figure of ``n`` panels no wider than ``MAX_WIDTH_IN``; no empty axes."""
     nrows, ncols = _grid(n, ncols)
     width = min(MAX_WIDTH_IN, panel_w * ncols + extra_w)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + extra_h), squeeze=False,
-                             sharex=sharex, sharey=sharey, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width, panel_h * nrows + extra_h),
+        squeeze=False,
+        sharex=sharex,
+        sharey=sharey,
+        layout="constrained",
+    )
     flat = list(axes.flat)
     for ax in flat[n:]:
         fig.delaxes(ax)
@@ -204,13 +223,17 @@ def _tick_step(n: int, length_pt: float, size: float = 9.0) -> int:
 def _draw_matrix(ax: plt.Axes, m: np.ndarray, *, vmin: float, vmax: float, cmap: str) -> plt.cm.ScalarMappable:
     """Draw one matrix on ``ax``: NaN cells in ``UNDEFINED_COLOR`` under a hatch, in any colour map."""
     colormap = plt.get_cmap(cmap).with_extremes(bad=UNDEFINED_COLOR)
-    image = ax.imshow(np.ma.masked_invalid(m), cmap=colormap, vmin=vmin, vmax=vmax, aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(m), cmap=colormap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest"
+    )
     ax.grid(False)
     ax.set_box_aspect(float(np.clip(m.shape[0] / m.shape[1], 0.45, 1.0)))
     for i, j in zip(*np.nonzero(~np.isfinite(m))):
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor=UNDEFINED_EDGE,
-                               hatch=UNDEFINED_HATCH, linewidth=0))
+        ax.add_patch(
+            Rectangle(
+                (j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor=UNDEFINED_EDGE, hatch=UNDEFINED_HATCH, linewidth=0
+            )
+        )
     ax.tick_params(length=2)
     return image
 
@@ -227,8 +250,15 @@ def _finish_matrix(ax: plt.Axes, m: np.ndarray, image, *, annotate: bool | None,
         for i, j in zip(*np.nonzero(np.isfinite(m))):
             r, g, b, _ = image.cmap(image.norm(m[i, j]))
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-            ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=_ANNOT_PT,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                format(m[i, j], fmt),
+                ha="center",
+                va="center",
+                fontsize=_ANNOT_PT,
+                color="white" if dark else "black",
+            )
     ax.set_xticks(np.arange(0, m.shape[1], _tick_step(m.shape[1], width_pt)))
     ax.set_yticks(np.arange(0, m.shape[0], _tick_step(m.shape[0], height_pt)))
 
@@ -282,8 +312,9 @@ def heatmap_panels(
     nrows, ncols = _grid(len(labels), ncols)
     aspect = max(float(np.clip(m.shape[0] / m.shape[1], 0.45, 1.0)) for m in arrays)
     panel_w = min(4.6 / max(aspect, 0.66), (MAX_WIDTH_IN - 1.3) / ncols)  # wide matrices get wide panels
-    fig, axes = _panels(len(labels), ncols=ncols, panel_w=panel_w, panel_h=panel_w * aspect + 0.35, extra_w=1.3,
-                        extra_h=0.8)
+    fig, axes = _panels(
+        len(labels), ncols=ncols, panel_w=panel_w, panel_h=panel_w * aspect + 0.35, extra_w=1.3, extra_h=0.8
+    )
     images = []
     for ax, label, m in zip(axes, labels, arrays):
         ax.set_title(label)
@@ -373,10 +404,16 @@ def transfer_steps(steps: pd.DataFrame, *, title: str) -> plt.Figure:
             color = model_colors[model]
             ax.plot(m["pct_kept"], m["test"], color=color, linewidth=1.2, alpha=0.8)
             for row in m.itertuples(index=False):
-                ax.plot(row.pct_kept, row.test, linestyle="none", color=color,
-                        marker=_STEP_MARKERS.get(str(row.step), "s"),
-                        markersize=10 if row.step == "oracle" else (5 if row.step == "LS+CC" else 7),
-                        markeredgecolor="white", markeredgewidth=0.6)
+                ax.plot(
+                    row.pct_kept,
+                    row.test,
+                    linestyle="none",
+                    color=color,
+                    marker=_STEP_MARKERS.get(str(row.step), "s"),
+                    markersize=10 if row.step == "oracle" else (5 if row.step == "LS+CC" else 7),
+                    markeredgecolor="white",
+                    markeredgewidth=0.6,
+                )
         ax.set_xscale("log")
         ax.set_title(task or title)
         ax.set_xlabel("% of the model's neurons kept (log)")
@@ -386,7 +423,9 @@ def transfer_steps(steps: pd.DataFrame, *, title: str) -> plt.Figure:
     handles = [Line2D([], [], color=c, linewidth=1.5) for c in model_colors.values()]
     labels = [m for m in model_colors]
     step_names = [s for s in _STEP_MARKERS if s in set(steps["step"].astype(str))]
-    handles += [Line2D([], [], color="0.35", linestyle="none", marker=_STEP_MARKERS[s], markersize=7) for s in step_names]
+    handles += [
+        Line2D([], [], color="0.35", linestyle="none", marker=_STEP_MARKERS[s], markersize=7) for s in step_names
+    ]
     labels += step_names
     _legend_below(fig, handles, labels, ncols=len(labels))
     fig.suptitle(title)
@@ -431,9 +470,15 @@ def kept_curves(
         g = g.sort_values("threshold")
         first = g.iloc[0]
         color = model_colors[str(first["model"])] if styled else model_colors[str(run)]
-        ax.plot(g["threshold"], g["pct_kept"], color=color,
-                linestyle=task_styles.get(str(first["task"]), "-") if styled else "-",
-                marker=task_markers.get(str(first["task"]), "o") if styled else "o", markersize=4.5, label=run)
+        ax.plot(
+            g["threshold"],
+            g["pct_kept"],
+            color=color,
+            linestyle=task_styles.get(str(first["task"]), "-") if styled else "-",
+            marker=task_markers.get(str(first["task"]), "o") if styled else "o",
+            markersize=4.5,
+            label=run,
+        )
     if reference_pct_kept is not None:
         ax.axhline(reference_pct_kept, color="0.3", linestyle="--", linewidth=1, label=reference_label or None)
     ax.set_ylim(0, 105)
@@ -553,8 +598,9 @@ def layer_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
         handles.append(line)
         labels.append(f"{mode}: task")
         if g["control_score"].notna().any():
-            (line,) = ax_score.plot(g["layer"], g["control_score"], marker="x", markersize=4, linestyle="--",
-                                    color=colour, alpha=0.6)
+            (line,) = ax_score.plot(
+                g["layer"], g["control_score"], marker="x", markersize=4, linestyle="--", color=colour, alpha=0.6
+            )
             handles.append(line)
             labels.append(f"{mode}: control task")
             ax_sel.plot(g["layer"], g["selectivity"], marker="o", markersize=3.5, color=colour)
@@ -602,8 +648,14 @@ def neuron_curves(curve: pd.DataFrame, *, oracle: float, target: float | None, t
     fig, ax = plt.subplots(figsize=(7.0, 4.3), layout="constrained")
     for i, (name, g) in enumerate(curve.groupby("ordering", sort=False)):
         g = g.sort_values("k")
-        ax.plot(g["k"], g["score"], marker="o", markersize=4, color=_ORDERING_COLORS.get(str(name), f"C{4 + i}"),
-                label=ORDERING_LABELS.get(str(name), str(name)))
+        ax.plot(
+            g["k"],
+            g["score"],
+            marker="o",
+            markersize=4,
+            color=_ORDERING_COLORS.get(str(name), f"C{4 + i}"),
+            label=ORDERING_LABELS.get(str(name), str(name)),
+        )
     ax.axhline(oracle, color="0.2", linestyle=":", linewidth=1.2, label=f"oracle: {oracle:.3f}")
     if target is not None:
         ax.axhline(target, color="C3", linestyle="--", linewidth=1, label=f"target: {target:.3f}")
@@ -642,8 +694,7 @@ def selected_layer_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
         n_models, n_tasks = table["model"].nunique(), table["task"].nunique()
         if n_models * n_tasks == len(runs) and n_tasks <= 3:
             ncols = n_tasks
-    fig, axes = _panels(len(runs), ncols=ncols, panel_w=3.3, panel_h=2.7, extra_h=0.6,
-                        sharey="row" if ncols else False)
+    fig, axes = _panels(len(runs), ncols=ncols, panel_w=3.3, panel_h=2.7, extra_h=0.6, sharey="row" if ncols else False)
     for i, (ax, (run, g)) in enumerate(zip(axes, runs)):
         g = g.sort_values("layer")
         color = task_colors.get(str(g["task"].iloc[0]), "C0") if task_colors else f"C{i % 10}"
@@ -701,8 +752,11 @@ def cc_sweep_curves(
     """
     if value not in ("test", "dev", "ratio"):
         raise ValueError(f"value must be 'test', 'dev' or 'ratio', got {value!r}")
-    _require(table, ["model", "task", "step", "threshold", "pct_kept", value, f"{value}_low", f"{value}_high"],
-             "cc_sweep_curves")
+    _require(
+        table,
+        ["model", "task", "step", "threshold", "pct_kept", value, f"{value}_low", f"{value}_high"],
+        "cc_sweep_curves",
+    )
     drawn = table[table["step"].isin(["oracle", "clustering"])].copy()
     drawn["threshold"] = drawn["threshold"].where(drawn["step"] == "clustering", 0.0)
     scale = 100.0 if value == "ratio" else 1.0
@@ -713,22 +767,46 @@ def cc_sweep_curves(
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.2), layout="constrained")
     for (model, task), g in drawn.groupby(["model", "task"], sort=False):
         g = g.sort_values("threshold")
-        style = dict(color=model_colors[str(model)], linestyle=styles[str(task)], marker=markers[str(task)],
-                     markersize=4.5, linewidth=1.3)
+        style = dict(
+            color=model_colors[str(model)],
+            linestyle=styles[str(task)],
+            marker=markers[str(task)],
+            markersize=4.5,
+            linewidth=1.3,
+        )
         left.plot(g["threshold"], g["pct_kept"], **style)
         right.plot(g["threshold"], g[value] * scale, **style)
-        right.fill_between(g["threshold"], g[f"{value}_low"] * scale, g[f"{value}_high"] * scale,
-                           color=model_colors[str(model)], alpha=0.15, linewidth=0)
+        right.fill_between(
+            g["threshold"],
+            g[f"{value}_low"] * scale,
+            g[f"{value}_high"] * scale,
+            color=model_colors[str(model)],
+            alpha=0.15,
+            linewidth=0,
+        )
     if reference_pct_kept is not None:
         left.axhline(reference_pct_kept, color="0.3", linestyle="--", linewidth=1)
         if reference_label:
-            left.annotate(reference_label, (0.02, reference_pct_kept), xycoords=("axes fraction", "data"),
-                          xytext=(0, 3), textcoords="offset points", fontsize=MIN_FONT_PT + 0.5, color="0.3")
+            left.annotate(
+                reference_label,
+                (0.02, reference_pct_kept),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 3),
+                textcoords="offset points",
+                fontsize=MIN_FONT_PT + 0.5,
+                color="0.3",
+            )
     if tolerance is not None and value == "ratio":
         right.axhline(tolerance * scale, color="0.3", linestyle="--", linewidth=1)
-        right.annotate(f"tolerance {tolerance * scale:g}%", (0.02, tolerance * scale),
-                       xycoords=("axes fraction", "data"), xytext=(0, -11), textcoords="offset points",
-                       fontsize=MIN_FONT_PT + 0.5, color="0.3")
+        right.annotate(
+            f"tolerance {tolerance * scale:g}%",
+            (0.02, tolerance * scale),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, -11),
+            textcoords="offset points",
+            fontsize=MIN_FONT_PT + 0.5,
+            color="0.3",
+        )
     if spans_decades(drawn["pct_kept"], 1.0):
         left.set_yscale("log")
         ticks = [t for t in (100, 50, 30, 10, 5, 3, 1, 0.5, 0.3, 0.1) if t >= drawn["pct_kept"].min() * 0.5]

@@ -148,22 +148,38 @@ class _BaseProbe(BaseEstimator):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if not (self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0)):
             raise ValueError(f"lr must be 'auto' or a positive number, got {self.lr!r}")
-        return FitConfig(task=self._task, solver=training.resolve_solver(self.solver, cells, has_dev), l1=float(self.l1),
-                          l2=float(self.l2), l2_squared=bool(self.l2_squared),
-                          lr=None if self.lr == "auto" else float(self.lr),
-                          batch_size=int(self.batch_size), max_epochs=int(self.max_epochs),
-                          patience=int(self.patience), max_iter=int(self.max_iter), tol=float(self.tol),
-                          random_state=int(self.random_state), progress=bool(self.progress),
-                          precision=self.precision)
+        return FitConfig(
+            task=self._task,
+            solver=training.resolve_solver(self.solver, cells, has_dev),
+            l1=float(self.l1),
+            l2=float(self.l2),
+            l2_squared=bool(self.l2_squared),
+            lr=None if self.lr == "auto" else float(self.lr),
+            batch_size=int(self.batch_size),
+            max_epochs=int(self.max_epochs),
+            patience=int(self.patience),
+            max_iter=int(self.max_iter),
+            tol=float(self.tol),
+            random_state=int(self.random_state),
+            progress=bool(self.progress),
+            precision=self.precision,
+        )
 
     def _device(self) -> torch.device:
         return torch.device(self.device or "cpu")
 
-    def _prepare_data(self, X: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
+    def _prepare_data(
+        self, X: np.ndarray, cfg: FitConfig
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
         """Train mean, scale (zeros and ones when switched off), constant-feature mask and, for Adam, the standardised features."""
         dtypes = bank_dtypes(cfg)
-        return training.prepare(X, standardize=self.standardize, matmul_dtype=dtypes.get("matmul_dtype", dtypes["dtype"]),
-                        device=self._device(), materialise=cfg.solver == "adam")
+        return training.prepare(
+            X,
+            standardize=self.standardize,
+            matmul_dtype=dtypes.get("matmul_dtype", dtypes["dtype"]),
+            device=self._device(),
+            materialise=cfg.solver == "adam",
+        )
 
     def _targets(self, y: np.ndarray, *, fitting: bool, name: str = "y") -> np.ndarray:
         """Encoded targets: class indices (classifier) or float32 values (regressor)."""
@@ -173,19 +189,31 @@ class _BaseProbe(BaseEstimator):
             return y.astype(np.float32)
         if fitting:
             if is_regression_target(y):
-                raise ValueError(f"{name} holds non-integer numbers; a classifier needs class labels. "
-                                 f"Use LinearProbeRegressor for a real-valued target.")
+                raise ValueError(
+                    f"{name} holds non-integer numbers; a classifier needs class labels. "
+                    f"Use LinearProbeRegressor for a real-valued target."
+                )
             self.classes_ = np.unique(y)
             if len(self.classes_) < 2:
-                raise ValueError(f"{name} has a single class {self.classes_[0]!r}: a classifier needs at least two. "
-                                 f"Check the split (a small budget can hold a single label).")
+                raise ValueError(
+                    f"{name} has a single class {self.classes_[0]!r}: a classifier needs at least two. "
+                    f"Check the split (a small budget can hold a single label)."
+                )
         return encode_labels(y, self.classes_, name=name)
 
-    def _set_weights(self, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray, scale: np.ndarray,
-                     constant: np.ndarray | None = None) -> None:
+    def _set_weights(
+        self,
+        w_std: np.ndarray,
+        b_std: np.ndarray,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        constant: np.ndarray | None = None,
+    ) -> None:
         """Store fitted weights in standardised and original feature space; constant features get weight 0."""
         w_std = np.array(w_std, copy=True)
-        constant = np.zeros(w_std.shape[1], dtype=bool) if constant is None else np.asarray(constant, dtype=bool).reshape(-1)
+        constant = (
+            np.zeros(w_std.shape[1], dtype=bool) if constant is None else np.asarray(constant, dtype=bool).reshape(-1)
+        )
         w_std[:, constant] = 0.0  # a dead neuron carries no signal: it can never be ranked high
         self.constant_ = constant
         coef64 = w_std.astype(np.float64) / scale
@@ -217,8 +245,9 @@ class _BaseProbe(BaseEstimator):
         if self._task == "regression":
             with torch.no_grad():
                 bank.bias.fill_(float(np.mean(Y)))
-        info = fit_bank(bank, X, Y[:, None], X_dev=X_dev, Y_dev=Yd, class_weight=cw, cfg=cfg, device=self._device(),
-                         X_std=Xt)
+        info = fit_bank(
+            bank, X, Y[:, None], X_dev=X_dev, Y_dev=Yd, class_weight=cw, cfg=cfg, device=self._device(), X_std=Xt
+        )
         self._set_weights(*bank.export(0, 0), mean, scale, constant)
         self._set_info(info, 0, cfg.solver)
         return self
@@ -383,9 +412,18 @@ def make_probe(y: Any, **params: Any) -> LinearProbe | LinearProbeRegressor:
     return (LinearProbeRegressor if is_regression_target(y) else LinearProbe)(**params)
 
 
-def _probe_from_weights(template: _BaseProbe, w_std: np.ndarray, b_std: np.ndarray, mean: np.ndarray,
-                        scale: np.ndarray, classes: np.ndarray | None, info: dict[str, Any], p: int,
-                        solver: str, constant: np.ndarray | None = None) -> _BaseProbe:
+def _probe_from_weights(
+    template: _BaseProbe,
+    w_std: np.ndarray,
+    b_std: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    classes: np.ndarray | None,
+    info: dict[str, Any],
+    p: int,
+    solver: str,
+    constant: np.ndarray | None = None,
+) -> _BaseProbe:
     """A fitted probe with the parameters of ``template``, the given standardised weights, and probe p's facts."""
     probe = type(template)(**template.get_params())
     if classes is not None:
@@ -514,14 +552,25 @@ def fit_layer_probes(
         if regression:
             raise ValueError("control tasks are defined for class labels; drop words for a regression target.")
         if len(words) != n or len(words_dev) != Ad.shape[0]:
-            raise ValueError(f"words and words_dev must have one entry per item: got {len(words)} and "
-                             f"{len(words_dev)} for {n} and {Ad.shape[0]} items.")
+            raise ValueError(
+                f"words and words_dev must have one entry per item: got {len(words)} and "
+                f"{len(words_dev)} for {n} and {Ad.shape[0]} items."
+            )
     Y = template._targets(y, fitting=True)
     Yd = template._targets(y_dev, fitting=False, name="y_dev")
     if control:
-        Y = np.stack([Y, template._targets(control_labels(words, y, random_state=control_random_state), fitting=False)], 1)
-        Yd = np.stack([Yd, template._targets(control_labels(words_dev, y, random_state=control_random_state),
-                                             fitting=False, name="control y_dev")], 1)
+        Y = np.stack(
+            [Y, template._targets(control_labels(words, y, random_state=control_random_state), fitting=False)], 1
+        )
+        Yd = np.stack(
+            [
+                Yd,
+                template._targets(
+                    control_labels(words_dev, y, random_state=control_random_state), fitting=False, name="control y_dev"
+                ),
+            ],
+            1,
+        )
     else:
         Y, Yd = Y[:, None], Yd[:, None]
     T = Y.shape[1]
@@ -553,10 +602,13 @@ def fit_layer_probes(
             if Adt is None:
                 Adt = training.standardized(bank, Ad.reshape(Xdf.shape), dev, "activations_dev", check=True)
             X_std, Xdev_std = At.view(Xf.shape), Adt.view(Xdf.shape)
-        info = fit_bank(bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std,
-                         X_dev_std=Xdev_std)
+        info = fit_bank(
+            bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std, X_dev_std=Xdev_std
+        )
         # final dev predictions of every probe
-        out = training.predict_bank(bank, Xdev_std if Xdev_std is not None else Xdf, dev, "activations_dev").cpu().numpy()
+        out = (
+            training.predict_bank(bank, Xdev_std if Xdev_std is not None else Xdf, dev, "activations_dev").cpu().numpy()
+        )
         layers = [L - 1] if m == "oracle" else list(range(L))
         n_probes = len(layers)
         for i, layer in enumerate(layers):
@@ -566,19 +618,33 @@ def fit_layer_probes(
                 score = accuracy(Yd[:, 0], out[:, i].argmax(axis=1))
             ctl = accuracy(Yd[:, 1], out[:, n_probes + i].argmax(axis=1)) if control else np.nan
             n_feat = {"independent": h, "incremental": (layer + 1) * h, "oracle": L * h}[m]
-            rows.append({"layer": layer, "mode": m, "n_features": n_feat, "score": score, "control_score": ctl,
-                         "selectivity": score - ctl})
+            rows.append(
+                {
+                    "layer": layer,
+                    "mode": m,
+                    "n_features": n_feat,
+                    "score": score,
+                    "control_score": ctl,
+                    "selectivity": score - ctl,
+                }
+            )
             if return_probes:
                 if m == "oracle":
                     mu, sd, dead = mean.reshape(-1), scale.reshape(-1), constant.reshape(-1)
                 elif m == "independent":
                     mu, sd, dead = mean[layer], scale[layer], constant[layer]
                 else:
-                    mu, sd, dead = (mean[: layer + 1].reshape(-1), scale[: layer + 1].reshape(-1),
-                                    constant[: layer + 1].reshape(-1))
+                    mu, sd, dead = (
+                        mean[: layer + 1].reshape(-1),
+                        scale[: layer + 1].reshape(-1),
+                        constant[: layer + 1].reshape(-1),
+                    )
                 w, b = bank.export(0, 0 if m == "oracle" else layer)
-                probes.append(_probe_from_weights(template, w, b, mu, sd, classes, info, 0 if m == "oracle" else layer,
-                                                  cfg.solver, dead))
+                probes.append(
+                    _probe_from_weights(
+                        template, w, b, mu, sd, classes, info, 0 if m == "oracle" else layer, cfg.solver, dead
+                    )
+                )
     table = pd.DataFrame(rows, columns=["layer", "mode", "n_features", "score", "control_score", "selectivity"])
     return (table, probes) if return_probes else table
 
@@ -611,10 +677,18 @@ def layer_probe_table(
     oracle : LinearProbe
         The oracle probe, on features ``layer * hidden + unit``.
     """
-    table, probes = fit_layer_probes(activations, y, activations_dev=activations_dev, y_dev=y_dev,
-                                     mode=["independent", "incremental", "oracle"], words=words, words_dev=words_dev,
-                                     probe_params=probe_params, control_random_state=control_random_state,
-                                     return_probes=True)
+    table, probes = fit_layer_probes(
+        activations,
+        y,
+        activations_dev=activations_dev,
+        y_dev=y_dev,
+        mode=["independent", "incremental", "oracle"],
+        words=words,
+        words_dev=words_dev,
+        probe_params=probe_params,
+        control_random_state=control_random_state,
+        return_probes=True,
+    )
     return table, probes[-1]
 
 
@@ -679,15 +753,31 @@ class ProbeSplits:
         labels = np.asarray(train.labels)
         sentences = _sentence_ids(dev)
         if is_regression_target(labels):
-            return cls(train.activations, labels, list(train.words), dev.activations, np.asarray(dev.labels),
-                       list(dev.words), 0, sentences)
+            return cls(
+                train.activations,
+                labels,
+                list(train.words),
+                dev.activations,
+                np.asarray(dev.labels),
+                list(dev.words),
+                0,
+                sentences,
+            )
         classes = np.unique(labels)
         activations_dev, labels_dev, dropped = restrict_to_classes(dev.activations, dev.labels, classes)
         words_dev, _, _ = restrict_to_classes(np.asarray(dev.words, dtype=object), dev.labels, classes)
         if sentences is not None:
             sentences = sentences[seen_mask(np.asarray(dev.labels), classes)]
-        return cls(train.activations, labels, list(train.words), activations_dev, labels_dev, list(words_dev), dropped,
-                   sentences)
+        return cls(
+            train.activations,
+            labels,
+            list(train.words),
+            activations_dev,
+            labels_dev,
+            list(words_dev),
+            dropped,
+            sentences,
+        )
 
     @property
     def n_layers(self) -> int:
@@ -699,8 +789,7 @@ class ProbeSplits:
 
     def features(self) -> tuple[Any, Any]:
         """Train and dev activations with the layers flattened: shapes (n, n_layers * hidden) and (n_dev, ...)."""
-        return (self.activations.reshape(len(self.labels), -1),
-                self.activations_dev.reshape(len(self.labels_dev), -1))
+        return (self.activations.reshape(len(self.labels), -1), self.activations_dev.reshape(len(self.labels_dev), -1))
 
     def test_features(self, test: Any) -> tuple[Any, np.ndarray, int]:
         """A test split (``activations``, ``labels``) restricted to train's classes and flattened.
@@ -741,8 +830,10 @@ def _sentence_ids(store: Any) -> np.ndarray | None:
         return None
     ids = np.asarray(ids)
     if ids.shape != (len(store.labels),):
-        raise ValueError(f"sentence_ids must give one sentence per item: expected shape ({len(store.labels)},), got "
-                         f"{ids.shape}. Rebuild the store with notebook 01.")
+        raise ValueError(
+            f"sentence_ids must give one sentence per item: expected shape ({len(store.labels)},), got "
+            f"{ids.shape}. Rebuild the store with notebook 01."
+        )
     return ids
 
 
@@ -815,11 +906,25 @@ def select_regularization(
     rows, probes = [], []
     for value in grid:
         params = {**(probe_params or {}), "l1": value, "l2": value}
-        table, (probe,) = fit_layer_probes(activations, y, activations_dev=activations_dev, y_dev=y_dev, mode="oracle",
-                                           probe_params=params, return_probes=True)
-        rows.append({"l1": value, "l2": value, "n_features": int(table["n_features"].iloc[0]),
-                     "score": float(table["score"].iloc[0]), "best_epoch": getattr(probe, "best_epoch_", None),
-                     "n_iter": getattr(probe, "n_iter_", None)})
+        table, (probe,) = fit_layer_probes(
+            activations,
+            y,
+            activations_dev=activations_dev,
+            y_dev=y_dev,
+            mode="oracle",
+            probe_params=params,
+            return_probes=True,
+        )
+        rows.append(
+            {
+                "l1": value,
+                "l2": value,
+                "n_features": int(table["n_features"].iloc[0]),
+                "score": float(table["score"].iloc[0]),
+                "best_epoch": getattr(probe, "best_epoch_", None),
+                "n_iter": getattr(probe, "n_iter_", None),
+            }
+        )
         probes.append(probe)
     out = pd.DataFrame(rows)
     best = int(np.argmax(out["score"].to_numpy()))  # first maximum: the earlier grid value on ties
@@ -855,7 +960,9 @@ def write_predictions(path: str | os.PathLike, *, labels: Any, sentences: Any, p
     labels = np.asarray(labels)
     sentences = np.asarray(sentences)
     if labels.ndim != 1 or sentences.shape != labels.shape:
-        raise ValueError(f"labels and sentences must be 1D of one length, got shapes {labels.shape} and {sentences.shape}")
+        raise ValueError(
+            f"labels and sentences must be 1D of one length, got shapes {labels.shape} and {sentences.shape}"
+        )
     arrays = {"item": np.arange(len(labels)), "sentence": sentences, "label": _plain(labels)}
     for name, pred in predictions.items():
         pred = np.asarray(pred)
@@ -887,9 +994,10 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: notebook 03 writes the per-item predictions "
-                                f"(figures/predictions/); run it first.")
+        raise FileNotFoundError(
+            f"{path} does not exist: notebook 03 writes the per-item predictions (figures/predictions/); run it first."
+        )
     with np.load(path, allow_pickle=False) as z:
         cols = {k: z[k] for k in ("item", "sentence", "label")}
-        cols.update({k[len("pred/"):]: z[k] for k in z.files if k.startswith("pred/")})
+        cols.update({k[len("pred/") :]: z[k] for k in z.files if k.startswith("pred/")})
     return pd.DataFrame(cols)

@@ -36,10 +36,33 @@ from .probing import make_probe
 from .validation import check_features, check_targets, is_regression_target
 
 PCT_GRID: tuple[float, ...] = (
-    0.001, 0.002, 0.003, 0.004, 0.005,
-    0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10,
-    0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50,
-    0.60, 0.70, 0.80, 0.90,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.06,
+    0.07,
+    0.08,
+    0.09,
+    0.10,
+    0.15,
+    0.20,
+    0.25,
+    0.30,
+    0.35,
+    0.40,
+    0.45,
+    0.50,
+    0.60,
+    0.70,
+    0.80,
+    0.90,
 )
 """The authors' percentage grid for the minimal neuron set (``run_pipeline_all.py``): fractions of all neurons."""
 
@@ -173,7 +196,9 @@ def f_statistic(X: Any, y: Any) -> np.ndarray:
     classes, codes = np.unique(y, return_inverse=True)
     n, C = len(y), len(classes)
     if C < 2 or n <= C:
-        raise ValueError(f"the F statistic needs at least 2 classes and more items than classes; got {C} classes, {n} items")
+        raise ValueError(
+            f"the F statistic needs at least 2 classes and more items than classes; got {C} classes, {n} items"
+        )
     mean, std = feature_stats(X)  # also rejects NaN / inf with a clear message
     constant = constant_features(std, mean)
     sums = np.zeros((C, X.shape[1]))
@@ -216,8 +241,9 @@ def neurons_per_layer(neurons: Any, *, hidden: int, n_layers: int) -> np.ndarray
     """How many of ``neurons`` (global indices ``layer * hidden + unit``) sit in each layer, shape (n_layers,)."""
     neurons = np.asarray(neurons, dtype=np.int64)
     if neurons.size and (neurons.min() < 0 or neurons.max() >= hidden * n_layers):
-        raise ValueError(f"neuron indices must lie in [0, {hidden * n_layers}), got range "
-                         f"[{neurons.min()}, {neurons.max()}]")
+        raise ValueError(
+            f"neuron indices must lie in [0, {hidden * n_layers}), got range [{neurons.min()}, {neurons.max()}]"
+        )
     return np.bincount(neurons // hidden, minlength=n_layers)
 
 
@@ -275,8 +301,9 @@ def _check_ordering(ordering: Any, n_features: int) -> np.ndarray:
     """``ordering`` as an int array: a permutation (or a prefix of one) of range(n_features)."""
     ordering = np.asarray(ordering)
     if ordering.ndim != 1 or not np.issubdtype(ordering.dtype, np.integer):
-        raise ValueError(f"ordering must be a 1D integer array of neuron indices, got shape {ordering.shape} "
-                         f"dtype {ordering.dtype}")
+        raise ValueError(
+            f"ordering must be a 1D integer array of neuron indices, got shape {ordering.shape} dtype {ordering.dtype}"
+        )
     if ordering.size and (ordering.min() < 0 or ordering.max() >= n_features):
         raise ValueError(f"ordering holds indices outside [0, {n_features}): X has {n_features} features")
     if len(np.unique(ordering)) != len(ordering):
@@ -284,8 +311,14 @@ def _check_ordering(ordering: Any, n_features: int) -> np.ndarray:
     return ordering.astype(np.int64)
 
 
-def _fit_top(X_train: Any, y_train: np.ndarray, X_dev: Any, y_dev: np.ndarray, neurons: np.ndarray,
-             probe_params: Mapping[str, Any]) -> tuple[float, Any]:
+def _fit_top(
+    X_train: Any,
+    y_train: np.ndarray,
+    X_dev: Any,
+    y_dev: np.ndarray,
+    neurons: np.ndarray,
+    probe_params: Mapping[str, Any],
+) -> tuple[float, Any]:
     """Train a probe on the given (sorted) columns and return its dev score and the probe."""
     probe = make_probe(y_train, **probe_params)
     Xd = np.asarray(X_dev[:, neurons])
@@ -357,15 +390,26 @@ def minimal_neuron_set(
             reached = True
             break
     if not reached:
-        warnings.warn(f"no grid point reached the target {target:.4f} (best {max((r['score'] for r in rows), default=math.nan):.4f}); "
-                      f"keeping all {n_features} features", stacklevel=2)
+        warnings.warn(
+            f"no grid point reached the target {target:.4f} (best {max((r['score'] for r in rows), default=math.nan):.4f}); "
+            f"keeping all {n_features} features",
+            stacklevel=2,
+        )
         neurons = np.arange(n_features)
         score, probe = _fit_top(X_train, y_train, X_dev, y_dev, neurons, params)
         pct, k = n_features / n_total, n_features
         rows.append({"pct": pct, "k": k, "score": score})
     curve = pd.DataFrame(rows, columns=["pct", "k", "score"])
-    return MinimalSet(k=int(k), pct=float(pct), neurons=neurons, score=float(score), target=float(target),
-                      reached=reached, curve=curve, probe=probe)
+    return MinimalSet(
+        k=int(k),
+        pct=float(pct),
+        neurons=neurons,
+        score=float(score),
+        target=float(target),
+        reached=reached,
+        curve=curve,
+        probe=probe,
+    )
 
 
 def accuracy_curve(
@@ -441,8 +485,12 @@ def neuron_orderings(coef: Any, X: Any, y: Any, *, random_state: int = 0, step: 
         ``{"lca", "random", "bottom", "mean_difference"}`` -> ordering of shape (n_features,).
     """
     lca = lca_ordering(coef, step=step)
-    return {"lca": lca, "random": random_ordering(len(lca), random_state=random_state),
-            "bottom": lca[::-1].copy(), "mean_difference": mean_difference_ordering(X, y)}
+    return {
+        "lca": lca,
+        "random": random_ordering(len(lca), random_state=random_state),
+        "bottom": lca[::-1].copy(),
+        "mean_difference": mean_difference_ordering(X, y),
+    }
 
 
 def set_predictions(sets: Mapping[str, MinimalSet], *, X_test: Any, oracle: Any) -> dict[str, np.ndarray]:
@@ -466,9 +514,19 @@ def set_predictions(sets: Mapping[str, MinimalSet], *, X_test: Any, oracle: Any)
     return out
 
 
-def minimal_set_table(sets: Mapping[str, MinimalSet], *, X_test: Any, y_test: Any, oracle: Any, n_total: int,
-                      oracle_dev: float, groups: Any = None, predictions: Mapping[str, Any] | None = None,
-                      n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
+def minimal_set_table(
+    sets: Mapping[str, MinimalSet],
+    *,
+    X_test: Any,
+    y_test: Any,
+    oracle: Any,
+    n_total: int,
+    oracle_dev: float,
+    groups: Any = None,
+    predictions: Mapping[str, Any] | None = None,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> pd.DataFrame:
     """Score minimal neuron sets and the oracle on the test split (read here, once), with 95% intervals.
 
     Every test score carries a percentile bootstrap interval over test items, resampling whole
@@ -530,11 +588,31 @@ def minimal_set_table(sets: Mapping[str, MinimalSet], *, X_test: Any, y_test: An
         ratio = paired(name, "oracle", "ratio")
         vs_random = paired(name, "random", "difference") if name == "lca" else nan3
         vs_bottom = paired(name, "bottom", "difference") if name == "lca" else nan3
-        rows.append({"ordering": name, "neurons_total": int(n_total), "neurons_kept": int(ms.k),
-                     "pct_kept": 100.0 * ms.k / n_total, "score": sc, "oracle_score": oracle_score,
-                     "score_low": lo, "score_high": hi, "oracle_low": oracle_low, "oracle_high": oracle_high,
-                     "ratio": ratio[0], "ratio_low": ratio[1], "ratio_high": ratio[2],
-                     "vs_random": vs_random[0], "vs_random_low": vs_random[1], "vs_random_high": vs_random[2],
-                     "vs_bottom": vs_bottom[0], "vs_bottom_low": vs_bottom[1], "vs_bottom_high": vs_bottom[2],
-                     "dev_score": ms.score, "oracle_dev_score": oracle_dev, "target": ms.target, "reached": ms.reached})
+        rows.append(
+            {
+                "ordering": name,
+                "neurons_total": int(n_total),
+                "neurons_kept": int(ms.k),
+                "pct_kept": 100.0 * ms.k / n_total,
+                "score": sc,
+                "oracle_score": oracle_score,
+                "score_low": lo,
+                "score_high": hi,
+                "oracle_low": oracle_low,
+                "oracle_high": oracle_high,
+                "ratio": ratio[0],
+                "ratio_low": ratio[1],
+                "ratio_high": ratio[2],
+                "vs_random": vs_random[0],
+                "vs_random_low": vs_random[1],
+                "vs_random_high": vs_random[2],
+                "vs_bottom": vs_bottom[0],
+                "vs_bottom_low": vs_bottom[1],
+                "vs_bottom_high": vs_bottom[2],
+                "dev_score": ms.score,
+                "oracle_dev_score": oracle_dev,
+                "target": ms.target,
+                "reached": ms.reached,
+            }
+        )
     return pd.DataFrame(rows)

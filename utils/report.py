@@ -75,10 +75,13 @@ class Claim:
 
 PAPER_CLAIMS: dict[str, Claim] = {
     "general": Claim("85% of the neurons across the network are redundant", {"pct_redundant": (">=", 85.0)}),
-    "task": Claim("at least 92% of the neurons can be removed when optimising for a task",
-                  {"pct_removable": (">=", 92.0)}),
-    "transfer": Claim("97% of the performance is kept with at most 10% of the neurons",
-                      {"pct_of_oracle": (">=", 97.0), "pct_kept": ("<=", 10.0)}),
+    "task": Claim(
+        "at least 92% of the neurons can be removed when optimising for a task", {"pct_removable": (">=", 92.0)}
+    ),
+    "transfer": Claim(
+        "97% of the performance is kept with at most 10% of the neurons",
+        {"pct_of_oracle": (">=", 97.0), "pct_kept": ("<=", 10.0)},
+    ),
 }
 """The abstract's three claims (Dalvi et al. 2020); every threshold used to judge them is read from here."""
 
@@ -98,8 +101,20 @@ ARTIFACTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "task_layers.csv": ("03_task_specific_redundancy", ("model", "task", "layer", "mode", "score")),
     "minimal_neurons.csv": ("03_task_specific_redundancy", ("model", "task", "ordering", "pct_kept", "score")),
     "transfer_results.csv": ("04_feature_selected_transfer", ("model", "task", "pct_kept", "pct_of_oracle")),
-    "cc_sweep.csv": ("02_general_redundancy", ("model", "task", "step", "threshold", "neurons_kept",
-                                                "pct_removed_nonconstant", "ratio", "ratio_low", "ratio_high")),
+    "cc_sweep.csv": (
+        "02_general_redundancy",
+        (
+            "model",
+            "task",
+            "step",
+            "threshold",
+            "neurons_kept",
+            "pct_removed_nonconstant",
+            "ratio",
+            "ratio_low",
+            "ratio_high",
+        ),
+    ),
 }
 """File name -> (the notebook that writes it, the columns a reader may rely on)."""
 
@@ -130,8 +145,10 @@ def read_artifact(folder: str | os.PathLike, name: str) -> pd.DataFrame:
     notebook, columns = ARTIFACTS[name]
     path = Path(folder) / name
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: notebook {notebook} writes it. Run {notebook} with the same "
-                                f"parameters (figures_dir={str(folder)!r}) first; make quick runs 01-04 in order.")
+        raise FileNotFoundError(
+            f"{path} is missing: notebook {notebook} writes it. Run {notebook} with the same "
+            f"parameters (figures_dir={str(folder)!r}) first; make quick runs 01-04 in order."
+        )
     table = pd.read_csv(path)
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -139,8 +156,9 @@ def read_artifact(folder: str | os.PathLike, name: str) -> pd.DataFrame:
     return table
 
 
-def check_runs(table: pd.DataFrame, name: str, runs: Sequence[tuple[Any, ...]], *,
-               keys: Sequence[str] = ("model", "task")) -> None:
+def check_runs(
+    table: pd.DataFrame, name: str, runs: Sequence[tuple[Any, ...]], *, keys: Sequence[str] = ("model", "task")
+) -> None:
     """Raise when some run (a tuple of ``keys`` values, e.g. (model, task)) has no row in ``table``.
 
     ``name`` is the artefact the table was read from (its notebook is named in the message).
@@ -149,14 +167,16 @@ def check_runs(table: pd.DataFrame, name: str, runs: Sequence[tuple[Any, ...]], 
     missing = [r for r in runs if tuple(map(str, r)) not in have]
     if missing:
         notebook = ARTIFACTS.get(name, ("an earlier notebook",))[0]
-        raise ValueError(f"{name} has no rows for {missing} ({', '.join(keys)}): run {notebook} with these "
-                         f"models and tasks first.")
+        raise ValueError(
+            f"{name} has no rows for {missing} ({', '.join(keys)}): run {notebook} with these models and tasks first."
+        )
 
 
 def oracle_score(task_layers: pd.DataFrame, model: str, task: str) -> float:
     """Dev score of the oracle probe (all layers) of one model × task, from the ``task_layers`` table."""
-    rows = task_layers[(task_layers["model"] == model) & (task_layers["task"] == task)
-                       & (task_layers["mode"] == "oracle")]
+    rows = task_layers[
+        (task_layers["model"] == model) & (task_layers["task"] == task) & (task_layers["mode"] == "oracle")
+    ]
     if len(rows) != 1:
         raise ValueError(f"expected one oracle row for {model} · {task} in task_layers, found {len(rows)}")
     return float(rows["score"].iloc[0])
@@ -238,12 +258,19 @@ def describe_general_redundancy(
     same_unit = dict(same_unit or {})
     constant_neurons = dict(constant_neurons or {})
 
-    lines.append("**Adjacent layers are the most similar** (paper: layer-level redundancy is highest between neighbours).")
+    lines.append(
+        "**Adjacent layers are the most similar** (paper: layer-level redundancy is highest between neighbours)."
+    )
     for run, matrix in cka.items():
         s = adjacent_layer_summary(matrix)
-        verdict = "agrees" if s["frac_nearest_adjacent"] >= 0.5 and s["mean_adjacent"] > s["mean_non_adjacent"] else "differs"
-        undefined = (f" Layer(s) {s['undefined_layers']} are constant over these items (CKA undefined) and left out."
-                     if s["undefined_layers"] else "")
+        verdict = (
+            "agrees" if s["frac_nearest_adjacent"] >= 0.5 and s["mean_adjacent"] > s["mean_non_adjacent"] else "differs"
+        )
+        undefined = (
+            f" Layer(s) {s['undefined_layers']} are constant over these items (CKA undefined) and left out."
+            if s["undefined_layers"]
+            else ""
+        )
         lines.append(
             f"- {run}: for {100 * s['frac_nearest_adjacent']:.0f}% of layers the most similar other layer is a "
             f"neighbour; neighbours average CKA {s['mean_adjacent']:.2f} vs {s['mean_non_adjacent']:.2f} for layers "
@@ -253,22 +280,34 @@ def describe_general_redundancy(
         )
 
     lines.append("")
-    lines.append(f"**{paper_pct_redundant:.0f}% of neurons are redundant** (paper, abstract): here, the share kept after clustering.")
+    lines.append(
+        f"**{paper_pct_redundant:.0f}% of neurons are redundant** (paper, abstract): here, the share kept after clustering."
+    )
     for run, g in kept.groupby("run", sort=False):
         g = g.sort_values("threshold")
         ref = g.loc[np.isclose(g["threshold"], reference_threshold), "pct_kept"]
         reach = _first_threshold_reaching(g, target_kept)
-        where = (f"{target_kept:.0f}% or fewer remain from threshold {reach:g} on" if reach is not None
-                 else f"no threshold up to {g['threshold'].max():g} leaves {target_kept:.0f}% or fewer")
+        where = (
+            f"{target_kept:.0f}% or fewer remain from threshold {reach:g} on"
+            if reach is not None
+            else f"no threshold up to {g['threshold'].max():g} leaves {target_kept:.0f}% or fewer"
+        )
         at_ref = f"{ref.iloc[0]:.1f}% kept at t = {reference_threshold:g}; " if len(ref) else ""
         n_const = constant_neurons.get(run, 0)
-        const = (f" {n_const} constant neurons stay as singletons and count as kept, though they carry nothing."
-                 if n_const else "")
-        lines.append(f"- {run}: {at_ref}{g['pct_kept'].iloc[0]:.1f}% at t = {g['threshold'].iloc[0]:g}, "
-                     f"{g['pct_kept'].iloc[-1]:.1f}% at t = {g['threshold'].iloc[-1]:g}; {where}.{const}")
+        const = (
+            f" {n_const} constant neurons stay as singletons and count as kept, though they carry nothing."
+            if n_const
+            else ""
+        )
+        lines.append(
+            f"- {run}: {at_ref}{g['pct_kept'].iloc[0]:.1f}% at t = {g['threshold'].iloc[0]:g}, "
+            f"{g['pct_kept'].iloc[-1]:.1f}% at t = {g['threshold'].iloc[-1]:g}; {where}.{const}"
+        )
 
     lines.append("")
-    lines.append(f"**Lower layers are more redundant** (paper): share of each layer's neurons dropped at t = {reference_threshold:g}.")
+    lines.append(
+        f"**Lower layers are more redundant** (paper): share of each layer's neurons dropped at t = {reference_threshold:g}."
+    )
     at_ref = layer_share[np.isclose(layer_share["threshold"], reference_threshold)]
     for run, g in at_ref.groupby("run", sort=False):
         g = g.sort_values("layer")
@@ -284,7 +323,9 @@ def describe_general_redundancy(
         )
 
     lines.append("")
-    lines.append(f"**Clusters stay within neighbouring layers** (paper: redundant neurons mostly come from the same or adjacent layers), t = {reference_threshold:g}, clusters of 2+ neurons.")
+    lines.append(
+        f"**Clusters stay within neighbouring layers** (paper: redundant neurons mostly come from the same or adjacent layers), t = {reference_threshold:g}, clusters of 2+ neurons."
+    )
     for run, g in spans.groupby("run", sort=False):
         total = int(g["n_clusters"].sum())
         if total == 0:
@@ -294,8 +335,12 @@ def describe_general_redundancy(
         one = g.loc[g["span"] == 1, "n_clusters"].sum() / total
         verdict = "agrees" if within >= 0.5 else "differs"
         unit = same_unit.get(run)
-        unit_text = (f" {100 * unit:.0f}% of them are one unit index repeated across consecutive layers (the residual "
-                     f"stream carrying a dimension forward)." if unit is not None and np.isfinite(unit) else "")
+        unit_text = (
+            f" {100 * unit:.0f}% of them are one unit index repeated across consecutive layers (the residual "
+            f"stream carrying a dimension forward)."
+            if unit is not None and np.isfinite(unit)
+            else ""
+        )
         lines.append(
             f"- {run}: {total} multi-neuron clusters; {100 * one:.0f}% lie in one layer, {100 * within:.0f}% "
             f"span at most two; widest span {int(g.loc[g['n_clusters'] > 0, 'span'].max())} layers.{unit_text} -> {verdict}."
@@ -311,7 +356,9 @@ VERDICT_TEXT = {"holds": "holds", "does not hold": "does not hold", "inconclusiv
 
 def _verdict_counts(verdicts: pd.Series) -> str:
     """'holds: 2; inconclusive at this sample size: 1; does not hold: 0' for a column of verdicts."""
-    return "; ".join(f"{VERDICT_TEXT[k]}: {int((verdicts == k).sum())}" for k in ("holds", "inconclusive", "does not hold"))
+    return "; ".join(
+        f"{VERDICT_TEXT[k]}: {int((verdicts == k).sum())}" for k in ("holds", "inconclusive", "does not hold")
+    )
 
 
 def _largest_removal(shares: pd.Series) -> str:
@@ -331,8 +378,9 @@ def general_tolerance_pct() -> float:
     return PAPER_CLAIMS["transfer"].bound("pct_of_oracle")
 
 
-def general_claim_verdicts(sweep: pd.DataFrame, *, tolerance_pct: float | None = None,
-                           bound_pct: float | None = None) -> pd.DataFrame:
+def general_claim_verdicts(
+    sweep: pd.DataFrame, *, tolerance_pct: float | None = None, bound_pct: float | None = None
+) -> pd.DataFrame:
     """The general-redundancy claim per model × task, from the clustering sweep and its intervals.
 
     A threshold supports "``bound_pct`` % of the neurons are redundant" when clustering removes at
@@ -394,21 +442,37 @@ def general_claim_verdicts(sweep: pd.DataFrame, *, tolerance_pct: float | None =
             why = f"no threshold removes {bound:g}% of the non-constant neurons"
         n_const = int(row["neurons_constant"]) if "neurons_constant" in row else 0
         const = f"; {n_const} constant neurons removed apart" if n_const else ""
-        rows.append({
-            "model": model, "task": task, "claim": "general", "verdict": verdict, "threshold": float(row["threshold"]),
-            "pct_removed_nonconstant": float(row["pct_removed_nonconstant"]), "neurons_kept": int(row["neurons_kept"]),
-            "neurons_total": int(row["neurons_total"]) if "neurons_total" in row else np.nan,
-            "neurons_constant": n_const, "ratio": float(row["ratio"]), "ratio_low": float(row["ratio_low"]),
-            "ratio_high": float(row["ratio_high"]),
-            "max_removed_within": float(within["pct_removed_nonconstant"].max()) if len(within) else np.nan,
-            "threshold_within": (float(within.sort_values("pct_removed_nonconstant")["threshold"].iloc[-1])
-                                 if len(within) else np.nan),
-            "max_removed_point": float(point["pct_removed_nonconstant"].max()) if len(point) else np.nan,
-            "ours": (f"t = {row['threshold']:g}: {row['pct_removed_nonconstant']:.1f}% of the non-constant neurons "
-                     f"removed ({int(row['neurons_kept'])} kept{const})"),
-            "decided_by": (f"accuracy {100 * row['ratio']:.1f}% of the oracle [{100 * row['ratio_low']:.1f}, "
-                           f"{100 * row['ratio_high']:.1f}] vs ≥ {100 * tol:g}%; {why}"),
-        })
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "claim": "general",
+                "verdict": verdict,
+                "threshold": float(row["threshold"]),
+                "pct_removed_nonconstant": float(row["pct_removed_nonconstant"]),
+                "neurons_kept": int(row["neurons_kept"]),
+                "neurons_total": int(row["neurons_total"]) if "neurons_total" in row else np.nan,
+                "neurons_constant": n_const,
+                "ratio": float(row["ratio"]),
+                "ratio_low": float(row["ratio_low"]),
+                "ratio_high": float(row["ratio_high"]),
+                "max_removed_within": float(within["pct_removed_nonconstant"].max()) if len(within) else np.nan,
+                "threshold_within": (
+                    float(within.sort_values("pct_removed_nonconstant")["threshold"].iloc[-1])
+                    if len(within)
+                    else np.nan
+                ),
+                "max_removed_point": float(point["pct_removed_nonconstant"].max()) if len(point) else np.nan,
+                "ours": (
+                    f"t = {row['threshold']:g}: {row['pct_removed_nonconstant']:.1f}% of the non-constant neurons "
+                    f"removed ({int(row['neurons_kept'])} kept{const})"
+                ),
+                "decided_by": (
+                    f"accuracy {100 * row['ratio']:.1f}% of the oracle [{100 * row['ratio_low']:.1f}, "
+                    f"{100 * row['ratio_high']:.1f}] vs ≥ {100 * tol:g}%; {why}"
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -424,20 +488,29 @@ def describe_cc_sweep(verdicts: pd.DataFrame, *, tolerance_pct: float | None = N
     """
     tol = general_tolerance_pct() if tolerance_pct is None else float(tolerance_pct)
     bound = PAPER_CLAIMS["general"].bound("pct_redundant")
-    lines = [f"**{bound:g}% of the neurons are redundant** (paper), read the authors' way: a probe retrained on the "
-             f"cluster representatives at every threshold must keep {tol:g}% of the oracle's test accuracy "
-             f"(paired 95% interval on the same test items)."]
+    lines = [
+        f"**{bound:g}% of the neurons are redundant** (paper), read the authors' way: a probe retrained on the "
+        f"cluster representatives at every threshold must keep {tol:g}% of the oracle's test accuracy "
+        f"(paired 95% interval on the same test items)."
+    ]
     for r in verdicts.itertuples(index=False):
-        within = (f"{r.max_removed_within:.1f}% (t = {r.threshold_within:g})" if np.isfinite(r.max_removed_within)
-                  else "none of the thresholds")
+        within = (
+            f"{r.max_removed_within:.1f}% (t = {r.threshold_within:g})"
+            if np.isfinite(r.max_removed_within)
+            else "none of the thresholds"
+        )
         point = f"{r.max_removed_point:.1f}%" if np.isfinite(r.max_removed_point) else "none"
-        const = (f" {r.neurons_constant} constant neurons are left out of these shares (removing them is trivial)."
-                 if r.neurons_constant else "")
-        lines.append(f"- {r.model} · {r.task}: clustering removes up to {within} of the non-constant neurons with the "
-                     f"whole interval within the tolerance ({point} on the point estimate).{const} Against "
-                     f"{bound:g}%: {r.ours}; {r.decided_by} -> **{VERDICT_TEXT[r.verdict]}**.")
+        const = (
+            f" {r.neurons_constant} constant neurons are left out of these shares (removing them is trivial)."
+            if r.neurons_constant
+            else ""
+        )
+        lines.append(
+            f"- {r.model} · {r.task}: clustering removes up to {within} of the non-constant neurons with the "
+            f"whole interval within the tolerance ({point} on the point estimate).{const} Against "
+            f"{bound:g}%: {r.ours}; {r.decided_by} -> **{VERDICT_TEXT[r.verdict]}**."
+        )
     return "\n".join(lines)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,8 +610,10 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
     need = ["model", "task", "ordering", "pct_kept", "ratio", "ratio_low", "ratio_high"]
     missing = [c for c in need if c not in minimal_neurons.columns]
     if missing:
-        raise ValueError(f"task_claim_verdicts needs columns {missing} (paired ratio intervals from "
-                         f"ranking.minimal_set_table); rerun notebook 03.")
+        raise ValueError(
+            f"task_claim_verdicts needs columns {missing} (paired ratio intervals from "
+            f"ranking.minimal_set_table); rerun notebook 03."
+        )
     claim = PAPER_CLAIMS["task"]
     removable_bound = claim.bound("pct_removable")
     tolerance = 1 - delta / 100
@@ -555,38 +630,70 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
             if not share_ok:
                 v, why = "does not hold", f"seed {r.seed}: {r.pct_removable:.1f}% removable < {removable_bound:g}%"
             elif score_v == "does not hold":
-                v, why = score_v, (f"seed {r.seed}: test/oracle {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] "
-                                   f"< {tolerance:.3f}")
+                v, why = (
+                    score_v,
+                    (
+                        f"seed {r.seed}: test/oracle {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] "
+                        f"< {tolerance:.3f}"
+                    ),
+                )
             else:
                 v = score_v
-                why = (f"seed {r.seed}: test/oracle {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] "
-                       f"{'≥' if v == 'holds' else 'straddles'} {tolerance:.3f}")
+                why = (
+                    f"seed {r.seed}: test/oracle {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] "
+                    f"{'≥' if v == 'holds' else 'straddles'} {tolerance:.3f}"
+                )
             verdicts.append(v)
             reasons.append(why)
         overall = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
         bound = {}
-        b = minimal_neurons[(minimal_neurons["ordering"] == "lca_at_bound") & (minimal_neurons["model"] == model)
-                            & (minimal_neurons["task"] == task)]
+        b = minimal_neurons[
+            (minimal_neurons["ordering"] == "lca_at_bound")
+            & (minimal_neurons["model"] == model)
+            & (minimal_neurons["task"] == task)
+        ]
         if len(b):
-            bv = [interval_verdict((float(lo), float(hi)), tolerance) for lo, hi in zip(b["ratio_low"], b["ratio_high"])]
-            bound = {"bound_pct_kept": b["pct_kept"].mean(), "bound_ratio_mean": b["ratio"].mean(),
-                     "bound_ratio_low_min": b["ratio_low"].min(), "bound_ratio_high_max": b["ratio_high"].max(),
-                     "bound_verdict": bv[0] if len(set(bv)) == 1 else "inconclusive"}
-        rows.append({"model": model, "task": task, "n_seeds": len(g),
-                     "pct_removable_mean": g["pct_removable"].mean(), "pct_removable_min": g["pct_removable"].min(),
-                     "pct_removable_max": g["pct_removable"].max(), "ratio_mean": g["ratio"].mean(),
-                     "ratio_low_min": g["ratio_low"].min(), "ratio_high_max": g["ratio_high"].max(),
-                     "tolerance": tolerance, "paper_claim": f"≥ {removable_bound:g}% removable within {delta:g}% of the oracle",
-                     "seed_verdicts": ", ".join(verdicts), "verdict": overall, "deciding": "; ".join(reasons),
-                     "claim": "task",
-                     "ours": (f"{g['pct_removable'].min():.1f}–{g['pct_removable'].max():.1f}% removable over "
-                              f"{len(g)} seed(s), test/oracle {g['ratio'].mean():.3f}"),
-                     "decided_by": "; ".join(reasons), **bound})
+            bv = [
+                interval_verdict((float(lo), float(hi)), tolerance) for lo, hi in zip(b["ratio_low"], b["ratio_high"])
+            ]
+            bound = {
+                "bound_pct_kept": b["pct_kept"].mean(),
+                "bound_ratio_mean": b["ratio"].mean(),
+                "bound_ratio_low_min": b["ratio_low"].min(),
+                "bound_ratio_high_max": b["ratio_high"].max(),
+                "bound_verdict": bv[0] if len(set(bv)) == 1 else "inconclusive",
+            }
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "n_seeds": len(g),
+                "pct_removable_mean": g["pct_removable"].mean(),
+                "pct_removable_min": g["pct_removable"].min(),
+                "pct_removable_max": g["pct_removable"].max(),
+                "ratio_mean": g["ratio"].mean(),
+                "ratio_low_min": g["ratio_low"].min(),
+                "ratio_high_max": g["ratio_high"].max(),
+                "tolerance": tolerance,
+                "paper_claim": f"≥ {removable_bound:g}% removable within {delta:g}% of the oracle",
+                "seed_verdicts": ", ".join(verdicts),
+                "verdict": overall,
+                "deciding": "; ".join(reasons),
+                "claim": "task",
+                "ours": (
+                    f"{g['pct_removable'].min():.1f}–{g['pct_removable'].max():.1f}% removable over "
+                    f"{len(g)} seed(s), test/oracle {g['ratio'].mean():.3f}"
+                ),
+                "decided_by": "; ".join(reasons),
+                **bound,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def describe_task_redundancy(task_layers: pd.DataFrame, minimal_neurons: pd.DataFrame, layer_counts: pd.DataFrame,
-                             *, delta: float) -> str:
+def describe_task_redundancy(
+    task_layers: pd.DataFrame, minimal_neurons: pd.DataFrame, layer_counts: pd.DataFrame, *, delta: float
+) -> str:
     """Write the reading of notebook 03's tables: layer probes, minimal neuron sets, where the neurons sit.
 
     Parameters
@@ -643,22 +750,33 @@ def describe_task_redundancy(task_layers: pd.DataFrame, minimal_neurons: pd.Data
     lca_rows = claims.set_index(["model", "task"])
     random_rows = minimal_neurons[minimal_neurons.ordering == "random"].set_index(["model", "task"])
     beats_random = int((lca_rows.neurons_kept < random_rows.neurons_kept.reindex(lca_rows.index)).sum())
-    lines.append(f"The paper's '≥ {removable:g}% removable' holds for {int(claims.claim_holds.sum())} of {len(runs)} "
-                 f"model × task pairs here (LCA minimal sets keep {claims.pct_kept.min():.1f}–"
-                 f"{claims.pct_kept.max():.1f}% of the neurons). LCA needs fewer neurons than a random ordering "
-                 f"in {beats_random} of {len(runs)}.")
+    lines.append(
+        f"The paper's '≥ {removable:g}% removable' holds for {int(claims.claim_holds.sum())} of {len(runs)} "
+        f"model × task pairs here (LCA minimal sets keep {claims.pct_kept.min():.1f}–"
+        f"{claims.pct_kept.max():.1f}% of the neurons). LCA needs fewer neurons than a random ordering "
+        f"in {beats_random} of {len(runs)}."
+    )
     if {"ratio_low", "ratio_high"} <= set(all_seeds.columns):
         v = task_claim_verdicts(all_seeds, delta=delta)
         seeds = f" over {int(v.n_seeds.max())} seeds" if v.n_seeds.max() > 1 else ""
-        lines.append(f"Read from intervals{seeds} (test score / oracle's, paired bootstrap, against "
-                     f"{1 - delta / 100:.3f}, and the share removed against {removable:g}%): "
-                     + "; ".join(f"{r.model} · {r.task}: **{r.verdict}** ({r.deciding})" for r in v.itertuples()) + ".")
+        lines.append(
+            f"Read from intervals{seeds} (test score / oracle's, paired bootstrap, against "
+            f"{1 - delta / 100:.3f}, and the share removed against {removable:g}%): "
+            + "; ".join(f"{r.model} · {r.task}: **{r.verdict}** ({r.deciding})" for r in v.itertuples())
+            + "."
+        )
         if "bound_verdict" in v.columns:
-            lines.append("At the bound itself (a probe on the top LCA neurons only, "
-                         f"{100 - removable:g}% of them, scored on test against the oracle): "
-                         + "; ".join(f"{r.model} · {r.task}: {r.bound_ratio_mean:.3f} of the oracle, intervals within "
-                                     f"[{r.bound_ratio_low_min:.3f}, {r.bound_ratio_high_max:.3f}] -> **{r.bound_verdict}**"
-                                     for r in v.itertuples() if isinstance(r.bound_verdict, str)) + ".")
+            lines.append(
+                "At the bound itself (a probe on the top LCA neurons only, "
+                f"{100 - removable:g}% of them, scored on test against the oracle): "
+                + "; ".join(
+                    f"{r.model} · {r.task}: {r.bound_ratio_mean:.3f} of the oracle, intervals within "
+                    f"[{r.bound_ratio_low_min:.3f}, {r.bound_ratio_high_max:.3f}] -> **{r.bound_verdict}**"
+                    for r in v.itertuples()
+                    if isinstance(r.bound_verdict, str)
+                )
+                + "."
+            )
     return "\n\n".join(lines)
 
 
@@ -666,14 +784,21 @@ def describe_task_redundancy(task_layers: pd.DataFrame, minimal_neurons: pd.Data
 # markdown and the README
 
 
-README_COLUMNS = {"pct_kept": "% neurons", "pct_of_oracle": "% of oracle", "pct_kept_sd": "% neurons sd (seeds)",
-                  "test_low": "test 95% low", "test_high": "test 95% high",
-                  "pct_of_oracle_low": "% of oracle 95% low", "pct_of_oracle_high": "% of oracle 95% high"}
+README_COLUMNS = {
+    "pct_kept": "% neurons",
+    "pct_of_oracle": "% of oracle",
+    "pct_kept_sd": "% neurons sd (seeds)",
+    "test_low": "test 95% low",
+    "test_high": "test 95% high",
+    "pct_of_oracle_low": "% of oracle 95% low",
+    "pct_of_oracle_high": "% of oracle 95% high",
+}
 """How the README's results table names the columns of ``transfer_results.csv`` it renames."""
 
 
 def markdown_table(df: pd.DataFrame, *, digits: int = 3) -> str:
     """Render a DataFrame as a GitHub markdown table (floats rounded to ``digits``)."""
+
     def cell(v: object) -> str:
         if isinstance(v, (float, np.floating)):
             return "–" if np.isnan(v) else f"{v:.{digits}f}"
@@ -748,8 +873,10 @@ def transfer_claim_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     need = ["model", "task", "ratio", "ratio_low", "ratio_high"]
     missing = [c for c in need if c not in table.columns]
     if missing:
-        raise ValueError(f"transfer table lacks interval columns {missing}: written by notebook 04 with seeds "
-                         f"(selection.transfer_over_seeds)")
+        raise ValueError(
+            f"transfer table lacks interval columns {missing}: written by notebook 04 with seeds "
+            f"(selection.transfer_over_seeds)"
+        )
     low = table["pct_kept_min"] if "pct_kept_min" in table else table["pct_kept"]
     high = table["pct_kept_max"] if "pct_kept_max" in table else table["pct_kept"]
     rows = []
@@ -757,17 +884,30 @@ def transfer_claim_verdicts(table: pd.DataFrame) -> pd.DataFrame:
         acc = interval_verdict((r.ratio_low, r.ratio_high), keep)
         size = interval_verdict((lo, hi), at_most, direction="at_most")
         both = (acc, size)
-        verdict = ("does not hold" if "does not hold" in both else "holds" if both == ("holds", "holds")
-                   else "inconclusive")
+        verdict = (
+            "does not hold" if "does not hold" in both else "holds" if both == ("holds", "holds") else "inconclusive"
+        )
         kept = f"{lo:.2f}%" if np.isclose(lo, hi) else f"{lo:.2f}–{hi:.2f}% (over seeds)"
-        rows.append({
-            "model": r.model, "task": r.task, "claim": "transfer", "verdict": verdict, "accuracy_verdict": acc,
-            "size_verdict": size, "ratio": r.ratio, "ratio_low": r.ratio_low, "ratio_high": r.ratio_high,
-            "pct_kept_low": float(lo), "pct_kept_high": float(hi),
-            "ours": f"neurons kept {kept}; {100 * r.ratio:.1f}% of the oracle's accuracy",
-            "decided_by": (f"ratio [{100 * r.ratio_low:.1f}, {100 * r.ratio_high:.1f}]% vs ≥ {100 * keep:g}% "
-                           f"({VERDICT_TEXT[acc]}); neurons {kept} vs ≤ {at_most:g}% ({VERDICT_TEXT[size]})"),
-        })
+        rows.append(
+            {
+                "model": r.model,
+                "task": r.task,
+                "claim": "transfer",
+                "verdict": verdict,
+                "accuracy_verdict": acc,
+                "size_verdict": size,
+                "ratio": r.ratio,
+                "ratio_low": r.ratio_low,
+                "ratio_high": r.ratio_high,
+                "pct_kept_low": float(lo),
+                "pct_kept_high": float(hi),
+                "ours": f"neurons kept {kept}; {100 * r.ratio:.1f}% of the oracle's accuracy",
+                "decided_by": (
+                    f"ratio [{100 * r.ratio_low:.1f}, {100 * r.ratio_high:.1f}]% vs ≥ {100 * keep:g}% "
+                    f"({VERDICT_TEXT[acc]}); neurons {kept} vs ≤ {at_most:g}% ({VERDICT_TEXT[size]})"
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -788,13 +928,22 @@ def claims_side_by_side(*verdicts: pd.DataFrame) -> str:
     """
     frames = [v for v in verdicts if v is not None and len(v)]
     if not frames:
-        raise ValueError("no verdict table to show: pass general_claim_verdicts(...) and/or transfer_claim_verdicts(...)")
+        raise ValueError(
+            "no verdict table to show: pass general_claim_verdicts(...) and/or transfer_claim_verdicts(...)"
+        )
     rows = []
     for v in frames:
         for r in v.itertuples(index=False):
-            rows.append({"claim": r.claim, "paper": PAPER_CLAIMS[r.claim].text, "model · task": f"{r.model} · {r.task}",
-                         "ours": r.ours, "decided by (95% intervals)": r.decided_by,
-                         "verdict": f"**{VERDICT_TEXT[r.verdict]}**"})
+            rows.append(
+                {
+                    "claim": r.claim,
+                    "paper": PAPER_CLAIMS[r.claim].text,
+                    "model · task": f"{r.model} · {r.task}",
+                    "ours": r.ours,
+                    "decided by (95% intervals)": r.decided_by,
+                    "verdict": f"**{VERDICT_TEXT[r.verdict]}**",
+                }
+            )
     return markdown_table(pd.DataFrame(rows))
 
 
@@ -832,11 +981,13 @@ def reproduction_report(
     if cc_sweep is not None and len(cc_sweep):
         v = general_claim_verdicts(cc_sweep)
         counts = _verdict_counts(v["verdict"])
-        lines.append(f"- **General redundancy** — paper: {PAPER_CLAIMS['general'].text}. Here, read the authors' way "
-                     f"(a probe on the cluster representatives at every threshold must keep "
-                     f"{general_tolerance_pct():g}% of the oracle's accuracy, 95% paired interval; constant neurons "
-                     f"apart), {_largest_removal(v['max_removed_within'])} within that tolerance; per model × task: "
-                     f"{counts} (table below).")
+        lines.append(
+            f"- **General redundancy** — paper: {PAPER_CLAIMS['general'].text}. Here, read the authors' way "
+            f"(a probe on the cluster representatives at every threshold must keep "
+            f"{general_tolerance_pct():g}% of the oracle's accuracy, 95% paired interval; constant neurons "
+            f"apart), {_largest_removal(v['max_removed_within'])} within that tolerance; per model × task: "
+            f"{counts} (table below)."
+        )
     elif general is not None and len(general):
         g = general[np.isclose(general["threshold"], general_threshold)]
         if len(g):
@@ -844,47 +995,57 @@ def reproduction_report(
             parts = [f"{m}: {v:.0f}% redundant" for m, v in redundant.items()]
             ok = PAPER_CLAIMS["general"].check(redundant.rename("pct_redundant").to_frame())["claim_holds"]
             verdict = _verdict(int(ok.sum()), len(ok))
-            lines.append(f"- **General redundancy** — paper: {PAPER_CLAIMS['general'].text}. Here, clustering all neurons "
-                         f"at t = {general_threshold} (|r| ≥ {1 - general_threshold:.1f}) marks "
-                         f"{'; '.join(parts)} (mean over tasks): the claim **{verdict}**.")
+            lines.append(
+                f"- **General redundancy** — paper: {PAPER_CLAIMS['general'].text}. Here, clustering all neurons "
+                f"at t = {general_threshold} (|r| ≥ {1 - general_threshold:.1f}) marks "
+                f"{'; '.join(parts)} (mean over tasks): the claim **{verdict}**."
+            )
     if minimal is not None and len(minimal) and {"ratio_low", "ratio_high"} <= set(minimal.columns):
         tv = task_claim_verdicts(minimal, delta=task_delta)  # seeds and intervals: no point verdict
         removable = 100 - minimal.loc[minimal["ordering"] == "lca", "pct_kept"]
-        lines.append(f"- **Task-specific redundancy** — paper: {PAPER_CLAIMS['task'].text}. Here the minimal LCA "
-                     f"neuron sets (chosen on dev within {task_delta:g}% of the oracle) remove "
-                     f"{removable.min():.1f}–{removable.max():.1f}% of the neurons over seeds; read from the share "
-                     f"removed and the 95% paired interval of test score / oracle score, per model × task: "
-                     f"{_verdict_counts(tv['verdict'])} (table below).")
+        lines.append(
+            f"- **Task-specific redundancy** — paper: {PAPER_CLAIMS['task'].text}. Here the minimal LCA "
+            f"neuron sets (chosen on dev within {task_delta:g}% of the oracle) remove "
+            f"{removable.min():.1f}–{removable.max():.1f}% of the neurons over seeds; read from the share "
+            f"removed and the 95% paired interval of test score / oracle score, per model × task: "
+            f"{_verdict_counts(tv['verdict'])} (table below)."
+        )
     elif minimal is not None and len(minimal):
         m = minimal[minimal["ordering"].str.lower().isin(["lca", "lca (probe)"])] if "ordering" in minimal else minimal
         m = m if len(m) else minimal
         removed = (100 - m["pct_kept"]).rename("pct_removable")
         task_claim = PAPER_CLAIMS["task"]
         n_ok = int(task_claim.check(removed.to_frame())["claim_holds"].sum())
-        lines.append(f"- **Task-specific redundancy** — paper: {task_claim.text}. Here the minimal LCA neuron "
-                     f"sets remove {removed.min():.1f}–{removed.max():.1f}% of the neurons ({n_ok} of {len(m)} "
-                     f"model × task pairs reach {task_claim.bound('pct_removable'):g}%): the claim "
-                     f"**{_verdict(n_ok, len(m))}**.")
+        lines.append(
+            f"- **Task-specific redundancy** — paper: {task_claim.text}. Here the minimal LCA neuron "
+            f"sets remove {removed.min():.1f}–{removed.max():.1f}% of the neurons ({n_ok} of {len(m)} "
+            f"model × task pairs reach {task_claim.bound('pct_removable'):g}%): the claim "
+            f"**{_verdict(n_ok, len(m))}**."
+        )
     transfer_claim = PAPER_CLAIMS["transfer"]
     keep, at_most = transfer_claim.bound("pct_of_oracle"), transfer_claim.bound("pct_kept")
     c = transfer_claims(transfer)
     if {"ratio_low", "ratio_high"} <= set(transfer.columns):  # seeds and intervals: no point verdict
         tv = transfer_claim_verdicts(transfer)
         counts = _verdict_counts(tv["verdict"])
-        lines.append(f"- **Efficient transfer** — paper: {transfer_claim.text}. Here the pipeline (mean over seeds) "
-                     f"keeps {c['pct_of_oracle'].min():.1f}–{c['pct_of_oracle'].max():.1f}% of the oracle's test "
-                     f"score with {c['pct_kept'].min():.2f}–{c['pct_kept'].max():.2f}% of the neurons. Read from the "
-                     f"95% paired intervals (reduced vs oracle on the same test items, seeds pooled) and the seeds' "
-                     f"spread of neurons kept, per model × task: {counts} (table below).")
+        lines.append(
+            f"- **Efficient transfer** — paper: {transfer_claim.text}. Here the pipeline (mean over seeds) "
+            f"keeps {c['pct_of_oracle'].min():.1f}–{c['pct_of_oracle'].max():.1f}% of the oracle's test "
+            f"score with {c['pct_kept'].min():.2f}–{c['pct_kept'].max():.2f}% of the neurons. Read from the "
+            f"95% paired intervals (reduced vs oracle on the same test items, seeds pooled) and the seeds' "
+            f"spread of neurons kept, per model × task: {counts} (table below)."
+        )
         for r in tv[tv["verdict"] != "holds"].itertuples(index=False):
             lines.append(f"  - {r.model} · {r.task}: {r.decided_by}.")
     else:
         n_ok = int(c["claim_holds"].sum())
         verdict = _verdict(n_ok, len(c))
-        lines.append(f"- **Efficient transfer** — paper: {transfer_claim.text}. Here the pipeline keeps "
-                     f"{c['pct_of_oracle'].min():.1f}–{c['pct_of_oracle'].max():.1f}% of the oracle's test score with "
-                     f"{c['pct_kept'].min():.2f}–{c['pct_kept'].max():.2f}% of the neurons; {n_ok} of {len(c)} "
-                     f"model × task pairs meet both bounds: the claim **{verdict}**.")
+        lines.append(
+            f"- **Efficient transfer** — paper: {transfer_claim.text}. Here the pipeline keeps "
+            f"{c['pct_of_oracle'].min():.1f}–{c['pct_of_oracle'].max():.1f}% of the oracle's test score with "
+            f"{c['pct_kept'].min():.2f}–{c['pct_kept'].max():.2f}% of the neurons; {n_ok} of {len(c)} "
+            f"model × task pairs meet both bounds: the claim **{verdict}**."
+        )
         misses = c[~c["claim_holds"]]
         for row in misses.itertuples(index=False):
             why = []
@@ -893,13 +1054,16 @@ def reproduction_report(
             if not row.at_most_10pct_neurons:
                 why.append(f"needs {row.pct_kept:.1f}% of the neurons (> {at_most:g}%)")
             lines.append(f"  - {row.model} · {row.task}: {' and '.join(why)}.")
-    lines += ["", "Why results may differ from the paper's: our encoders are sentence-embedding fine-tunes "
-              "(all-MiniLM-L6-v2, all-mpnet-base-v2), not raw BERT/XLNet checkpoints; SmolLM2 is a 4-bit "
-              "quantised decoder; the training sets are much smaller (the PTB sample holds 65k training tokens "
-              "against the paper's 150k, and the full run uses a budget of them; a few thousand sentences per "
-              "sentence task); sentence tasks use the pretrained (not "
-              "task-fine-tuned) models; and the dev-set choice rule here is explicit (fewest neurons keeping "
-              f"{keep:g}% of the oracle on dev)."]
+    lines += [
+        "",
+        "Why results may differ from the paper's: our encoders are sentence-embedding fine-tunes "
+        "(all-MiniLM-L6-v2, all-mpnet-base-v2), not raw BERT/XLNet checkpoints; SmolLM2 is a 4-bit "
+        "quantised decoder; the training sets are much smaller (the PTB sample holds 65k training tokens "
+        "against the paper's 150k, and the full run uses a budget of them; a few thousand sentences per "
+        "sentence task); sentence tasks use the pretrained (not "
+        "task-fine-tuned) models; and the dev-set choice rule here is explicit (fewest neurons keeping "
+        f"{keep:g}% of the oracle on dev).",
+    ]
     return "\n".join(lines)
 
 
@@ -908,8 +1072,10 @@ def _timings(args: argparse.Namespace) -> None:
     rows = []
     for item in args.time:
         name, seconds = item.split("=")
-        rows.append(f"- `make {name}`: {float(seconds) / 60:.1f} min wall time on a 2-core machine "
-                    f"(measured by the Makefile on its last run).")
+        rows.append(
+            f"- `make {name}`: {float(seconds) / 60:.1f} min wall time on a 2-core machine "
+            f"(measured by the Makefile on its last run)."
+        )
     update_readme("timings", "\n".join(rows))
 
 

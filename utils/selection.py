@@ -49,7 +49,12 @@ from .ranking import PCT_GRID, lca_ordering, minimal_neuron_set
 from .validation import is_regression_target, seen_mask
 
 PAPER_GRID: tuple[tuple[float, float, float | None], ...] = (
-    (3, 1, None), (2, 1, None), (1, 1, None), (3, 1, 0.3), (2, 1, 0.3), (1, 1, 0.3),
+    (3, 1, None),
+    (2, 1, None),
+    (1, 1, None),
+    (3, 1, 0.3),
+    (2, 1, 0.3),
+    (1, 1, 0.3),
 )
 """(delta_layer, delta_neuron, threshold) of the paper's search; ``None`` = no clustering."""
 
@@ -114,15 +119,22 @@ class ReducedProbe:
     def from_probe(cls, probe: Any, *, neurons: np.ndarray, hidden: int) -> ReducedProbe:
         """Wrap a fitted ``LinearProbe`` trained on ``X[:, neurons]``."""
         neurons = np.asarray(neurons, dtype=np.int64)
-        return cls(int(neurons.max() // hidden), hidden, neurons, np.asarray(probe.coef_, dtype=np.float64),
-                   np.asarray(probe.intercept_, dtype=np.float64), getattr(probe, "classes_", None))
+        return cls(
+            int(neurons.max() // hidden),
+            hidden,
+            neurons,
+            np.asarray(probe.coef_, dtype=np.float64),
+            np.asarray(probe.intercept_, dtype=np.float64),
+            getattr(probe, "classes_", None),
+        )
 
     def features(self, activations: Any) -> np.ndarray:
         """The kept neurons of activations of shape (n_samples, >= layer + 1, hidden) -> (n_samples, n_kept)."""
         a = activations
         if a.ndim != 3 or a.shape[1] <= self.layer or a.shape[2] != self.hidden:
-            raise ValueError(f"expected activations of shape (n_samples, >= {self.layer + 1}, {self.hidden}), "
-                             f"got {a.shape}")
+            raise ValueError(
+                f"expected activations of shape (n_samples, >= {self.layer + 1}, {self.hidden}), got {a.shape}"
+            )
         return np.asarray(a[:, self.neurons // self.hidden, self.neurons % self.hidden], dtype=np.float64)
 
     def decision_function(self, activations: Any) -> np.ndarray:
@@ -134,15 +146,22 @@ class ReducedProbe:
         out = self.decision_function(activations)
         return out if self.classes_ is None else self.classes_[out.argmax(axis=1)]
 
-    def predict_texts(self, loaded: Any, texts: Sequence, *, level: str, aggregation: str = "auto",
-                      batch_size: int = 32) -> np.ndarray:
+    def predict_texts(
+        self, loaded: Any, texts: Sequence, *, level: str, aggregation: str = "auto", batch_size: int = 32
+    ) -> np.ndarray:
         """Run the model only up to ``layer`` on new text and predict: the reduced model end to end."""
         from .activations import extract
         from .models import truncated
 
         with truncated(loaded.model, self.layer):
-            acts = extract(dataclasses.replace(loaded, n_layers=self.layer + 1), texts, level=level,
-                           aggregation=aggregation, batch_size=batch_size, progress=False)
+            acts = extract(
+                dataclasses.replace(loaded, n_layers=self.layer + 1),
+                texts,
+                level=level,
+                aggregation=aggregation,
+                batch_size=batch_size,
+                progress=False,
+            )
         return self.predict(acts)
 
 
@@ -225,10 +244,18 @@ class TransferResult:
     def summary(self) -> dict:
         """One row for the results table."""
         return {
-            "oracle_test": self.oracle_test, "selected_layer": self.selected_layer,
-            "threshold": self.threshold, "delta_layer": self.delta_layer, "delta_neuron": self.delta_neuron,
-            "neurons_total": self.neurons_total, "neurons_kept": self.neurons_kept, "pct_kept": self.pct_kept,
-            "test": self.test, "pct_of_oracle": self.pct_of_oracle, "oracle_dev": self.oracle_dev, "dev": self.dev,
+            "oracle_test": self.oracle_test,
+            "selected_layer": self.selected_layer,
+            "threshold": self.threshold,
+            "delta_layer": self.delta_layer,
+            "delta_neuron": self.delta_neuron,
+            "neurons_total": self.neurons_total,
+            "neurons_kept": self.neurons_kept,
+            "pct_kept": self.pct_kept,
+            "test": self.test,
+            "pct_of_oracle": self.pct_of_oracle,
+            "oracle_dev": self.oracle_dev,
+            "dev": self.dev,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -236,13 +263,22 @@ class TransferResult:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name not in ("neurons", "grid", "steps", "reduced", "oracle", *_ITEM_ARRAYS)}
-        (tmp / "result.json").write_text(json.dumps({**scalars, "reduced_layer": self.reduced.layer}, indent=1,
-                                                    default=_json_default))
+        scalars = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("neurons", "grid", "steps", "reduced", "oracle", *_ITEM_ARRAYS)
+        }
+        (tmp / "result.json").write_text(
+            json.dumps({**scalars, "reduced_layer": self.reduced.layer}, indent=1, default=_json_default)
+        )
         r = self.reduced
-        arrays = {"neurons": self.neurons, "reduced_neurons": r.neurons, "coef": r.coef_, "intercept": r.intercept_,
-                  **{name: _portable(getattr(self, name)) for name in _ITEM_ARRAYS}}
+        arrays = {
+            "neurons": self.neurons,
+            "reduced_neurons": r.neurons,
+            "coef": r.coef_,
+            "intercept": r.intercept_,
+            **{name: _portable(getattr(self, name)) for name in _ITEM_ARRAYS},
+        }
         if r.classes_ is not None:
             arrays["classes"] = np.asarray(r.classes_)
         if self.oracle is not None:
@@ -266,12 +302,24 @@ class TransferResult:
         meta = json.loads((path / "result.json").read_text())
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        reduced = ReducedProbe(meta.pop("reduced_layer"), meta["hidden"], arrays["reduced_neurons"], arrays["coef"],
-                               arrays["intercept"], arrays.get("classes"))
+        reduced = ReducedProbe(
+            meta.pop("reduced_layer"),
+            meta["hidden"],
+            arrays["reduced_neurons"],
+            arrays["coef"],
+            arrays["intercept"],
+            arrays.get("classes"),
+        )
         oracle = None
         if "oracle_coef" in arrays:
-            oracle = ReducedProbe(meta["n_layers"] - 1, meta["hidden"], np.arange(meta["neurons_total"]),
-                                  arrays["oracle_coef"], arrays["oracle_intercept"], arrays.get("classes"))
+            oracle = ReducedProbe(
+                meta["n_layers"] - 1,
+                meta["hidden"],
+                np.arange(meta["neurons_total"]),
+                arrays["oracle_coef"],
+                arrays["oracle_intercept"],
+                arrays.get("classes"),
+            )
         grid = pd.read_csv(path / "grid.csv")
         steps = pd.read_csv(path / "steps.csv")
         items = {name: arrays[name] for name in _ITEM_ARRAYS if name in arrays}  # older saves lack some
@@ -288,8 +336,10 @@ def _portable(a: Any) -> np.ndarray:
     if a.dtype == object:
         a = np.asarray(a.tolist())
         if a.dtype == object:
-            raise TypeError("labels or predictions of mixed types cannot be saved without pickling; "
-                            "convert them to one type (str or int) first")
+            raise TypeError(
+                "labels or predictions of mixed types cannot be saved without pickling; "
+                "convert them to one type (str or int) first"
+            )
     return a
 
 
@@ -382,18 +432,21 @@ def run_transfer(
     total = L * h
 
     # oracle and incremental layer probes (dev only)
-    oracle_table, oracle_probes = fit_layer_probes(A, y, activations_dev=Ad, y_dev=yd, mode="oracle",
-                                                   probe_params=params, return_probes=True)
+    oracle_table, oracle_probes = fit_layer_probes(
+        A, y, activations_dev=Ad, y_dev=yd, mode="oracle", probe_params=params, return_probes=True
+    )
     oracle_dev = float(oracle_table["score"].iloc[0])
-    inc_table, inc_probes = fit_layer_probes(A, y, activations_dev=Ad, y_dev=yd, mode="incremental",
-                                             probe_params=params, return_probes=True)
+    inc_table, inc_probes = fit_layer_probes(
+        A, y, activations_dev=Ad, y_dev=yd, mode="incremental", probe_params=params, return_probes=True
+    )
     inc_scores = inc_table["score"].to_numpy()
 
     grid = [(d_layer, d_neuron, t) for d_layer, d_neuron, t in grid]
     layer_of = {cfg: layer_selector(inc_scores, oracle_dev, cfg[0]) for cfg in grid}
     searches: dict[tuple[int, float | None], _Search] = {}
-    bar = tqdm(total=len(set((layer_of[c], c[2], c[1]) for c in grid)), desc="transfer grid", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=len(set((layer_of[c], c[2], c[1]) for c in grid)), desc="transfer grid", disable=not progress, leave=False
+    )
     for layer in dict.fromkeys(layer_of.values()):
         X, Xd = _flat(A, layer + 1), _flat(Ad, layer + 1)  # once per selected layer
         corr = tree = None
@@ -411,8 +464,17 @@ def run_transfer(
             ordering = lca_ordering(np.atleast_2d(base.standardized_coef_))
             sets = {}
             for d_neuron in dict.fromkeys(c[1] for c in grid if layer_of[c] == layer and c[2] == t):
-                sets[d_neuron] = minimal_neuron_set(Xs, y, Xsd, yd, ordering, target=base_dev * (1 - d_neuron / 100),
-                                                    probe_params=params, pct_grid=pct_grid, n_total=total)
+                sets[d_neuron] = minimal_neuron_set(
+                    Xs,
+                    y,
+                    Xsd,
+                    yd,
+                    ordering,
+                    target=base_dev * (1 - d_neuron / 100),
+                    probe_params=params,
+                    pct_grid=pct_grid,
+                    n_total=total,
+                )
                 bar.update(1)
             searches[layer, t] = _Search(cand, base, base_dev, sets)
         del X, Xd, corr, tree
@@ -423,13 +485,23 @@ def run_transfer(
         layer = layer_of[d_layer, d_neuron, t]
         found = searches[layer, t]
         ms = found.sets[d_neuron]
-        rows.append({
-            "delta_layer": d_layer, "delta_neuron": d_neuron, "threshold": t, "selected_layer": layer,
-            "neurons_after_ls": (layer + 1) * h, "neurons_after_cc": len(found.candidates),
-            "neurons_kept": len(ms.neurons), "pct_kept": 100.0 * len(ms.neurons) / total,
-            "ls_dev": float(inc_scores[layer]), "base_dev": found.base_dev, "dev": ms.score,
-            "pct_of_oracle_dev": 100.0 * ms.score / oracle_dev, "reached": ms.reached,
-        })
+        rows.append(
+            {
+                "delta_layer": d_layer,
+                "delta_neuron": d_neuron,
+                "threshold": t,
+                "selected_layer": layer,
+                "neurons_after_ls": (layer + 1) * h,
+                "neurons_after_cc": len(found.candidates),
+                "neurons_kept": len(ms.neurons),
+                "pct_kept": 100.0 * len(ms.neurons) / total,
+                "ls_dev": float(inc_scores[layer]),
+                "base_dev": found.base_dev,
+                "dev": ms.score,
+                "pct_of_oracle_dev": 100.0 * ms.score / oracle_dev,
+                "reached": ms.reached,
+            }
+        )
     grid_table = pd.DataFrame(rows)
     chosen = _choose(grid_table, keep_pct)
     d_layer, d_neuron, t = grid[chosen]
@@ -452,22 +524,52 @@ def run_transfer(
     del X_oracle
     Xt_sel = _flat(At, layer + 1)
     test_predictions = ms.probe.predict(Xt_sel[:, kept])
-    steps = pd.DataFrame([
-        {"step": "oracle", "neurons": total, "dev": oracle_dev, "test": oracle_test},
-        {"step": "LS", "neurons": (layer + 1) * h, "dev": float(inc_scores[layer]),
-         "test": float(inc_probes[layer].score(Xt_sel, yt))},
-        {"step": "LS+CC", "neurons": len(cand), "dev": found.base_dev, "test": float(found.base.score(Xt_sel[:, cand], yt))},
-        {"step": "LS+CC+FS", "neurons": len(kept), "dev": ms.score, "test": float(ms.probe.score(Xt_sel[:, kept], yt))},
-    ])
+    steps = pd.DataFrame(
+        [
+            {"step": "oracle", "neurons": total, "dev": oracle_dev, "test": oracle_test},
+            {
+                "step": "LS",
+                "neurons": (layer + 1) * h,
+                "dev": float(inc_scores[layer]),
+                "test": float(inc_probes[layer].score(Xt_sel, yt)),
+            },
+            {
+                "step": "LS+CC",
+                "neurons": len(cand),
+                "dev": found.base_dev,
+                "test": float(found.base.score(Xt_sel[:, cand], yt)),
+            },
+            {
+                "step": "LS+CC+FS",
+                "neurons": len(kept),
+                "dev": ms.score,
+                "test": float(ms.probe.score(Xt_sel[:, kept], yt)),
+            },
+        ]
+    )
     steps["pct_kept"] = 100.0 * steps["neurons"] / total
     return TransferResult(
-        n_layers=L, hidden=h, neurons_total=total, oracle_dev=oracle_dev, oracle_test=oracle_test,
-        delta_layer=float(d_layer), delta_neuron=float(d_neuron), threshold=None if t is None else float(t),
-        selected_layer=layer, neurons=kept, dev=ms.score, test=float(steps["test"].iloc[-1]), grid=grid_table,
-        steps=steps, reduced=ReducedProbe.from_probe(ms.probe, neurons=kept, hidden=h),
+        n_layers=L,
+        hidden=h,
+        neurons_total=total,
+        oracle_dev=oracle_dev,
+        oracle_test=oracle_test,
+        delta_layer=float(d_layer),
+        delta_neuron=float(d_neuron),
+        threshold=None if t is None else float(t),
+        selected_layer=layer,
+        neurons=kept,
+        dev=ms.score,
+        test=float(steps["test"].iloc[-1]),
+        grid=grid_table,
+        steps=steps,
+        reduced=ReducedProbe.from_probe(ms.probe, neurons=kept, hidden=h),
         oracle=ReducedProbe.from_probe(oracle_probes[0], neurons=np.arange(total), hidden=h),
-        test_predictions=np.asarray(test_predictions), info=info,
-        oracle_test_predictions=np.asarray(oracle_test_predictions), test_labels=yt, test_items=test_items,
+        test_predictions=np.asarray(test_predictions),
+        info=info,
+        oracle_test_predictions=np.asarray(oracle_test_predictions),
+        test_labels=yt,
+        test_items=test_items,
     )
 
 
@@ -539,18 +641,40 @@ def transfer_over_seeds(
     oracle = np.concatenate([r.oracle_test_predictions for r in results])
     kw = dict(groups=g, n_boot=n_boot, level=level, random_state=random_state)
     out: dict[str, float] = {"seeds": s}
-    per_seed = pd.DataFrame([{
-        "pct_kept": r.pct_kept, "neurons_kept": r.neurons_kept, "selected_layer": r.selected_layer,
-        "test": r.test, "oracle_test": r.oracle_test, "pct_of_oracle": r.pct_of_oracle} for r in results])
+    per_seed = pd.DataFrame(
+        [
+            {
+                "pct_kept": r.pct_kept,
+                "neurons_kept": r.neurons_kept,
+                "selected_layer": r.selected_layer,
+                "test": r.test,
+                "oracle_test": r.oracle_test,
+                "pct_of_oracle": r.pct_of_oracle,
+            }
+            for r in results
+        ]
+    )
     for q in per_seed.columns:
         v = per_seed[q].to_numpy(float)
-        out |= {f"{q}_mean": float(v.mean()), f"{q}_sd": float(v.std(ddof=1)) if s > 1 else 0.0,
-                f"{q}_min": float(v.min()), f"{q}_max": float(v.max())}
+        out |= {
+            f"{q}_mean": float(v.mean()),
+            f"{q}_sd": float(v.std(ddof=1)) if s > 1 else 0.0,
+            f"{q}_min": float(v.min()),
+            f"{q}_max": float(v.max()),
+        }
     test_iv, oracle_iv = score_interval(y, reduced, **kw), score_interval(y, oracle, **kw)
     ratio = paired_interval(y, reduced, oracle, compare="ratio", **kw)
-    out |= {"test_low": test_iv.low, "test_high": test_iv.high, "oracle_low": oracle_iv.low,
-            "oracle_high": oracle_iv.high, "ratio": ratio.estimate, "ratio_low": ratio.low,
-            "ratio_high": ratio.high, "n_test": n, "n_test_groups": int(len(np.unique(groups)))}
+    out |= {
+        "test_low": test_iv.low,
+        "test_high": test_iv.high,
+        "oracle_low": oracle_iv.low,
+        "oracle_high": oracle_iv.high,
+        "ratio": ratio.estimate,
+        "ratio_low": ratio.low,
+        "ratio_high": ratio.high,
+        "n_test": n,
+        "n_test_groups": int(len(np.unique(groups))),
+    }
     return out
 
 
@@ -597,8 +721,10 @@ def _seen(A: Any, y: np.ndarray, groups: Any, classes: np.ndarray) -> tuple[Any,
     rows = np.arange(len(y))
     groups = rows if groups is None else np.asarray(groups)
     if len(groups) != len(y):
-        raise ValueError(f"groups must give one group per item: {len(groups)} groups for {len(y)} items. "
-                         f"For word-level tasks pass the store's sentence_ids.")
+        raise ValueError(
+            f"groups must give one group per item: {len(groups)} groups for {len(y)} items. "
+            f"For word-level tasks pass the store's sentence_ids."
+        )
     keep = seen_mask(y, classes)
     if keep.all():
         return A, y, rows, groups
@@ -659,7 +785,9 @@ def cc_sweep(
 
     A, y = train[0], np.asarray(train[1])
     if getattr(A, "ndim", 0) != 3:
-        raise ValueError(f"train activations must have shape (n_items, n_layers, hidden), got {getattr(A, 'shape', None)}")
+        raise ValueError(
+            f"train activations must have shape (n_items, n_layers, hidden), got {getattr(A, 'shape', None)}"
+        )
     if is_regression_target(y):
         raise ValueError("cc_sweep scores accuracy with bootstrap intervals: it needs class labels, got real values")
     n, L, h = A.shape
@@ -668,8 +796,10 @@ def cc_sweep(
         raise ValueError(f"train labels and activations differ in length: {len(y)} vs {n}")
     for c in clusterings:
         if c.n_features != total:
-            raise ValueError(f"a clustering covers {c.n_features} neurons, the activations hold {total} "
-                             f"({L} layers x {h}); cluster the same store's neurons")
+            raise ValueError(
+                f"a clustering covers {c.n_features} neurons, the activations hold {total} "
+                f"({L} layers x {h}); cluster the same store's neurons"
+            )
     classes = np.unique(y)
     Ad, yd, _, gd = _seen(dev[0], np.asarray(dev[1]), dev_groups, classes)
     At, yt, items, gt = _seen(test[0], np.asarray(test[1]), test_groups, classes)
@@ -692,12 +822,27 @@ def cc_sweep(
         key = "oracle" if neurons is None else f"t={t:g}"
         predictions[key] = pred_test
         kept = total if neurons is None else len(neurons)
-        dev_iv, test_iv = score_interval(yd, pred_dev, groups=gd, **boot), score_interval(yt, pred_test, groups=gt, **boot)
+        dev_iv, test_iv = (
+            score_interval(yd, pred_dev, groups=gd, **boot),
+            score_interval(yt, pred_test, groups=gt, **boot),
+        )
         ratio = paired_interval(yt, pred_test, predictions["oracle"], compare="ratio", groups=gt, **boot)
-        rows.append({"step": step, "threshold": t, "neurons_kept": kept, "dev": dev_iv.estimate,
-                     "dev_low": dev_iv.low, "dev_high": dev_iv.high, "test": test_iv.estimate,
-                     "test_low": test_iv.low, "test_high": test_iv.high, "ratio": ratio.estimate,
-                     "ratio_low": ratio.low, "ratio_high": ratio.high})
+        rows.append(
+            {
+                "step": step,
+                "threshold": t,
+                "neurons_kept": kept,
+                "dev": dev_iv.estimate,
+                "dev_low": dev_iv.low,
+                "dev_high": dev_iv.high,
+                "test": test_iv.estimate,
+                "test_low": test_iv.low,
+                "test_high": test_iv.high,
+                "ratio": ratio.estimate,
+                "ratio_low": ratio.low,
+                "ratio_high": ratio.high,
+            }
+        )
         if macro_f1:
             f1 = score_interval(yt, pred_test, metric="macro_f1", groups=gt, **boot)
             rows[-1] |= {"test_macro_f1": f1.estimate, "test_macro_f1_low": f1.low, "test_macro_f1_high": f1.high}
@@ -712,11 +857,20 @@ def cc_sweep(
     table["pct_removed"] = 100.0 - table["pct_kept"]
     nonconstant = total - n_const
     table["pct_removed_nonconstant"] = np.where(
-        table["step"] == "clustering", 100.0 * (nonconstant - table["neurons_kept"]) / max(nonconstant, 1), 0.0)
+        table["step"] == "clustering", 100.0 * (nonconstant - table["neurons_kept"]) / max(nonconstant, 1), 0.0
+    )
     table["n_test"] = len(yt)
     table["n_test_groups"] = int(len(np.unique(gt)))
-    first = ["step", "threshold", "neurons_total", "neurons_constant", "neurons_kept", "pct_kept", "pct_removed",
-             "pct_removed_nonconstant"]
+    first = [
+        "step",
+        "threshold",
+        "neurons_total",
+        "neurons_constant",
+        "neurons_kept",
+        "pct_kept",
+        "pct_removed",
+        "pct_removed_nonconstant",
+    ]
     table = table[first + [c for c in table.columns if c not in first]]
     return ClusterSweep(table, yt, items, gt, predictions)
 
@@ -808,9 +962,13 @@ def load_predictions(path: str | os.PathLike) -> SavedPredictions:
         files = set(z.files)
         if "y_true" not in files:
             raise ValueError(f"{path} holds no y_true: it was not written by save_predictions")
-        preds = {k[len(_PRED_PREFIX):]: z[k] for k in z.files if k.startswith(_PRED_PREFIX)}
-        return SavedPredictions(z["y_true"], preds, z["groups"] if "groups" in files else None,
-                                json.loads(str(z["meta"])) if "meta" in files else {})
+        preds = {k[len(_PRED_PREFIX) :]: z[k] for k in z.files if k.startswith(_PRED_PREFIX)}
+        return SavedPredictions(
+            z["y_true"],
+            preds,
+            z["groups"] if "groups" in files else None,
+            json.loads(str(z["meta"])) if "meta" in files else {},
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,6 +996,7 @@ def measure_speedup(
     timing : dict
         ``full_s``, ``reduced_s``, ``speedup`` (= full_s / reduced_s), ``items``.
     """
+
     def full() -> np.ndarray:
         return oracle.predict_texts(loaded, texts, level=level, aggregation=aggregation, batch_size=batch_size)
 

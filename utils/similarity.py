@@ -208,9 +208,7 @@ def linear_cka(X: Any, Y: Any, *, debiased: bool = False) -> float:
     X = _as_2d(X, "X")
     Y = _as_2d(Y, "Y")
     if X.shape[0] != Y.shape[0]:
-        raise ValueError(
-            f"X and Y must hold the same samples: got {X.shape[0]} rows in X and {Y.shape[0]} in Y."
-        )
+        raise ValueError(f"X and Y must hold the same samples: got {X.shape[0]} rows in X and {Y.shape[0]} in Y.")
     n = X.shape[0]
     if n < (4 if debiased else 2):
         raise ValueError(f"linear_cka needs at least {4 if debiased else 2} samples, got {n}.")
@@ -528,8 +526,12 @@ class GramAccumulator:
             P[i, i:] = np.add.reduceat(v * u[a:], starts[i:-1] - a)
         P = np.triu(P) + np.triu(P, 1).T
         return (
-            self._q_outer - 2 * (B + B.T) + 4 * P
-            + np.outer(self._q_sum, m) + np.outer(m, self._q_sum) - 3 * n * np.outer(m, m)
+            self._q_outer
+            - 2 * (B + B.T)
+            + 4 * P
+            + np.outer(self._q_sum, m)
+            + np.outer(m, self._q_sum)
+            - 3 * n * np.outer(m, m)
         )
 
     def block_similarity(self, *, debiased: bool = False) -> np.ndarray:
@@ -566,7 +568,10 @@ class GramAccumulator:
         if self.n_features_ is None:
             return state
         state.update(
-            block_sizes=self.block_sizes_, shift=self.shift_, q_outer=self._q_outer, q_sum=self._q_sum,
+            block_sizes=self.block_sizes_,
+            shift=self.shift_,
+            q_outer=self._q_outer,
+            q_sum=self._q_sum,
             q_cross=self._q_cross,
         )
         state.update({f"moments_{k}": v for k, v in self.moments_.state_dict().items()})
@@ -594,7 +599,8 @@ class GramAccumulator:
         self._strips = strips
         self.shift_ = np.array(state["shift"], dtype=np.float64)
         self.moments_ = RunningMoments().load_state_dict(
-            {k.removeprefix("moments_"): v for k, v in state.items() if k.startswith("moments_")})
+            {k.removeprefix("moments_"): v for k, v in state.items() if k.startswith("moments_")}
+        )
         self._q_outer = np.array(state["q_outer"], dtype=np.float64)
         self._q_sum = np.array(state["q_sum"], dtype=np.float64)
         self._q_cross = np.array(state["q_cross"], dtype=np.float64)
@@ -656,8 +662,9 @@ def gram_statistics(
     if block_sizes is None and len(array.shape) == 3:
         block_sizes = [array.shape[2]] * array.shape[1]
     acc = GramAccumulator(block_sizes=block_sizes, compute_dtype=compute_dtype)
-    for chunk in tqdm(chunks, total=-(-n // chunk_size), desc="Gram pass", unit="chunk",
-                      disable=not progress, leave=False):
+    for chunk in tqdm(
+        chunks, total=-(-n // chunk_size), desc="Gram pass", unit="chunk", disable=not progress, leave=False
+    ):
         acc.add(chunk)
     acc.release_buffers()
     return acc
@@ -749,8 +756,9 @@ def cross_model_similarity(
     la, lb = a.shape[1], b.shape[1]
     acc = GramAccumulator(block_sizes=[a.shape[2]] * la + [b.shape[2]] * lb, compute_dtype=compute_dtype)
     n = a.shape[0]
-    for start in tqdm(range(0, n, chunk_size), desc="Gram pass (two models)", unit="chunk",
-                      disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, n, chunk_size), desc="Gram pass (two models)", unit="chunk", disable=not progress, leave=False
+    ):
         ca = np.asarray(a[start : start + chunk_size], dtype=acc.compute_dtype)
         cb = np.asarray(b[start : start + chunk_size], dtype=acc.compute_dtype)
         acc.add(np.concatenate([ca.reshape(len(ca), -1), cb.reshape(len(cb), -1)], axis=1))

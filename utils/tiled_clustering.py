@@ -147,8 +147,11 @@ class ColumnConcat:
         for name, n_layers in zip(self.names, self.part_layers):
             for layer in range(n_layers):
                 width = self.layer_sizes[k]
-                frames.append(pd.DataFrame({"part": name, "layer": layer, "unit": np.arange(width),
-                                            "depth": layer / max(1, n_layers - 1)}))
+                frames.append(
+                    pd.DataFrame(
+                        {"part": name, "layer": layer, "unit": np.arange(width), "depth": layer / max(1, n_layers - 1)}
+                    )
+                )
                 k += 1
         return pd.concat(frames, ignore_index=True)
 
@@ -371,8 +374,16 @@ class _Work:
 
 
 def _tile_result(
-    acc: Any, r0: int, c0: int, min_abs: np.float32, diagonal: bool,
-    rows_layer: Any = None, cols_layer: Any = None, rows_var: Any = None, cols_var: Any = None, n_layers: int = 0,
+    acc: Any,
+    r0: int,
+    c0: int,
+    min_abs: np.float32,
+    diagonal: bool,
+    rows_layer: Any = None,
+    cols_layer: Any = None,
+    rows_var: Any = None,
+    cols_var: Any = None,
+    n_layers: int = 0,
     work: _Work | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Edges (and CKA terms) of one correlation tile.
@@ -480,14 +491,30 @@ def thresholded_correlation(
         raise ValueError(f"layer_sizes sum to {sum(sizes)}, but there are {d} neurons; pass one width per layer.")
     min_abs = _min_abs_float32(float(t_max))
     if client is not None or _is_dask(flat):
-        moments, parts, hsic = _dask_tiles(flat, t_max=float(t_max), min_abs=min_abs, tile_size=tile_size,
-                                           chunk_size=chunk_size, sizes=sizes if layer_cka else None,
-                                           moments=moments, client=client, progress=progress)
+        moments, parts, hsic = _dask_tiles(
+            flat,
+            t_max=float(t_max),
+            min_abs=min_abs,
+            tile_size=tile_size,
+            chunk_size=chunk_size,
+            sizes=sizes if layer_cka else None,
+            moments=moments,
+            client=client,
+            progress=progress,
+        )
     else:
         if moments is None:
             moments = column_moments(flat, chunk_size=chunk_size, progress=progress)
-        parts, hsic = _local_tiles(flat, moments, min_abs=min_abs, tile_size=tile_size, chunk_size=chunk_size,
-                                   sizes=sizes if layer_cka else None, device=_device(device), progress=progress)
+        parts, hsic = _local_tiles(
+            flat,
+            moments,
+            min_abs=min_abs,
+            tile_size=tile_size,
+            chunk_size=chunk_size,
+            sizes=sizes if layer_cka else None,
+            device=_device(device),
+            progress=progress,
+        )
     rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
@@ -505,8 +532,15 @@ def _tile_starts(d: int, tile_size: int) -> list[tuple[int, int]]:
 
 
 def _local_tiles(
-    flat: Any, moments: ColumnMoments, *, min_abs: np.float32, tile_size: int, chunk_size: int,
-    sizes: list[int] | None, device: torch.device, progress: bool,
+    flat: Any,
+    moments: ColumnMoments,
+    *,
+    min_abs: np.float32,
+    tile_size: int,
+    chunk_size: int,
+    sizes: list[int] | None,
+    device: torch.device,
+    progress: bool,
 ) -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:
     """The tile loop with torch: (edge parts, (Σr² and Σr²var var per layer pair) or None)."""
     n, d = (int(s) for s in flat.shape)
@@ -534,8 +568,13 @@ def _local_tiles(
     # keep the standardised panel of tile a over all rows when it is small (it is reused for every b)
     cache_a = n * tile_size * 4 <= 512 * 2**20
     parts = []
-    bar = tqdm(total=len(tiles) * (len(tiles) + 1) // 2, desc="correlation tiles", unit="tile",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(tiles) * (len(tiles) + 1) // 2,
+        desc="correlation tiles",
+        unit="tile",
+        disable=not progress,
+        leave=False,
+    )
     for ia, (a0, a1) in enumerate(tiles):
         panels_a = [panel(r0, r1, a0, a1, f"a{k}") for k, (r0, r1) in enumerate(row_chunks)] if cache_a else None
         for b0, b1 in tiles[ia:]:
@@ -602,14 +641,17 @@ def _compute(objs: list, client: Any, progress: bool, desc: str) -> list:
     futures = client.compute(objs)
     position = {f.key: i for i, f in enumerate(futures)}
     out: list = [None] * len(futures)
-    for fut in tqdm(as_completed(futures, loop=client.loop), total=len(futures), desc=desc, disable=not progress, leave=False):
+    for fut in tqdm(
+        as_completed(futures, loop=client.loop), total=len(futures), desc=desc, disable=not progress, leave=False
+    ):
         out[position[fut.key]] = fut.result()
         fut.release()
     return out
 
 
-def _dask_standardised(flat: Any, moments: ColumnMoments | None, chunk_size: int, tile_size: int,
-                       client: Any, progress: bool) -> tuple[Any, ColumnMoments]:
+def _dask_standardised(
+    flat: Any, moments: ColumnMoments | None, chunk_size: int, tile_size: int, client: Any, progress: bool
+) -> tuple[Any, ColumnMoments]:
     """Dask array of standardised float32 neurons (scaled so that Σ z_i z_j = r) and the moments."""
     x = _dask_array(flat, chunk_size, tile_size)
     n = int(x.shape[0])
@@ -617,8 +659,9 @@ def _dask_standardised(flat: Any, moments: ColumnMoments | None, chunk_size: int
         first = _compute([x[: min(n, chunk_size)].mean(axis=0, dtype=np.float64)], client, False, "shift")[0]
         shift = np.asarray(first).astype(np.float32).astype(np.float64)
         z = x.astype(np.float32) - shift.astype(np.float32)
-        s1, s2 = _compute([z.sum(axis=0, dtype=np.float64), (z * z).sum(axis=0, dtype=np.float64)], client,
-                          progress, "moments")
+        s1, s2 = _compute(
+            [z.sum(axis=0, dtype=np.float64), (z * z).sum(axis=0, dtype=np.float64)], client, progress, "moments"
+        )
         moments = _moments_from_sums(n, shift, np.asarray(s1), np.asarray(s2))
     scale = (moments.inv_std / math.sqrt(n)).astype(np.float32)
     s = (x.astype(np.float32) - moments.mean.astype(np.float32)) * scale
@@ -626,8 +669,16 @@ def _dask_standardised(flat: Any, moments: ColumnMoments | None, chunk_size: int
 
 
 def _dask_tiles(
-    flat: Any, *, t_max: float, min_abs: np.float32, tile_size: int, chunk_size: int, sizes: list[int] | None,
-    moments: ColumnMoments | None, client: Any, progress: bool,
+    flat: Any,
+    *,
+    t_max: float,
+    min_abs: np.float32,
+    tile_size: int,
+    chunk_size: int,
+    sizes: list[int] | None,
+    moments: ColumnMoments | None,
+    client: Any,
+    progress: bool,
 ) -> tuple[ColumnMoments, list, tuple[np.ndarray, np.ndarray] | None]:
     """The tile products as dask tasks: blockwise chunk products, a float64 sum over row chunks per tile."""
     import dask
@@ -740,8 +791,16 @@ def _by_size(components: list[np.ndarray], batch: list[int]) -> dict[int, list[i
     return groups
 
 
-def _local_blocks(flat: Any, moments: ColumnMoments, components: list[np.ndarray], batch: list[int], *,
-                  chunk_size: int, tile_size: int, device: torch.device) -> dict[int, np.ndarray]:
+def _local_blocks(
+    flat: Any,
+    moments: ColumnMoments,
+    components: list[np.ndarray],
+    batch: list[int],
+    *,
+    chunk_size: int,
+    tile_size: int,
+    device: torch.device,
+) -> dict[int, np.ndarray]:
     """Dense float64 correlation blocks of the components in ``batch``, from one pass over the rows."""
     n, d = (int(s) for s in flat.shape)
     groups = _by_size(components, batch)
@@ -781,8 +840,16 @@ def _batched_gram(z: np.ndarray, m: int, s: int) -> np.ndarray:
     return np.matmul(zg, zg.transpose(0, 2, 1)).astype(np.float64)[None]
 
 
-def _dask_blocks(flat: Any, moments: ColumnMoments, components: list[np.ndarray], batch: list[int], *,
-                 chunk_size: int, tile_size: int, client: Any) -> dict[int, np.ndarray]:
+def _dask_blocks(
+    flat: Any,
+    moments: ColumnMoments,
+    components: list[np.ndarray],
+    batch: list[int],
+    *,
+    chunk_size: int,
+    tile_size: int,
+    client: Any,
+) -> dict[int, np.ndarray]:
     """As ``_local_blocks``, with the batched products as dask tasks over row chunks."""
     import dask.array as da
 
@@ -793,8 +860,18 @@ def _dask_blocks(flat: Any, moments: ColumnMoments, components: list[np.ndarray]
         cols = np.concatenate([components[k] for k in ks])
         sub = s_arr[:, cols].rechunk((chunk_size, -1))
         m = len(ks)
-        prod = da.blockwise(_batched_gram, "rmij", sub, "rc", m=m, s=s, new_axes={"m": m, "i": s, "j": s},
-                            adjust_chunks={"r": 1}, dtype=np.float64, concatenate=True)
+        prod = da.blockwise(
+            _batched_gram,
+            "rmij",
+            sub,
+            "rc",
+            m=m,
+            s=s,
+            new_axes={"m": m, "i": s, "j": s},
+            adjust_chunks={"r": 1},
+            dtype=np.float64,
+            concatenate=True,
+        )
         lazy.append(prod.sum(axis=0))
         keys.append(ks)
     out = {}
@@ -813,8 +890,9 @@ def _average_linkage(r32: np.ndarray) -> np.ndarray:
     return scipy_linkage(np.clip(squareform(dist, checks=False), 0.0, 1.0), method="average")
 
 
-def _exact_batch(members: list[np.ndarray], blocks: list[np.ndarray],
-                 thresholds: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _exact_batch(
+    members: list[np.ndarray], blocks: list[np.ndarray], thresholds: Sequence[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact clusters of a batch of components from their float64 correlation blocks.
 
     One average-linkage tree per component; the trees are joined (at height 2, above any distance)
@@ -857,8 +935,9 @@ def _exact_batch(members: list[np.ndarray], blocks: list[np.ndarray],
     return out
 
 
-def _approximate_component(edges: sp.csr_matrix, members: np.ndarray,
-                           thresholds: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _approximate_component(
+    edges: sp.csr_matrix, members: np.ndarray, thresholds: Sequence[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """scikit-learn's connectivity-constrained average linkage on a component too large for a dense block.
 
     Only the kept pairs (``|r| >= 1 - t_max``) are known; scikit-learn averages over them (not over
@@ -884,12 +963,21 @@ def _approximate_component(edges: sp.csr_matrix, members: np.ndarray,
     absr = np.abs(sub.data.astype(np.float64))
     out = []
     for t in thresholds:
-        model = AgglomerativeClustering(n_clusters=None, distance_threshold=float(t), linkage="average",
-                                        metric=metric, connectivity=conn, compute_full_tree=True)
+        model = AgglomerativeClustering(
+            n_clusters=None,
+            distance_threshold=float(t),
+            linkage="average",
+            metric=metric,
+            connectivity=conn,
+            compute_full_tree=True,
+        )
         labels = _relabel(model.fit_predict(index))
         same = labels[sub.row] == labels[sub.col]
-        score = 1.0 + np.bincount(sub.row[same], weights=absr[same], minlength=s) \
+        score = (
+            1.0
+            + np.bincount(sub.row[same], weights=absr[same], minlength=s)
             + np.bincount(sub.col[same], weights=absr[same], minlength=s)
+        )
         order = np.lexsort((np.arange(s), -score, labels))
         rep = np.zeros(s, dtype=bool)
         rep[order[np.r_[True, labels[order][1:] != labels[order][:-1]]]] = True
@@ -990,20 +1078,25 @@ def cluster_components(
     batches = _plan_batches(exact_comps, budget=max(memory_budget // 2, 8 * 2**20), max_columns=1 << 20)
     for batch in tqdm(batches, desc="component blocks", unit="pass", disable=not progress or not batches, leave=False):
         if use_dask:
-            blocks = _dask_blocks(flat, corr.moments, exact_comps, batch, chunk_size=chunk_size,
-                                  tile_size=tile_size, client=client)
+            blocks = _dask_blocks(
+                flat, corr.moments, exact_comps, batch, chunk_size=chunk_size, tile_size=tile_size, client=client
+            )
         else:
-            blocks = _local_blocks(flat, corr.moments, exact_comps, batch, chunk_size=chunk_size,
-                                   tile_size=tile_size, device=dev)
-        place(np.concatenate([exact_comps[k] for k in batch]),
-              _exact_batch([exact_comps[k] for k in batch], [blocks.pop(k) for k in batch], thresholds))
+            blocks = _local_blocks(
+                flat, corr.moments, exact_comps, batch, chunk_size=chunk_size, tile_size=tile_size, device=dev
+            )
+        place(
+            np.concatenate([exact_comps[k] for k in batch]),
+            _exact_batch([exact_comps[k] for k in batch], [blocks.pop(k) for k in batch], thresholds),
+        )
     for members in giant:
         place(members, _approximate_component(corr.edges, members, thresholds))
     clusterings = [
         NeuronClusters(t, _relabel(lab), np.flatnonzero(rep)) for t, lab, rep in zip(thresholds, labels, reps)
     ]
-    return TiledClusters(clusterings, thresholds, corr, np.sort(sizes)[::-1], exact=not giant,
-                         approximate_components=giant)
+    return TiledClusters(
+        clusterings, thresholds, corr, np.sort(sizes)[::-1], exact=not giant, approximate_components=giant
+    )
 
 
 def cluster_neurons_tiled(
@@ -1046,12 +1139,29 @@ def cluster_neurons_tiled(
     """
     thresholds = [float(t) for t in thresholds]
     t_max = max(thresholds) if t_max is None else float(t_max)
-    corr = thresholded_correlation(activations, t_max=t_max, tile_size=tile_size, chunk_size=chunk_size,
-                                   layer_cka=layer_cka, layer_sizes=layer_sizes, device=device, client=client,
-                                   progress=progress)
-    return cluster_components(activations, corr, thresholds, memory_budget=memory_budget, on_giant=on_giant,
-                              chunk_size=chunk_size, tile_size=tile_size, device=device, client=client,
-                              progress=progress)
+    corr = thresholded_correlation(
+        activations,
+        t_max=t_max,
+        tile_size=tile_size,
+        chunk_size=chunk_size,
+        layer_cka=layer_cka,
+        layer_sizes=layer_sizes,
+        device=device,
+        client=client,
+        progress=progress,
+    )
+    return cluster_components(
+        activations,
+        corr,
+        thresholds,
+        memory_budget=memory_budget,
+        on_giant=on_giant,
+        chunk_size=chunk_size,
+        tile_size=tile_size,
+        device=device,
+        client=client,
+        progress=progress,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1139,7 +1249,9 @@ def residual_stream_activations(
     if tuple(out.shape[1:]) != (n_layers, hidden):
         raise ValueError(f"out has shape {out.shape}, expected (n_rows, {n_layers}, {hidden}).")
     rng = np.random.default_rng(random_state)
-    loadings = (rng.standard_normal((n_layers, n_factors, hidden)) * factor_scale / math.sqrt(n_factors)).astype(np.float32)
+    loadings = (rng.standard_normal((n_layers, n_factors, hidden)) * factor_scale / math.sqrt(n_factors)).astype(
+        np.float32
+    )
     weights = (write_scale * rng.lognormal(0.0, 0.6, (n_layers, hidden))).astype(np.float32)
     weights[0] = 1.0
     n_dup = int(duplicate_share * hidden)

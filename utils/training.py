@@ -67,9 +67,18 @@ class Bank:
     Probe index ``p = t * n_probes + l``. Weights are zero-initialised.
     """
 
-    def __init__(self, kind: str, feat_shape: tuple[int, ...], n_targets: int, n_out: int,
-                 mean: np.ndarray, scale: np.ndarray, device: torch.device, dtype: torch.dtype = torch.float32,
-                 matmul_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        kind: str,
+        feat_shape: tuple[int, ...],
+        n_targets: int,
+        n_out: int,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        matmul_dtype: torch.dtype | None = None,
+    ):
         self.kind, self.T, self.C = kind, n_targets, n_out
         self.dtype = dtype  # parameters, losses and the standardised inputs' arithmetic
         self.matmul_dtype = matmul_dtype or dtype  # inputs are stored and multiplied in this dtype
@@ -211,7 +220,9 @@ class Bank:
                 b = self.bias[l, t * C : (t + 1) * C]
             else:
                 K = self.T * C
-                w = torch.cat([self.weights[k][:, (l - k) * K + t * C : (l - k) * K + (t + 1) * C] for k in range(l + 1)])
+                w = torch.cat(
+                    [self.weights[k][:, (l - k) * K + t * C : (l - k) * K + (t + 1) * C] for k in range(l + 1)]
+                )
                 b = self.bias[l, t * C : (t + 1) * C]
             return w.t().cpu().numpy().copy(), b.cpu().numpy().copy()
 
@@ -234,8 +245,6 @@ class FitConfig:
     random_state: int
     progress: bool
     precision: str = "float32"
-
-
 
 
 def bank_dtypes(cfg: FitConfig) -> dict[str, torch.dtype]:
@@ -270,7 +279,9 @@ def class_weights(class_weight: Any, Y: np.ndarray, n_classes: int, classes: np.
             raise ValueError(f"class_weight names labels not in y: {sorted(map(str, unknown))}")
         w = np.array([float(class_weight.get(c, 1.0)) for c in classes.tolist()])
         return np.tile(w, (Y.shape[1], 1))
-    raise ValueError(f"class_weight must be None, 'balanced' or a dict label -> weight, got {type(class_weight).__name__}")
+    raise ValueError(
+        f"class_weight must be None, 'balanced' or a dict label -> weight, got {type(class_weight).__name__}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,13 +298,22 @@ def _as_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.f
     return t.to(device)
 
 
-def rows(X: np.ndarray, idx: np.ndarray | slice, device: torch.device, name: str,
-         dtype: torch.dtype = torch.float32, *, check: bool = True) -> torch.Tensor:
+def rows(
+    X: np.ndarray,
+    idx: np.ndarray | slice,
+    device: torch.device,
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    check: bool = True,
+) -> torch.Tensor:
     """Tensor of some rows of ``X`` (memmap-friendly); ValueError on NaN / infinity unless ``check`` is off."""
     xb = _as_tensor(np.asarray(X[idx]), device, dtype)
     if check and not torch.isfinite(xb.sum(dtype=torch.float64)):
-        raise ValueError(f"{name} contains NaN or infinity. Remove or impute them before probing "
-                         f"(e.g. np.nan_to_num, or drop those items).")
+        raise ValueError(
+            f"{name} contains NaN or infinity. Remove or impute them before probing "
+            f"(e.g. np.nan_to_num, or drop those items)."
+        )
     return xb
 
 
@@ -307,8 +327,9 @@ def standardized(bank: Bank, X: np.ndarray, device: torch.device, name: str, *, 
     return out
 
 
-def prepare(X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, device: torch.device,
-            materialise: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
+def prepare(
+    X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, device: torch.device, materialise: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
     """Train statistics and (with ``materialise``) the standardised features, from one read of X.
 
     Parameters
@@ -367,8 +388,9 @@ def _copy_with_moments(X: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndar
     return raw, mean, std
 
 
-def _standardize_in_place(Xt: torch.Tensor, mean: np.ndarray, scale: np.ndarray,
-                          matmul_dtype: torch.dtype) -> torch.Tensor:
+def _standardize_in_place(
+    Xt: torch.Tensor, mean: np.ndarray, scale: np.ndarray, matmul_dtype: torch.dtype
+) -> torch.Tensor:
     """``(Xt - mean) / scale`` in ``matmul_dtype``, reusing the memory of the float32 tensor ``Xt``.
 
     A narrower dtype (bfloat16) is written into the front of the same buffer: chunk i's output ends
@@ -399,12 +421,14 @@ def predict_bank(bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device,
     with torch.no_grad():
         if isinstance(X, torch.Tensor):
             return torch.cat([bank.logits(X[s : s + step]) for s in starts])
-        return torch.cat([bank.logits(bank.standardize(rows(X, slice(s, s + step), device, name, bank.dtype)))
-                          for s in starts])
+        return torch.cat(
+            [bank.logits(bank.standardize(rows(X, slice(s, s + step), device, name, bank.dtype))) for s in starts]
+        )
 
 
-def _bank_scores(bank: Bank, X: np.ndarray | torch.Tensor, Y: torch.Tensor, task: str, device: torch.device,
-                 name: str) -> torch.Tensor:
+def _bank_scores(
+    bank: Bank, X: np.ndarray | torch.Tensor, Y: torch.Tensor, task: str, device: torch.device, name: str
+) -> torch.Tensor:
     """Dev score of every probe (accuracy, or minus MSE for regression), shape (P,)."""
     out = predict_bank(bank, X, device, name)
     if task == "classification":
@@ -434,9 +458,19 @@ def _data_loss(out: torch.Tensor, yb: torch.Tensor, cw: torch.Tensor | None, tas
 # the two solvers
 
 
-def fit_bank(bank: Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | None, Y_dev: np.ndarray | None,
-             class_weight: np.ndarray | None, cfg: FitConfig, device: torch.device,
-             X_std: torch.Tensor | None = None, X_dev_std: torch.Tensor | None = None) -> dict[str, Any]:
+def fit_bank(
+    bank: Bank,
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    X_dev: np.ndarray | None,
+    Y_dev: np.ndarray | None,
+    class_weight: np.ndarray | None,
+    cfg: FitConfig,
+    device: torch.device,
+    X_std: torch.Tensor | None = None,
+    X_dev_std: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """Train every probe of ``bank`` on X -> Y with ``cfg.solver``.
 
     Parameters
@@ -475,8 +509,9 @@ def fit_bank(bank: Bank, X: np.ndarray, Y: np.ndarray, *, X_dev: np.ndarray | No
         return fit_adam(bank, X, Yp, cw, cfg, device, X_dev=X_dev, Y_dev=Ydp, X_std=X_std, X_dev_std=X_dev_std)
 
 
-def fit_lbfgs(bank: Bank, X: np.ndarray, Yp: torch.Tensor, cw: torch.Tensor | None, cfg: FitConfig,
-              device: torch.device) -> dict[str, Any]:
+def fit_lbfgs(
+    bank: Bank, X: np.ndarray, Yp: torch.Tensor, cw: torch.Tensor | None, cfg: FitConfig, device: torch.device
+) -> dict[str, Any]:
     """Full-batch L-BFGS (strong-Wolfe line search) on the smoothed objective; returns ``n_iter``, ``converged``.
 
     ``Yp``: targets expanded to every probe, shape (n, P); ``cw``: loss weights of shape (P, C) or None.
@@ -491,8 +526,16 @@ def fit_lbfgs(bank: Bank, X: np.ndarray, Yp: torch.Tensor, cw: torch.Tensor | No
 
     cached = [chunk(s) for s in starts] if X.size * 8 <= _LBFGS_CACHE_BYTES else None
     max_eval = 2 * cfg.max_iter
-    opt = torch.optim.LBFGS(bank.params, lr=1.0, max_iter=cfg.max_iter, max_eval=max_eval, tolerance_grad=cfg.tol,
-                            tolerance_change=1e-12, history_size=10, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        bank.params,
+        lr=1.0,
+        max_iter=cfg.max_iter,
+        max_eval=max_eval,
+        tolerance_grad=cfg.tol,
+        tolerance_change=1e-12,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -515,15 +558,28 @@ def fit_lbfgs(bank: Bank, X: np.ndarray, Yp: torch.Tensor, cw: torch.Tensor | No
     budget_spent = n_iter >= cfg.max_iter or int(state.get("func_evals", 0)) >= max_eval
     converged = grad_max <= cfg.tol or not budget_spent  # else it stalled at float64 precision
     if not converged:
-        warnings.warn(f"L-BFGS did not converge in max_iter={cfg.max_iter} iterations (largest gradient "
-                      f"{grad_max:.2e} > tol={cfg.tol:g}); raise max_iter, or use solver='adam' with a dev split.",
-                      ConvergenceWarning, stacklevel=3)
+        warnings.warn(
+            f"L-BFGS did not converge in max_iter={cfg.max_iter} iterations (largest gradient "
+            f"{grad_max:.2e} > tol={cfg.tol:g}); raise max_iter, or use solver='adam' with a dev split.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     return {"n_iter": n_iter, "converged": converged}
 
 
-def fit_adam(bank: Bank, X: np.ndarray, Yp: torch.Tensor, cw: torch.Tensor | None, cfg: FitConfig,
-             device: torch.device, *, X_dev: Any, Y_dev: torch.Tensor | None, X_std: torch.Tensor | None,
-             X_dev_std: torch.Tensor | None) -> dict[str, Any]:
+def fit_adam(
+    bank: Bank,
+    X: np.ndarray,
+    Yp: torch.Tensor,
+    cw: torch.Tensor | None,
+    cfg: FitConfig,
+    device: torch.device,
+    *,
+    X_dev: Any,
+    Y_dev: torch.Tensor | None,
+    X_std: torch.Tensor | None,
+    X_dev_std: torch.Tensor | None,
+) -> dict[str, Any]:
     """Minibatch Adam with seeded shuffling and per-probe early stopping on dev (the best dev epoch is kept).
 
     ``Yp`` / ``Y_dev``: targets expanded to every probe, shapes (n, P) / (n_dev, P); ``cw``: (P, C) or
@@ -555,8 +611,9 @@ def fit_adam(bank: Bank, X: np.ndarray, Yp: torch.Tensor, cw: torch.Tensor | Non
     active = torch.ones(P, dtype=torch.bool)
     best_epoch = torch.zeros(P, dtype=torch.int64)
     epochs = 0
-    bar = tqdm(total=cfg.max_epochs * math.ceil(n / cfg.batch_size), desc="probe epochs", disable=not cfg.progress,
-               leave=False)
+    bar = tqdm(
+        total=cfg.max_epochs * math.ceil(n / cfg.batch_size), desc="probe epochs", disable=not cfg.progress, leave=False
+    )
     for epoch in range(cfg.max_epochs):
         perm = torch.randperm(n, generator=gen).numpy()
         for s in range(0, n, cfg.batch_size):

@@ -94,8 +94,9 @@ def _execute(source: str, executed: str, params: dict, progress: bool, peak: mul
     # Progress bars inside the kernel would be spilled into the executed copy line by line; the kernel
     # inherits this variable (tqdm reads it when imported), papermill's own bar (imported above) stays.
     os.environ["TQDM_DISABLE"] = "1"
-    pm.execute_notebook(source, executed, parameters=params, cwd=str(REPO_ROOT), kernel_name="python3",
-                        progress_bar=progress)
+    pm.execute_notebook(
+        source, executed, parameters=params, cwd=str(REPO_ROOT), kernel_name="python3", progress_bar=progress
+    )
     peak.put(_children_peak_rss_mib())
 
 
@@ -150,8 +151,9 @@ def run_notebooks(
         child.start()
         child.join()
         if child.exitcode != 0:
-            raise RuntimeError(f"{name} failed (exit code {child.exitcode}); its partial output is in "
-                               f"{out_dir / source.name}")
+            raise RuntimeError(
+                f"{name} failed (exit code {child.exitcode}); its partial output is in {out_dir / source.name}"
+            )
         runs.append(NotebookRun(name, time.perf_counter() - t0, peak.get()))
         write_provenance(figures_dir / PROVENANCE_FILE, runs, params_file=params_file, started=started)
     return runs
@@ -174,27 +176,36 @@ def provenance_record(runs: Iterable[NotebookRun], *, params_file: str | os.Path
     return {
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--", "utils", "notebooks/params")),
-        "params_file": str(params_path.relative_to(REPO_ROOT)) if params_path.is_relative_to(REPO_ROOT) else str(params_path),
+        "params_file": str(params_path.relative_to(REPO_ROOT))
+        if params_path.is_relative_to(REPO_ROOT)
+        else str(params_path),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "versions": versions,
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "cpus": os.cpu_count(), "memory_gib": None if mem_gib is None else round(mem_gib, 1)},
-        "notebooks": [{"name": r.name, "seconds": round(r.seconds, 1), "peak_rss_mib": round(r.peak_rss_mib)}
-                      for r in runs],
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpus": os.cpu_count(),
+            "memory_gib": None if mem_gib is None else round(mem_gib, 1),
+        },
+        "notebooks": [
+            {"name": r.name, "seconds": round(r.seconds, 1), "peak_rss_mib": round(r.peak_rss_mib)} for r in runs
+        ],
         "total_seconds": round(sum(r.seconds for r in runs), 1),
         "peak_rss_mib": round(max((r.peak_rss_mib for r in runs), default=0.0)),
     }
 
 
-def write_provenance(path: str | os.PathLike, runs: Iterable[NotebookRun], *, params_file: str | os.PathLike,
-                     started: float) -> Path:
+def write_provenance(
+    path: str | os.PathLike, runs: Iterable[NotebookRun], *, params_file: str | os.PathLike, started: float
+) -> Path:
     """Write ``provenance_record(...)`` as JSON to ``path`` atomically; return the path."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(provenance_record(runs, params_file=params_file, started=started), indent=2) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps(provenance_record(runs, params_file=params_file, started=started), indent=2) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, path)
     return path
 
@@ -212,8 +223,11 @@ def timing_table(record: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 def code_cells(nb: nbformat.NotebookNode) -> list[str]:
     """The sources of a notebook's code cells, without papermill's injected-parameters cell."""
-    return [c.source for c in nb.cells
-            if c.cell_type == "code" and INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    return [
+        c.source
+        for c in nb.cells
+        if c.cell_type == "code" and INJECTED_TAG not in c.get("metadata", {}).get("tags", [])
+    ]
 
 
 def executed_problems(source: str | os.PathLike, executed: str | os.PathLike) -> list[str]:
@@ -236,8 +250,10 @@ def executed_problems(source: str | os.PathLike, executed: str | os.PathLike) ->
     if not any(c.get("outputs") for c in cells):
         problems.append(f"{executed.name}: no cell has any output (outputs stripped, or never run)")
     if code_cells(src) != code_cells(run):
-        problems.append(f"{executed.name}: its code differs from {source.name} (the source changed after the "
-                        f"run: run `make reproduce` again)")
+        problems.append(
+            f"{executed.name}: its code differs from {source.name} (the source changed after the "
+            f"run: run `make reproduce` again)"
+        )
     return problems
 
 
@@ -278,8 +294,10 @@ def default_problems(sources: Sequence[str | os.PathLike]) -> list[str]:
     for source in sources:
         for name, value in parameter_defaults(source).items():
             if name in seen and seen[name][1] != value:
-                problems.append(f"{Path(source).name}: parameter {name} = {value!r}, but {seen[name][0]} has "
-                                f"{seen[name][1]!r}; give the notebooks one default")
+                problems.append(
+                    f"{Path(source).name}: parameter {name} = {value!r}, but {seen[name][0]} has "
+                    f"{seen[name][1]!r}; give the notebooks one default"
+                )
             seen.setdefault(name, (Path(source).name, value))
     return problems
 
@@ -365,12 +383,18 @@ def provenance_staleness(record: dict, *, repo: Path = REPO_ROOT) -> str | None:
     made = record.get("commit", "")
     if not last or not made or last == made:
         return None
-    is_ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", last, made], cwd=repo,
-                                 capture_output=True, check=False).returncode == 0
+    is_ancestor = (
+        subprocess.run(
+            ["git", "merge-base", "--is-ancestor", last, made], cwd=repo, capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     if is_ancestor:  # the run was made at or after the last change
         return None
-    return (f"the committed results come from commit {made[:10]}, older than the last change to utils/ or "
-            f"notebooks/ ({last[:10]}): run `make reproduce` to bring them up to date")
+    return (
+        f"the committed results come from commit {made[:10]}, older than the last change to utils/ or "
+        f"notebooks/ ({last[:10]}): run `make reproduce` to bring them up to date"
+    )
 
 
 def tutorial_problems(*, root: Path = REPO_ROOT, names: Sequence[str] = NOTEBOOKS) -> list[str]:
@@ -409,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("check", help="print what is wrong with the committed tutorial; exit 1 if anything")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run_notebooks([*args.notebooks, *args.extra], params_file=args.params, out_dir=args.out, figures_dir=args.figures)
+        run_notebooks(
+            [*args.notebooks, *args.extra], params_file=args.params, out_dir=args.out, figures_dir=args.figures
+        )
         record = json.loads((Path(args.figures) / PROVENANCE_FILE).read_text(encoding="utf-8"))
         print(timing_table(record))
     else:

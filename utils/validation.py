@@ -89,7 +89,9 @@ def check_features(X: Any, *, name: str = "X", ndim: int = 2, n_features: int | 
             f"Expected {name} as a {ndim}D array of shape {what}, got a {X.ndim}D array of shape {X.shape}.{hint}"
         )
     if X.shape[0] == 0:
-        raise ValueError(f"{name} has 0 samples: the split is empty. Check the split's budget and the data it came from.")
+        raise ValueError(
+            f"{name} has 0 samples: the split is empty. Check the split's budget and the data it came from."
+        )
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}.")
     if n_features is not None and int(np.prod(X.shape[1:])) != n_features:
