@@ -15,7 +15,7 @@ For every variant against the reference:
 - ``cka`` / ``cka_std``: largest absolute difference in the layer x layer linear CKA matrix (the
   paper's) and in the CKA of standardised neurons;
 - probe dev accuracy of a few independent layer probes and of the all-layer oracle, with 95%
-  percentile-bootstrap intervals (``utils.probing.bootstrap_ci``, 1,000 resamples), trained with the
+  percentile-bootstrap intervals (``utils.metrics.bootstrap_ci``, 1,000 resamples), trained with the
   notebooks' defaults (seeded, so a variant differs from float32 only through its activations).
 
 Fidelity holds when the partition and CKA barely move and every probe accuracy lies inside the
@@ -38,7 +38,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from utils.activations import task_stores
 from utils.clustering import cluster_neurons
-from utils.probing import bootstrap_ci, fit_layer_probes
+from utils.metrics import bootstrap_ci
+from utils.probing import fit_layer_probes
 from utils.similarity import (
     ConstantFeatureWarning,
     gram_statistics,
