@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_bf16_fidelity.py
 	$(PY) benchmarks/bench_general_redundancy.py
 	$(PY) benchmarks/bench_probing.py
+	$(PY) benchmarks/bench_tiled_clustering.py --sizes 10k 30k
 
 clean-quick:
 	rm -rf build/quick
