@@ -192,6 +192,9 @@ def test_committed_sources_share_their_parameter_defaults(tmp_path):
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = cell.source.replace("eval_budget = 500", "eval_budget = 1000")
     nbformat.write(nb, tmp_path / "other.ipynb")
+    cell.source += "\nthreshold = 0.3  # t = 0.3 (an '=' in a comment: papermill cannot parse the line)"
+    nbformat.write(nb, tmp_path / "other.ipynb")
+    assert any("cannot parse" in p for p in tutorial.source_problems(tmp_path / "other.ipynb"))
     problems = tutorial.default_problems([sources[0], tmp_path / "other.ipynb"])
     assert problems == [
         "other.ipynb: parameter eval_budget = 1000, but 01_activation_extraction.ipynb has 500; "

@@ -265,7 +265,28 @@ def source_problems(source: str | os.PathLike) -> list[str]:
         problems.append(f"{name}: the source holds outputs (executed copies belong in notebooks/executed/)")
     if any(INJECTED_TAG in c.get("metadata", {}).get("tags", []) for c in nb.cells):
         problems.append(f"{name}: the source holds papermill's injected parameters (it would not run with its own)")
+    problems += [f"{name}: {p}" for p in _parameter_parse_problems(nb)]
     return problems
+
+
+def _parameter_parse_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """Lines of the ``parameters`` cell that papermill cannot parse (it warns on each run; e.g. '=' in a comment)."""
+    import io
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        return []
+    logger, buffer = logging.getLogger("papermill.translators"), io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    logger.addHandler(handler)
+    try:
+        PythonTranslator.inspect(cells[0])
+    finally:
+        logger.removeHandler(handler)
+    return [f"papermill cannot parse its parameters cell: {line}" for line in buffer.getvalue().splitlines() if line]
 
 
 def parameter_defaults(source: str | os.PathLike) -> dict[str, object]:
