@@ -311,3 +311,17 @@ def test_general_redundancy_keeps_every_threshold_for_the_probe_sweep(acts):
         )
         assert same_partition(c.labels, labels)
         np.testing.assert_array_equal(c.representatives, cluster_neurons(corr, c.threshold).representatives)
+
+
+def test_layer_duplication_of_an_all_constant_layer_is_undefined(acts):
+    """A constant layer (layer 0 at [CLS]) is NaN in its row and column, like the layer CKA, not 0."""
+    with_constant = np.array(acts, dtype=np.float64, copy=True).reshape(len(acts), 4, 6)
+    with_constant[:, 1, :] = 3.0  # layer 1: every neuron constant
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # neuron_correlation warns about the constant neurons
+        corr = neuron_correlation(with_constant.reshape(len(acts), -1), progress=False)
+    dup = layer_duplication(corr, 4, 6)
+    assert np.isnan(dup[1]).all() and np.isnan(dup[:, 1]).all()
+    others = [0, 2, 3]
+    reference = layer_duplication(neuron_correlation(np.asarray(acts), progress=False), 4, 6)
+    np.testing.assert_allclose(dup[np.ix_(others, others)], reference[np.ix_(others, others)], atol=1e-7)

@@ -422,16 +422,24 @@ def layer_duplication(corr: Any, n_layers: int, hidden: int) -> np.ndarray:
     Returns
     -------
     dup : ndarray of shape (n_layers, n_layers), float64
-        ``dup[a, b] = mean_{i in a} max_{j in b, j != i} |r_ij|``; not symmetric in general.
+        ``dup[a, b] = mean_{i in a} max_{j in b, j != i} |r_ij|``; not symmetric in general. A layer
+        whose neurons are all constant (``neuron_correlation`` gives them r = 0 with every other
+        neuron) has no correlation to speak of: its row and column are NaN ("undefined"), as in the
+        layer CKA, rather than a duplication of 0.
     """
     corr = _check_corr(corr)
     _check_layout(corr.shape[0], n_layers, hidden)
     dup = np.empty((n_layers, n_layers))
     own = np.arange(hidden)
+    undefined = np.zeros(n_layers, dtype=bool)
     for a in range(n_layers):
         band = np.abs(corr[a * hidden : (a + 1) * hidden], dtype=np.float64)
         band[own, a * hidden + own] = -np.inf  # a neuron does not duplicate itself
-        dup[a] = band.reshape(hidden, n_layers, hidden).max(axis=2).mean(axis=0)
+        best = band.reshape(hidden, n_layers, hidden).max(axis=2)  # (hidden, n_layers)
+        undefined[a] = not (best > 0).any()
+        dup[a] = best.mean(axis=0)
+    dup[undefined, :] = np.nan
+    dup[:, undefined] = np.nan
     return dup
 
 
