@@ -48,6 +48,27 @@ def test_executed_copy_passes_and_ran_the_injected_parameters(executed_pair):
     assert tutorial.source_problems(executed)  # an executed copy is no source: outputs + injected cell
 
 
+def test_stage_times_split_at_markdown_cells(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cells = [
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_markdown_cell("## Load the data\nmore text"),
+        nbformat.v4.new_code_cell("b = 2"),
+        nbformat.v4.new_code_cell("c = 3"),
+        nbformat.v4.new_markdown_cell("## Fit"),
+        nbformat.v4.new_code_cell("d = 4"),
+    ]
+    for cell, seconds in zip([cells[i] for i in (0, 2, 3, 5)], (0.5, 2.0, 3.25, 7.0), strict=True):
+        cell.metadata["papermill"] = {"duration": seconds}
+    nb.cells = cells
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    assert tutorial.stage_times(tmp_path / "t.ipynb") == [
+        {"stage": "(setup)", "seconds": 0.5},
+        {"stage": "Load the data", "seconds": 5.2},
+        {"stage": "Fit", "seconds": 7.0},
+    ]
+
+
 def test_stripped_outputs_fail_the_check(executed_pair, tmp_path):
     source, executed = executed_pair
     nb = nbformat.read(executed, as_version=4)
@@ -170,6 +191,13 @@ def test_run_notebooks_executes_in_order_and_records_provenance(executed_pair, t
     record = json.loads((tmp_path / "figs" / tutorial.PROVENANCE_FILE).read_text())
     assert [r["name"] for r in record["notebooks"]] == [source.stem] == [r.name for r in runs]
     assert 20 < record["peak_rss_mib"] < 4096  # a Python kernel's resident memory, in MiB
+    # Per-stage times: the demo has one markdown cell, so everything after it is the stage "Demo"
+    cells = nbformat.read(copy_, as_version=4).cells
+    durations = [c.metadata["papermill"]["duration"] for c in cells if c.cell_type == "code"]
+    (stage,) = record["notebooks"][0]["stages"]
+    assert stage["stage"] == "Demo"
+    assert stage["seconds"] == pytest.approx(sum(durations), abs=0.11)
+    assert "Demo" in tutorial.timing_table(record, min_seconds=0)
     with pytest.raises(FileNotFoundError, match="no notebook"):
         tutorial.run_notebooks(
             ["nope"],

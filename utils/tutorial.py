@@ -9,8 +9,8 @@ executes each source with papermill into ``notebooks/executed/NN_*.ipynb`` (a **
 outputs, the full parameters injected in a cell tagged ``injected-parameters``) and renders it to
 ``notebooks/html/NN_*.html``. A reader reads the copies; a user runs the sources; git diffs of the
 sources stay readable. One run writes every copy, figure and table together, and the record of that
-run (``figures/provenance.json``: commit, package versions, machine, per-notebook wall time and
-peak memory) sits next to the figures.
+run (``figures/provenance.json``: commit, package versions, machine, per-notebook wall time,
+peak memory and the time of each section, ``stage_times``) sits next to the figures.
 
 The checks (each returns a list of problems, empty when all is well):
 
@@ -73,6 +73,34 @@ class NotebookRun:
     name: str
     seconds: float
     peak_rss_mib: float
+    stages: list[dict] | None = None
+
+
+def stage_times(executed: str | os.PathLike) -> list[dict]:
+    """Wall time of each stage of an executed notebook, from papermill's per-cell durations.
+
+    A stage is a markdown cell and the code cells that follow it (its name: the markdown's first line,
+    without ``#`` marks); code before the first markdown cell is the stage ``"(setup)"``.
+
+    Returns
+    -------
+    stages : list of dict
+        ``{"stage": str, "seconds": float}`` in notebook order; stages without code are left out.
+    """
+    nb = nbformat.read(executed, as_version=4)
+    stages: list[dict] = []
+    name = "(setup)"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            name = first.lstrip("#").strip()[:80] or "(untitled)"
+        elif cell.cell_type == "code":
+            seconds = float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
+            if stages and stages[-1]["stage"] == name:
+                stages[-1]["seconds"] += seconds
+            else:
+                stages.append({"stage": name, "seconds": seconds})
+    return [{"stage": st["stage"], "seconds": round(st["seconds"], 1)} for st in stages]
 
 
 def _git(*args: str, cwd: Path = REPO_ROOT) -> str:
@@ -154,7 +182,7 @@ def run_notebooks(
             raise RuntimeError(
                 f"{name} failed (exit code {child.exitcode}); its partial output is in {out_dir / source.name}"
             )
-        runs.append(NotebookRun(name, time.perf_counter() - t0, peak.get()))
+        runs.append(NotebookRun(name, time.perf_counter() - t0, peak.get(), stage_times(out_dir / source.name)))
         write_provenance(figures_dir / PROVENANCE_FILE, runs, params_file=params_file, started=started)
     return runs
 
@@ -190,7 +218,13 @@ def provenance_record(runs: Iterable[NotebookRun], *, params_file: str | os.Path
             "memory_gib": None if mem_gib is None else round(mem_gib, 1),
         },
         "notebooks": [
-            {"name": r.name, "seconds": round(r.seconds, 1), "peak_rss_mib": round(r.peak_rss_mib)} for r in runs
+            {
+                "name": r.name,
+                "seconds": round(r.seconds, 1),
+                "peak_rss_mib": round(r.peak_rss_mib),
+                "stages": r.stages or [],
+            }
+            for r in runs
         ],
         "total_seconds": round(sum(r.seconds for r in runs), 1),
         "peak_rss_mib": round(max((r.peak_rss_mib for r in runs), default=0.0)),
@@ -210,11 +244,20 @@ def write_provenance(
     return path
 
 
-def timing_table(record: dict) -> str:
-    """A plain-text table of a provenance record's notebooks: seconds and peak memory."""
+def timing_table(record: dict, *, min_seconds: float = 1.0) -> str:
+    """A plain-text table of a provenance record: each notebook's seconds and peak memory, then each
+    stage (notebook section) that took at least ``min_seconds``."""
     rows = [f"{'notebook':<34} {'seconds':>9} {'peak MiB':>9}"]
     rows += [f"{r['name']:<34} {r['seconds']:>9.1f} {r['peak_rss_mib']:>9}" for r in record["notebooks"]]
     rows.append(f"{'total':<34} {record['total_seconds']:>9.1f} {record['peak_rss_mib']:>9}")
+    stages = [(r["name"][:2], st) for r in record["notebooks"] for st in r.get("stages", [])]
+    if stages:
+        rows += ["", f"{'stage (notebook: section)':<60} {'seconds':>9}"]
+        rows += [
+            f"{nb + ': ' + st['stage'][:56]:<60} {st['seconds']:>9.1f}"
+            for nb, st in stages
+            if st["seconds"] >= min_seconds
+        ]
     return "\n".join(rows)
 
 
