@@ -828,3 +828,100 @@ def cc_sweep_curves(
     _legend_below(fig, handles, labels, ncols=min(len(labels), 6))
     fig.suptitle(title)
     return fig
+
+
+# ---- pretrained and fine-tuned side by side (notebooks 02 and 03) ------------------------------
+
+_FT_COLORS = {"pretrained": "C0", "fine-tuned": "C3"}
+
+
+def finetune_layer_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Per-layer similarities of a pretrained model and its fine-tuned twin: one panel per base · task.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, one row per (base, task, series, layer), columns ``base, task, series, layer, value``
+        (linear CKA, 0 to 1). Series are drawn in order of appearance; the names ``"pretrained"`` and
+        ``"fine-tuned"`` in a series name pick the colour of that model, others (e.g. the CKA between the
+        two models' layer l) are drawn in black. NaN values (constant layers) leave a gap.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    _require(table, ["base", "task", "series", "layer", "value"], "finetune_layer_curves")
+    pairs = [(f"{b} · {t}", g) for (b, t), g in table.groupby(["base", "task"], sort=False)]
+    series = list(dict.fromkeys(table["series"].astype(str)))
+    styles = {}
+    for i, name in enumerate(series):
+        color = next((c for key, c in _FT_COLORS.items() if key in name), "0.1")
+        styles[name] = dict(color=color, linestyle=("-", "--", ":", "-.")[i % 4], marker="os^D"[i % 4])
+    fig, axes = _panels(len(pairs), panel_w=4.6, panel_h=3.4, sharey=True, extra_h=1.0)
+    for ax, (label, g) in zip(axes, pairs):
+        for name, s in g.groupby("series", sort=False):
+            s = s.sort_values("layer")
+            ax.plot(s["layer"], s["value"], markersize=4, linewidth=1.4, label=str(name), **styles[str(name)])
+        ax.set_title(f"{label}{_depth_note(g)}")
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel("linear CKA")
+        ax.set_ylim(-0.03, 1.05)
+        _layer_ticks(ax)
+    handles = [Line2D([], [], markersize=4, linewidth=1.4, **styles[n]) for n in series]
+    _legend_below(fig, handles, series, ncols=min(len(series), 3))
+    fig.suptitle(title)
+    return fig
+
+
+def finetune_probe_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Layer probes of a pretrained model and of its fine-tuned twin, one panel per base · task.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy, columns ``base, task, model, layer, mode, score``: ``model`` is ``"pretrained"`` or
+        ``"fine-tuned"``; modes ``independent`` (solid) and ``incremental`` (dashed) one row per layer,
+        ``oracle`` (dotted, the probe on all layers) and ``classifier`` (the fine-tuned classifier itself,
+        dash-dot, black) one row each, drawn as horizontal lines.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    _require(table, ["base", "task", "model", "layer", "mode", "score"], "finetune_probe_curves")
+    pairs = [(f"{b} · {t}", g) for (b, t), g in table.groupby(["base", "task"], sort=False)]
+    fig, axes = _panels(len(pairs), panel_w=4.6, panel_h=3.5, extra_h=1.2)
+    line_styles = {"independent": "-", "incremental": "--"}
+    handles, labels = {}, {}
+    for ax, (label, g) in zip(axes, pairs):
+        for (model, mode), s in g.groupby(["model", "mode"], sort=False):
+            color = _FT_COLORS.get(str(model), "0.3")
+            key = f"{model}: {mode}"
+            if mode in line_styles:
+                s = s.sort_values("layer")
+                (line,) = ax.plot(
+                    s["layer"], s["score"], color=color, linestyle=line_styles[mode], marker="o", markersize=3.5
+                )
+            elif mode == "oracle":
+                line = ax.axhline(float(s["score"].iloc[0]), color=color, linestyle=":", linewidth=1.3)
+                key = f"{model}: oracle (all layers)"
+            elif mode == "classifier":
+                line = ax.axhline(float(s["score"].iloc[0]), color="0.1", linestyle="-.", linewidth=1.3)
+                key = "fine-tuned classifier itself"
+            else:
+                continue
+            handles.setdefault(key, line)
+            labels.setdefault(key, key)
+        layers = g.loc[g["mode"].isin(list(line_styles)), "layer"]
+        ax.set_title(f"{label} ({int(layers.max()) + 1} layers)" if len(layers) else label)
+        ax.set_xlabel("layer l (incremental: layers 0..l)")
+        ax.set_ylabel("dev accuracy")
+        _layer_ticks(ax)
+    order = sorted(handles, key=lambda k: (k.startswith("fine-tuned classifier"), not k.startswith("pretrained"), k))
+    _legend_below(fig, [handles[k] for k in order], [labels[k] for k in order], ncols=3)
+    fig.suptitle(title)
+    return fig

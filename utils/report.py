@@ -781,6 +781,418 @@ def describe_task_redundancy(
 
 
 # ---------------------------------------------------------------------------------------------
+# pretrained and fine-tuned, side by side (the paper's sentence-level setting)
+
+FT_SUFFIX = "+ft"
+"""Suffix of a fine-tuned model's name (``"minilm+ft"``); the same as ``finetune.FT_SUFFIX``."""
+
+
+def analysis_runs(
+    models: Sequence[str],
+    tasks: Sequence[str],
+    *,
+    finetuned: Sequence[str] = (),
+    sentence_tasks: Sequence[str] = (),
+) -> list[tuple[str, str]]:
+    """The (model, task) runs a notebook analyses: every model on every task, plus the fine-tuned ones.
+
+    Parameters
+    ----------
+    models : sequence of str
+        Pretrained model names (``"minilm"``, ``"mpnet"``, ...).
+    tasks : sequence of str
+        The notebook's tasks, word- and sentence-level.
+    finetuned : sequence of str, default ()
+        Base models (each among ``models``) whose ``"<base>+ft"`` variant, fine-tuned on each sentence
+        task, is analysed beside them; ``()`` turns fine-tuning off.
+    sentence_tasks : sequence of str, default ()
+        Which of ``tasks`` are sentence-level: only those are fine-tuned (the paper analyses word-level
+        tasks on the pretrained model).
+
+    Returns
+    -------
+    runs : list of (model, task)
+        Model by model in the order of ``models``, each model's tasks in the order of ``tasks``;
+        ``("<base>+ft", task)`` follow their base's runs, so the two sit side by side in tables and figures.
+
+    Raises
+    ------
+    ValueError
+        A base of ``finetuned`` that is not among ``models`` (its pretrained runs are what the fine-tuned
+        ones are compared with), or a name that already ends in ``"+ft"``.
+    """
+    finetuned = list(dict.fromkeys(finetuned))
+    bad = [b for b in finetuned if b.endswith(FT_SUFFIX)]
+    if bad:
+        raise ValueError(
+            f"finetuned lists base models, got {bad}; write the base name (e.g. 'minilm', not 'minilm+ft')"
+        )
+    missing = [b for b in finetuned if b not in models]
+    if missing:
+        raise ValueError(
+            f"finetuned names {missing}, which are not among models {list(models)}: each fine-tuned model is shown "
+            "next to its pretrained base, so add the base to models (or remove it from finetuned)"
+        )
+    runs = []
+    for model in dict.fromkeys(models):
+        runs += [(model, task) for task in tasks]
+        if model in finetuned:
+            runs += [(model + FT_SUFFIX, task) for task in tasks if task in set(sentence_tasks)]
+    return runs
+
+
+def finetuned_pairs(runs: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """``(base, "<base>+ft", task)`` for every fine-tuned run of ``runs`` whose pretrained run is there too."""
+    have = set(map(tuple, runs))
+    return [
+        (model[: -len(FT_SUFFIX)], model, task)
+        for model, task in runs
+        if model.endswith(FT_SUFFIX) and (model[: -len(FT_SUFFIX)], task) in have
+    ]
+
+
+@dataclass(frozen=True)
+class FinetuneMeasure:
+    """One quantity compared between a pretrained model and its fine-tuned twin.
+
+    Attributes
+    ----------
+    text : str
+        What the number is, as the reading names it.
+    expect : {"higher", "lower"} or None
+        What the paper's fine-tuned sentence models show for it, relative to the pretrained model
+        (None: the paper states no direction; the reading only reports the change).
+    finding : str
+        The paper's finding this measure tests ('' when none).
+    fmt : str
+        Number format.
+    tolerance : float
+        Changes this small (absolute) read as "about the same".
+    """
+
+    text: str
+    expect: str | None = None
+    finding: str = ""
+    fmt: str = ".3f"
+    tolerance: float = 0.0
+
+
+_UPPER = "upper layers become more redundant after fine-tuning"
+_FEWER = "fewer neurons are needed after fine-tuning"
+FINETUNE_MEASURES: dict[str, FinetuneMeasure] = {
+    "upper_adjacent_cka": FinetuneMeasure(
+        "mean linear CKA between adjacent layers of the upper half", "higher", _UPPER, ".3f", 0.02
+    ),
+    "upper_pct_dropped": FinetuneMeasure(
+        "share of the upper half's neurons dropped by clustering (%, mean over layers)", "higher", _UPPER, ".1f", 1.0
+    ),
+    "pct_kept_clustering": FinetuneMeasure("share of all neurons kept by clustering (%)", None, "", ".1f", 1.0),
+    "minimal_pct_kept": FinetuneMeasure(
+        "share of the neurons in the LCA minimal set (%, mean over seeds)", "lower", _FEWER, ".2f", 0.05
+    ),
+    "transfer_pct_kept": FinetuneMeasure(
+        "share of the neurons the transfer pipeline keeps (%, mean over seeds)", "lower", _FEWER, ".2f", 0.05
+    ),
+    "best_layer": FinetuneMeasure("best single layer (independent probe, dev)", None, "", ".0f", 0.0),
+    "selected_layer": FinetuneMeasure(
+        "layer the LayerSelector stops at (first seed)",
+        "lower",
+        "the LayerSelector can stop below the last layer: the upper layers are redundant for the task",
+        ".0f",
+        0.0,
+    ),
+    "dev_accuracy": FinetuneMeasure(
+        "dev accuracy: the pretrained model's best layer probe vs the fine-tuned classifier", None, "", ".3f", 0.0
+    ),
+    "test_accuracy": FinetuneMeasure(
+        "test accuracy: the pretrained model's best layer probe vs the fine-tuned classifier", None, "", ".3f", 0.0
+    ),
+}
+"""The measures ``describe_finetuning`` reads, keyed by the ``measure`` column of a comparison table."""
+
+FINETUNE_COLUMNS = ("base", "task", "measure", "pretrained", "finetuned")
+"""Columns every comparison table has; optional: ``pretrained_low/high``, ``finetuned_low/high`` (95%
+intervals), ``diff, diff_low, diff_high`` (fine-tuned − pretrained, paired), ``n_layers``, ``note``."""
+
+
+def _finetune_rows(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    return table if len(table) else pd.DataFrame(columns=list(FINETUNE_COLUMNS))
+
+
+def finetune_general_changes(
+    pairs: Sequence[tuple[str, str, str]],
+    cka: Mapping[tuple[str, str], Any],
+    kept: pd.DataFrame,
+    layer_share: pd.DataFrame,
+    *,
+    reference_threshold: float,
+) -> pd.DataFrame:
+    """Notebook 02's numbers of each pretrained / fine-tuned pair, as rows of a comparison table.
+
+    Parameters
+    ----------
+    pairs : sequence of (base, fine-tuned model, task)
+        From ``finetuned_pairs``.
+    cka : mapping of (model, task) to array-like of shape (n_layers, n_layers)
+        Layer × layer linear CKA of each run.
+    kept : DataFrame
+        Columns ``model, task, threshold, pct_kept`` (clustering).
+    layer_share : DataFrame
+        Columns ``model, task, threshold, layer, pct_redundant``.
+    reference_threshold : float
+        Where the clustering numbers are read.
+
+    Returns
+    -------
+    changes : DataFrame
+        ``FINETUNE_COLUMNS`` plus ``n_layers``; measures ``upper_adjacent_cka``, ``upper_pct_dropped``,
+        ``pct_kept_clustering``.
+    """
+    rows = []
+
+    def at_ref(table: pd.DataFrame, model: str, task: str) -> pd.DataFrame:
+        sel = (table["model"] == model) & (table["task"] == task)
+        return table[sel & np.isclose(table["threshold"], reference_threshold)]
+
+    for base, tuned, task in pairs:
+        values = {}
+        for model in (base, tuned):
+            share = at_ref(layer_share, model, task).sort_values("layer")["pct_redundant"].to_numpy(float)
+            k = at_ref(kept, model, task)["pct_kept"]
+            values[model] = {
+                "upper_adjacent_cka": adjacent_layer_summary(cka[model, task])["upper_adjacent"],
+                "upper_pct_dropped": float(share[len(share) // 2 :].mean()) if len(share) else np.nan,
+                "pct_kept_clustering": float(k.iloc[0]) if len(k) else np.nan,
+            }
+        n_layers = int(np.asarray(cka[base, task]).shape[0])
+        for measure in ("upper_adjacent_cka", "upper_pct_dropped", "pct_kept_clustering"):
+            rows.append(
+                {
+                    "base": base,
+                    "task": task,
+                    "measure": measure,
+                    "pretrained": values[base][measure],
+                    "finetuned": values[tuned][measure],
+                    "n_layers": n_layers,
+                    "note": f"t = {reference_threshold:g}" if measure != "upper_adjacent_cka" else "",
+                }
+            )
+    return _finetune_rows(rows)
+
+
+def finetune_task_changes(
+    pairs: Sequence[tuple[str, str, str]], task_layers: pd.DataFrame, minimal_neurons: pd.DataFrame
+) -> pd.DataFrame:
+    """Notebook 03's numbers of each pair: the best single layer and the LCA minimal set's size.
+
+    Parameters
+    ----------
+    pairs : sequence of (base, fine-tuned model, task)
+    task_layers : DataFrame
+        Columns ``model, task, layer, mode, score``.
+    minimal_neurons : DataFrame
+        Columns ``model, task, ordering, pct_kept`` (and ``seed``: the mean over seeds is read).
+
+    Returns
+    -------
+    changes : DataFrame
+        Measures ``best_layer`` and ``minimal_pct_kept``.
+    """
+    rows = []
+    for base, tuned, task in pairs:
+        values = {}
+        for model in (base, tuned):
+            t = task_layers[(task_layers.model == model) & (task_layers.task == task)]
+            ind = t[t["mode"] == "independent"]
+            m = minimal_neurons[
+                (minimal_neurons.model == model) & (minimal_neurons.task == task) & (minimal_neurons.ordering == "lca")
+            ]
+            values[model] = {
+                "best_layer": float(ind.loc[ind["score"].idxmax(), "layer"]) if len(ind) else np.nan,
+                "minimal_pct_kept": float(m["pct_kept"].mean()) if len(m) else np.nan,
+                "n_layers": int(t["layer"].max()) + 1 if len(t) else np.nan,
+            }
+        for measure in ("best_layer", "minimal_pct_kept"):
+            rows.append(
+                {
+                    "base": base,
+                    "task": task,
+                    "measure": measure,
+                    "pretrained": values[base][measure],
+                    "finetuned": values[tuned][measure],
+                    "n_layers": values[base]["n_layers"],
+                }
+            )
+    return _finetune_rows(rows)
+
+
+def finetune_transfer_changes(pairs: Sequence[tuple[str, str, str]], transfer: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 04's numbers of each pair: the LayerSelector's layer and the share of neurons kept.
+
+    Parameters
+    ----------
+    pairs : sequence of (base, fine-tuned model, task)
+    transfer : DataFrame
+        ``transfer_results.csv``: columns ``model, task, selected_layer, pct_kept`` (optional ``n_layers``).
+
+    Returns
+    -------
+    changes : DataFrame
+        Measures ``selected_layer`` and ``transfer_pct_kept``.
+    """
+    rows = []
+    index = transfer.set_index(["model", "task"])
+    for base, tuned, task in pairs:
+        if (base, task) not in index.index or (tuned, task) not in index.index:
+            continue
+        b, f = index.loc[(base, task)], index.loc[(tuned, task)]
+        n_layers = b["n_layers"] if "n_layers" in index.columns else np.nan
+        for measure, column in (("selected_layer", "selected_layer"), ("transfer_pct_kept", "pct_kept")):
+            rows.append(
+                {
+                    "base": base,
+                    "task": task,
+                    "measure": measure,
+                    "pretrained": float(b[column]),
+                    "finetuned": float(f[column]),
+                    "n_layers": n_layers,
+                }
+            )
+    return _finetune_rows(rows)
+
+
+def _fmt(value: float, fmt: str) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else format(value, fmt)
+
+
+def _interval_text(row: Any, side: str, fmt: str) -> str:
+    low, high = getattr(row, f"{side}_low", np.nan), getattr(row, f"{side}_high", np.nan)
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return ""
+    return f" [{_fmt(low, fmt)}, {_fmt(high, fmt)}]"
+
+
+def _direction(row: Any, spec: FinetuneMeasure) -> str | None:
+    """'higher', 'lower' or 'same' (fine-tuned vs pretrained), from the paired interval when there is one."""
+    low, high = getattr(row, "diff_low", np.nan), getattr(row, "diff_high", np.nan)
+    if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+        return "higher" if low > 0 else ("lower" if high < 0 else "same")
+    if not (np.isfinite(row.pretrained) and np.isfinite(row.finetuned)):
+        return None
+    diff = row.finetuned - row.pretrained
+    return "same" if abs(diff) <= spec.tolerance else ("higher" if diff > 0 else "lower")
+
+
+def describe_finetuning(changes: pd.DataFrame, *, layer_change: pd.DataFrame | None = None) -> str:
+    """Say what fine-tuning changed, pair by pair, and compare it with the paper's sentence-level findings.
+
+    Parameters
+    ----------
+    changes : DataFrame
+        ``FINETUNE_COLUMNS`` (``base, task, measure, pretrained, finetuned``), one row per pair and
+        measure of ``FINETUNE_MEASURES`` (other measures are ignored); optional columns
+        ``pretrained_low/high``, ``finetuned_low/high`` (95% intervals), ``diff_low/high`` (paired
+        interval of fine-tuned − pretrained: the direction is then read from it, not from the points),
+        ``n_layers`` and ``note``. Built by ``finetune_general_changes``, ``finetune_task_changes``,
+        ``finetune_transfer_changes`` or by hand.
+    layer_change : DataFrame, optional
+        Columns ``base, task, layer, cka``: linear CKA between layer l of the pretrained model and
+        layer l of its fine-tuned twin on the same items (NaN for an undefined, constant layer).
+
+    Returns
+    -------
+    text : str
+        Markdown: which layers fine-tuning changed (with ``layer_change``), one bullet per pair and
+        measure ("pretrained → fine-tuned: higher / lower / about the same", and whether that is what
+        the paper found), then one line per paper finding counting the pairs that agree.
+    """
+    missing = [c for c in FINETUNE_COLUMNS if c not in changes.columns]
+    if missing:
+        raise ValueError(
+            f"describe_finetuning needs columns {list(FINETUNE_COLUMNS)}; missing {missing}. Build the table with "
+            "finetune_general_changes / finetune_task_changes / finetune_transfer_changes."
+        )
+    lines: list[str] = []
+    if layer_change is not None and len(layer_change):
+        lines.append(
+            "**Which layers did fine-tuning change?** Linear CKA between layer l of the pretrained model and layer l "
+            "of the fine-tuned one, on the same items (1: unchanged up to rotation and scale)."
+        )
+        for (base, task), g in layer_change.groupby(["base", "task"], sort=False):
+            g = g.sort_values("layer")
+            cka, layers = g["cka"].to_numpy(float), g["layer"].to_numpy(int)
+            ok = np.isfinite(cka)
+            if not ok.any():
+                lines.append(f"- {base} · {task}: every layer is undefined (constant); nothing to compare.")
+                continue
+            half = len(cka) // 2
+            lower, upper = np.nanmean(cka[:half]) if ok[:half].any() else np.nan, np.nanmean(cka[half:])
+            lowest = int(layers[ok][np.argmin(cka[ok])])
+            where = "upper" if upper < lower else "lower"
+            undefined = f" (layer(s) {layers[~ok].tolist()} undefined: constant)" if (~ok).any() else ""
+            lines.append(
+                f"- {base} · {task}: {', '.join(_fmt(v, '.2f') for v in cka)} for layers "
+                f"{layers[0]}–{layers[-1]}{undefined}; mean {_fmt(lower, '.2f')} in the lower half, "
+                f"{_fmt(upper, '.2f')} in the upper half. Fine-tuning changed the {where} layers most "
+                f"(least alike: layer {lowest}, {np.nanmin(cka):.2f})."
+            )
+        lines.append("")
+    known = changes[changes["measure"].isin(list(FINETUNE_MEASURES))]
+    if not len(known):
+        return "\n".join(lines + ["No pretrained / fine-tuned pair to compare."]).strip()
+    lines.append("**Pretrained → fine-tuned**, per measure (the paper's finding in brackets where it states one).")
+    tally: dict[str, list[bool]] = {}
+    for measure in [m for m in FINETUNE_MEASURES if m in set(known["measure"])]:
+        spec = FINETUNE_MEASURES[measure]
+        paper = f" (paper: {spec.finding})" if spec.finding else ""
+        lines.append(f"- *{spec.text}*{paper}:")
+        for row in known[known["measure"] == measure].itertuples(index=False):
+            direction = _direction(row, spec)
+            note = f", {row.note}" if isinstance(getattr(row, "note", None), str) and row.note else ""
+            text = (
+                f"  - {row.base} · {row.task}{note}: {_fmt(row.pretrained, spec.fmt)}"
+                f"{_interval_text(row, 'pretrained', spec.fmt)} → {_fmt(row.finetuned, spec.fmt)}"
+                f"{_interval_text(row, 'finetuned', spec.fmt)}"
+            )
+            d_low, d_high = getattr(row, "diff_low", np.nan), getattr(row, "diff_high", np.nan)
+            paired = d_low is not None and d_high is not None and bool(np.isfinite(d_low) and np.isfinite(d_high))
+            if paired:
+                diff = getattr(row, "diff", row.finetuned - row.pretrained)
+                text += f" (difference {diff:+.3f} [{d_low:+.3f}, {d_high:+.3f}], paired)"
+            if direction is None:
+                text += ": not comparable (a value is missing)."
+            elif direction == "same":
+                text += ": about the same" + (
+                    " (the interval of the difference holds 0)"
+                    if paired
+                    else (f" (within {spec.tolerance:{spec.fmt}})" if spec.tolerance else "")
+                )
+            else:
+                text += f": {direction} after fine-tuning"
+            if measure == "selected_layer":
+                n_layers = getattr(row, "n_layers", np.nan)
+                if n_layers is not None and np.isfinite(n_layers) and np.isfinite(row.finetuned):
+                    below = row.finetuned < n_layers - 1
+                    text += (
+                        f"; the fine-tuned model's LayerSelector stops {'below' if below else 'at'} its last layer "
+                        f"({int(n_layers) - 1})" + (", as in the paper" if below else ", unlike the paper")
+                    )
+                    tally.setdefault(spec.finding, []).append(bool(below))
+            elif spec.expect is not None and direction is not None:
+                agrees = direction == spec.expect
+                text += ", as in the paper" if agrees else ", unlike the paper"
+                tally.setdefault(spec.finding, []).append(agrees)
+            lines.append(text + ("." if not text.endswith(".") else ""))
+    if tally:
+        lines.append("")
+        lines.append("**Against the paper's sentence-level findings:**")
+        for finding, agree in tally.items():
+            lines.append(f"- {finding}: agrees in {sum(agree)} of {len(agree)} comparison(s) here.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # markdown and the README
 
 
