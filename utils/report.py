@@ -6,7 +6,11 @@ one place where 85%, 92%, 97% and 10% are written), then the readings, one per n
 ``reproduction_report`` (notebook 04 and the README). The general and transfer claims are also read from
 95% intervals: ``general_claim_verdicts``, ``transfer_claim_verdicts`` ("holds", "does not hold",
 "inconclusive at this sample size", with the deciding interval) and ``claims_side_by_side`` (the
-paper's claim and ours in one markdown table). ``read_artifact`` is how a notebook reads what
+paper's claim and ours in one markdown table). Pretrained and fine-tuned models side by side (the
+paper's sentence-level setting): ``analysis_runs`` lists a notebook's (model, task) runs with the
+``"<base>+ft"`` ones beside their base, ``finetuned_pairs`` pairs them, the ``finetune_*_changes``
+functions turn notebooks 02-04's tables into one comparison table and ``describe_finetuning`` reads it
+against the paper's findings (``FINETUNE_MEASURES``). ``read_artifact`` is how a notebook reads what
 an earlier one wrote: a missing file or column is an error naming the notebook that makes it.
 
 Nothing here computes a statistic; every function reads tidy pandas tables (one row per model ×
