@@ -325,6 +325,16 @@ def test_probe_figure_draws_both_models_and_the_classifier():
     assert 0.9 in {line.get_ydata()[0] for line in ax.get_lines()}  # the classifier's dev accuracy, as a line
 
 
+def test_layer_figure_colours_each_model_and_the_comparison_of_both_in_black():
+    fig = plots.finetune_layer_curves(_layer_table(1), title="t")
+    colours = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
+    assert colours == {
+        "CKA(pretrained l, fine-tuned l)": "0.1",
+        "neighbours, pretrained: CKA(l-1, l)": "C0",
+        "neighbours, fine-tuned: CKA(l-1, l)": "C3",
+    }
+
+
 def test_layer_figure_needs_its_columns():
     with pytest.raises(ValueError, match="finetune_layer_curves needs a tidy table"):
         plots.finetune_layer_curves(pd.DataFrame({"layer": [0], "value": [1.0]}), title="t")

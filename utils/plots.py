@@ -842,9 +842,9 @@ def finetune_layer_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     ----------
     table : pandas.DataFrame
         Tidy, one row per (base, task, series, layer), columns ``base, task, series, layer, value``
-        (linear CKA, 0 to 1). Series are drawn in order of appearance; the names ``"pretrained"`` and
-        ``"fine-tuned"`` in a series name pick the colour of that model, others (e.g. the CKA between the
-        two models' layer l) are drawn in black. NaN values (constant layers) leave a gap.
+        (linear CKA, 0 to 1). Series are drawn in order of appearance; a series whose name holds one of
+        ``"pretrained"`` and ``"fine-tuned"`` takes that model's colour, one naming both or neither (e.g. the
+        CKA between the two models' layer l) is drawn in black. NaN values (constant layers) leave a gap.
     title : str
         Figure title.
 
@@ -857,7 +857,8 @@ def finetune_layer_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
     series = list(dict.fromkeys(table["series"].astype(str)))
     styles = {}
     for i, name in enumerate(series):
-        color = next((c for key, c in _FT_COLORS.items() if key in name), "0.1")
+        named = [c for key, c in _FT_COLORS.items() if key in name]
+        color = named[0] if len(named) == 1 else "0.1"  # naming both models: a comparison of the two
         styles[name] = dict(color=color, linestyle=("-", "--", ":", "-.")[i % 4], marker="os^D"[i % 4])
     fig, axes = _panels(len(pairs), panel_w=4.6, panel_h=3.4, sharey=True, extra_h=1.0)
     for ax, (label, g) in zip(axes, pairs):
