@@ -105,6 +105,9 @@ ARTIFACTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "task_layers.csv": ("03_task_specific_redundancy", ("model", "task", "layer", "mode", "score")),
     "minimal_neurons.csv": ("03_task_specific_redundancy", ("model", "task", "ordering", "pct_kept", "score")),
     "transfer_results.csv": ("04_feature_selected_transfer", ("model", "task", "pct_kept", "pct_of_oracle")),
+    "finetune_general.csv": ("02_general_redundancy", ("base", "task", "measure", "pretrained", "finetuned")),
+    "finetune_layer_change.csv": ("02_general_redundancy", ("base", "task", "layer", "cka")),
+    "finetune_task.csv": ("03_task_specific_redundancy", ("base", "task", "measure", "pretrained", "finetuned")),
     "cc_sweep.csv": (
         "02_general_redundancy",
         (
