@@ -290,11 +290,11 @@ def test_transfer_neuron_list_round_trips_from_a_saved_result(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (Path(__file__).parents[1] / "figures/transfer/mpnet-pos/result.json").exists(),
-    reason="the committed figures/transfer/mpnet-pos result is absent",
+    not (Path(__file__).parents[1] / "figures/transfer/mpnet-pos-seed0/result.json").exists(),
+    reason="the committed figures/transfer/mpnet-pos-seed0 result is absent",
 )
 def test_transfer_neuron_list_of_the_committed_mpnet_result():
-    result = TransferResult.load(Path(__file__).parents[1] / "figures/transfer/mpnet-pos")
+    result = TransferResult.load(Path(__file__).parents[1] / "figures/transfer/mpnet-pos-seed0")
     table = inspection.transfer_neuron_list(result)
     assert len(table) == result.neurons_kept and sorted(table["rank"]) == list(range(1, result.neurons_kept + 1))
     np.testing.assert_array_equal(np.sort(table["layer"] * result.hidden + table["unit"]), np.sort(result.neurons))
