@@ -290,11 +290,11 @@ def test_transfer_neuron_list_round_trips_from_a_saved_result(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (Path(__file__).parents[1] / "figures/transfer/mpnet-pos/result.json").exists(),
-    reason="the committed figures/transfer/mpnet-pos result is absent",
+    not (Path(__file__).parents[1] / "figures/transfer/mpnet-pos-seed0/result.json").exists(),
+    reason="the committed figures/transfer/mpnet-pos-seed0 result is absent",
 )
 def test_transfer_neuron_list_of_the_committed_mpnet_result():
-    result = TransferResult.load(Path(__file__).parents[1] / "figures/transfer/mpnet-pos")
+    result = TransferResult.load(Path(__file__).parents[1] / "figures/transfer/mpnet-pos-seed0")
     table = inspection.transfer_neuron_list(result)
     assert len(table) == result.neurons_kept and sorted(table["rank"]) == list(range(1, result.neurons_kept + 1))
     np.testing.assert_array_equal(np.sort(table["layer"] * result.hidden + table["unit"]), np.sort(result.neurons))
@@ -451,3 +451,24 @@ def test_explorer_writes_the_neuron_lists_it_knows(app, tmp_path):
     np.testing.assert_array_equal((lca["layer"] * 8 + lca["unit"]).to_numpy(), order)
     kept = inspection.read_neuron_list(transfer_path)
     assert sorted(kept["layer"] * 8 + kept["unit"]) == [2, 9, 17]
+
+
+def test_explorer_finds_the_seed_folders_notebook_04_writes(tmp_path):
+    """Notebook 04 saves ``transfer/<model>-<task>-seed<s>``; the explorer reads seed 0 (the old name as a fallback)."""
+    pytest.importorskip("ipywidgets")
+    from utils import explorer
+
+    rng = np.random.default_rng(9)
+    seed0 = _transfer_result(3, 8, np.array([2, 9, 17]), ["DT", "NN"], rng)
+    seed0.save(tmp_path / "figs" / "transfer" / "minilm-pos-seed0")
+    _transfer_result(3, 8, np.array([1, 4]), ["DT", "NN"], rng).save(tmp_path / "figs" / "transfer" / "minilm-pos")
+    found, note = explorer._find_transfer("minilm", "pos", 24, [tmp_path / "figs"])
+    assert found is not None and "minilm-pos-seed0" in note
+    np.testing.assert_array_equal(np.sort(found.neurons), [2, 9, 17])
+    # only the old layout: still found; a result of another width: not used
+    (tmp_path / "old" / "transfer").mkdir(parents=True)
+    _transfer_result(3, 8, np.array([1, 4]), ["DT", "NN"], rng).save(tmp_path / "old" / "transfer" / "minilm-pos")
+    found, _ = explorer._find_transfer("minilm", "pos", 24, [tmp_path / "old"])
+    np.testing.assert_array_equal(np.sort(found.neurons), [1, 4])
+    missing, note = explorer._find_transfer("minilm", "pos", 99, [tmp_path / "figs"])
+    assert missing is None and "notebooks/04_feature_selected_transfer.ipynb" in note

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import warnings
 
 import nbformat
 import pandas as pd
@@ -153,7 +154,19 @@ def test_provenance_record_and_staleness(tmp_path):
     (repo / "utils" / "a.py").write_text("x = 2\n")
     git("commit", "-qam", "two")
     message = tutorial.provenance_staleness({"commit": first}, repo=repo)
-    assert message and first[:10] in message and "make reproduce" in message
+    assert message and first[:10] in message and "make reproduce" in message and "utils/a.py" in message
+    # a run made at HEAD, then its outputs committed: not stale; a change reverted: not stale either
+    (repo / "notebooks" / "executed").mkdir(parents=True)
+    (repo / "notebooks" / "html").mkdir()
+    run = git("rev-parse", "HEAD")
+    (repo / "notebooks" / "executed" / "01.ipynb").write_text("{}")
+    (repo / "notebooks" / "html" / "01.html").write_text("<html/>")
+    git("add", "."), git("commit", "-qm", "outputs of the run")
+    assert tutorial.provenance_staleness({"commit": run}, repo=repo) is None
+    (repo / "notebooks" / "01.ipynb").write_text("{}")  # a notebook source is code
+    git("add", "."), git("commit", "-qm", "source")
+    assert "notebooks/01.ipynb" in tutorial.provenance_staleness({"commit": run}, repo=repo)
+    assert "not in this repository" in tutorial.provenance_staleness({"commit": "0" * 40}, repo=repo)
 
     runs = [tutorial.NotebookRun("01_x", 12.34, 100.0), tutorial.NotebookRun("02_y", 2.0, 250.4)]
     path = tutorial.write_provenance(tmp_path / "provenance.json", runs, params_file=tmp_path / "p.yaml", started=0.0)
@@ -164,14 +177,12 @@ def test_provenance_record_and_staleness(tmp_path):
     assert "02_y" in tutorial.timing_table(copy.deepcopy(record))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committed notebooks and figures predate the current code: no full "
-    "`make reproduce` of it has been committed yet (02/03 lack outputs); strict, so the first "
-    "consistent full run makes this test fail until the marker is removed",
-)
 def test_committed_tutorial_is_consistent():
     assert tutorial.tutorial_problems() == []
+    record_file = tutorial.REPO_ROOT / "figures" / tutorial.PROVENANCE_FILE
+    stale = tutorial.provenance_staleness(json.loads(record_file.read_text(encoding="utf-8")))
+    if stale:  # reported, not failed: a code change lands before the run that refreshes the results
+        warnings.warn(stale, stacklevel=1)
 
 
 def test_run_notebooks_executes_in_order_and_records_provenance(executed_pair, tmp_path):

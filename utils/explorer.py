@@ -222,12 +222,14 @@ def _find_transfer(
     """The first saved transfer result of (model, task) in ``figures_dirs`` that fits, and a note."""
     tried = []
     for d in figures_dirs:
-        path = resolve(d) / "transfer" / f"{model}-{task}"
-        tried.append(str(path))
-        if (path / "result.json").exists():
-            result = TransferResult.load(path)
-            if result.neurons_total == n_features:
-                return result, f"transfer result and LCA ranks from {path}"
+        # notebook 04 saves one result per seed ("<model>-<task>-seed0", ...); older runs saved "<model>-<task>"
+        for name in (f"{model}-{task}-seed0", f"{model}-{task}"):
+            path = resolve(d) / "transfer" / name
+            tried.append(str(path))
+            if (path / "result.json").exists():
+                result = TransferResult.load(path)
+                if result.neurons_total == n_features:
+                    return result, f"transfer result and LCA ranks from {path}"
     return None, f"no transfer result of {model} · {task} (looked in {', '.join(tried)}): {TRANSFER_HINT}."
 
 

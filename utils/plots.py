@@ -521,8 +521,9 @@ def span_bars(table: pd.DataFrame, *, title: str) -> plt.Figure:
             ax.plot(s["span"], s["n_clusters"], marker="o", markersize=4, color=colors[str(name)], label=str(name))
         widest = int(g.loc[g["n_clusters"] > 0, "span"].max()) if (g["n_clusters"] > 0).any() else 0
         ax.set_title(f"{model}: widest cluster spans {widest} layers" if model else title)
-        ax.set_xlabel("layers spanned by a cluster (max − min layer + 1)")
-        ax.set_ylabel("clusters of 2+ neurons" + (" (log; none: not drawn)" if log else ""))
+        ax.set_xlabel("layers spanned (max − min layer + 1)")
+        if ax is axes[0]:  # one shared count axis: its title once
+            ax.set_ylabel("clusters of 2+ neurons" + (" (log; none: not drawn)" if log else ""))
         ax.set_xlim(0.5, g["span"].max() + 0.5)
         _layer_ticks(ax)
         if log:
@@ -559,7 +560,8 @@ def layer_share_curves(table: pd.DataFrame, *, title: str) -> plt.Figure:
             ax.plot(s["layer"], s["pct_redundant"], marker="o", markersize=4, color=colors[str(name)], label=str(name))
         ax.set_title(f"{model}{_depth_note(g)}" if model else title)
         ax.set_xlabel("layer (0 = embeddings)")
-        ax.set_ylabel("neurons dropped by clustering (% of layer)")
+        if ax is axes[0]:  # one shared axis: its title once
+            ax.set_ylabel("neurons dropped by clustering (% of layer)")
         ax.set_ylim(-3, 103)
         _layer_ticks(ax)
     handles = [Line2D([], [], color=c, marker="o", markersize=4) for c in colors.values()]

@@ -21,8 +21,9 @@ The checks (each returns a list of problems, empty when all is well):
   exists.
 - ``table_problems(readme, csv)``: the README's generated results table says what the CSV it was
   written from says.
-- ``provenance_staleness(record)``: a sentence when the recorded commit is older than the last
-  change to ``utils/`` or ``notebooks/`` (reported, not failed: a code change lands before its run).
+- ``provenance_staleness(record)``: a sentence when ``utils/``, the notebook sources or their
+  parameters differ between the recorded commit and HEAD (reported, not failed: a code change lands
+  before its run).
 """
 
 from __future__ import annotations
@@ -441,23 +442,29 @@ def section(text: str, name: str) -> str:
     return m.group(1) if m else ""
 
 
+CODE_PATHS: tuple[str, ...] = ("utils", "notebooks", ":(exclude)notebooks/executed", ":(exclude)notebooks/html")
+"""Git pathspecs of the code that makes the results: the package, the notebook sources and their
+parameters (the executed copies and their HTML are outputs, not code)."""
+
+
 def provenance_staleness(record: dict, *, repo: Path = REPO_ROOT) -> str | None:
-    """A sentence when ``record``'s commit predates the last change to ``utils/`` or ``notebooks/``."""
-    last = _git("log", "-1", "--format=%H", "--", "utils", "notebooks", cwd=repo)
+    """A sentence when the code that makes the results differs between ``record``'s commit and HEAD.
+
+    Compares trees (``git diff``), not dates, so committing a run's outputs after it, or a change
+    made and reverted, is not staleness. ``None`` when nothing of ``CODE_PATHS`` changed.
+    """
     made = record.get("commit", "")
-    if not last or not made or last == made:
+    if not made:
+        return "the provenance record names no commit: run `make reproduce` to make one"
+    if not _git("rev-parse", "--verify", "--quiet", f"{made}^{{commit}}", cwd=repo):
+        return f"the provenance commit {made[:10]} is not in this repository: run `make reproduce`"
+    changed = _git("diff", "--name-only", made, "HEAD", "--", *CODE_PATHS, cwd=repo).splitlines()
+    if not changed:
         return None
-    is_ancestor = (
-        subprocess.run(
-            ["git", "merge-base", "--is-ancestor", last, made], cwd=repo, capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-    if is_ancestor:  # the run was made at or after the last change
-        return None
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
     return (
-        f"the committed results come from commit {made[:10]}, older than the last change to utils/ or "
-        f"notebooks/ ({last[:10]}): run `make reproduce` to bring them up to date"
+        f"the committed results come from commit {made[:10]}; since then {len(changed)} file(s) of the code "
+        f"that makes them changed ({shown}): run `make reproduce` to bring them up to date"
     )
 
 
@@ -505,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         problems = tutorial_problems()
         print("\n".join(problems) if problems else "the tutorial is consistent")
+        record_file = REPO_ROOT / "figures" / PROVENANCE_FILE
+        if record_file.exists():
+            stale = provenance_staleness(json.loads(record_file.read_text(encoding="utf-8")))
+            print(f"note (not a failure): {stale}" if stale else "the provenance commit made the current code")
         raise SystemExit(1 if problems else 0)
 
 
