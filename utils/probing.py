@@ -23,7 +23,11 @@ penalised. Solvers:
 - ``solver="auto"`` (default): Adam when a dev split is given or when ``n_samples * n_features``
   (summed over the probes trained together) exceeds ``training.LBFGS_MAX_CELLS``; L-BFGS otherwise.
 
-Weights start at zero (the problem is convex), so the only randomness is the minibatch order. Each
+Weights start at zero and the bias at the best intercept-only model (``training.Bank.init_bias_``:
+the centred log class priors of the train labels, class-weighted with ``class_weight``; the target
+mean for the regressor), so the only randomness is the minibatch order. Without that start, Adam's
+small auto step on a wide probe could not move a zero bias to the priors of a skewed label set
+(NER, 95% ``O``) within its epochs, and the probe scored below the majority class. Each
 class-logit's weights are kept centred across classes (``coef_.sum(axis=0) == 0``), which softmax
 cannot see and which makes the weights, and the rankings read from them, a function of the data.
 
@@ -242,9 +246,6 @@ class _BaseProbe(BaseEstimator):
         n_out = 1 if self._task == "regression" else len(self.classes_)
         cw = None if self._task == "regression" else class_weights(self.class_weight, Y[:, None], n_out, self.classes_)
         bank = Bank("flat", (X.shape[1],), 1, n_out, mean, scale, self._device(), **bank_dtypes(cfg))
-        if self._task == "regression":
-            with torch.no_grad():
-                bank.bias.fill_(float(np.mean(Y)))
         info = fit_bank(
             bank, X, Y[:, None], X_dev=X_dev, Y_dev=Yd, class_weight=cw, cfg=cfg, device=self._device(), X_std=Xt
         )
@@ -594,9 +595,6 @@ def fit_layer_probes(
         else:
             Xf, Xdf = A, Ad
             bank = Bank(m, (L, h), T, n_out, mean, scale, dev, **bank_dtypes(cfg))
-        if regression:
-            with torch.no_grad():
-                bank.bias.fill_(float(np.mean(Y)))
         X_std = Xdev_std = None
         if cfg.solver == "adam" and At is not None:
             if Adt is None:

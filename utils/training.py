@@ -10,7 +10,8 @@ The objective of probe p: mean cross-entropy (or squared error) over items plus
 ``l1 * ||W_p||_1 + l2 * ||W_p||_F`` (``||W_p||_F ** 2`` with ``l2_squared``) on standardised
 weights, bias unpenalised. L-BFGS minimises it with ``|w|`` smoothed to
 ``sqrt(w ** 2 + SMOOTH_L1_EPS ** 2) - SMOOTH_L1_EPS``; Adam uses the exact penalty (subgradient 0 at 0).
-Weights start at zero and each probe's class-logit weights are kept centred across classes
+Weights start at zero and biases at the centred log class priors (the target mean for regression,
+``Bank.init_bias_``); each probe's class-logit weights and bias are kept centred across classes
 (``Bank.center_``).
 
 Quantities and their shapes (n items, T targets, L layers, h hidden, C outputs, P = T * n_probes):
@@ -64,7 +65,8 @@ class Bank:
     - ``independent``: X of shape (n, L, h); probe (t, l) reads layer l (P = T * L).
     - ``incremental``: X of shape (n, L, h); probe (t, l) reads layers 0..l (P = T * L).
 
-    Probe index ``p = t * n_probes + l``. Weights are zero-initialised.
+    Probe index ``p = t * n_probes + l``. Weights and bias are zero-initialised; ``fit_bank`` starts
+    the bias at the priors of the targets (``init_bias_``).
     """
 
     def __init__(
@@ -183,6 +185,41 @@ class Bank:
                     continue
                 v = t.view(*t.shape[:-1], -1, self.C)
                 v.sub_(v.mean(dim=-1, keepdim=True))
+
+    def init_bias_(self, Y: np.ndarray, task: str, class_weight: np.ndarray | None = None) -> None:
+        """Start every probe's bias at the best intercept-only model of its train targets, in place.
+
+        Classification: the centred log class priors ``log m_c - mean_c log m_c`` of each target,
+        where ``m_c`` is the (class-weighted) mass of class c in the targets: the minimiser of the
+        loss with zero weights, and class-centred like the weights (``center_``). A class with no
+        mass (absent from a target's labels, or weighted 0) gets half the smallest positive mass of
+        that target, so its bias starts low but finite. Regression: the mean of each target.
+
+        Without this, a zero bias has to travel to the log prior by optimiser steps; Adam's step
+        (``auto_lr``) shrinks with the number of features, so on a wide probe over a skewed label
+        set (NER: 95% ``O``, about 6 logits between the priors) it does not get there in a few
+        epochs, and the probe scores below the majority class.
+
+        Parameters
+        ----------
+        Y : ndarray of shape (n, T)
+            Encoded targets: class indices in ``0..C-1``, or float values for regression.
+        task : {"classification", "regression"}
+        class_weight : ndarray of shape (T, C), optional
+            Loss weight of every class of every target.
+        """
+        Y = np.asarray(Y)
+        if task == "classification":
+            mass = np.stack([np.bincount(Y[:, t], minlength=self.C) for t in range(self.T)]).astype(np.float64)
+            if class_weight is not None:
+                mass = mass * np.asarray(class_weight, dtype=np.float64)
+            floor = 0.5 * np.where(mass > 0, mass, np.inf).min(axis=1, keepdims=True)
+            log_mass = np.log(np.where(mass > 0, mass, floor))
+            start = log_mass - log_mass.mean(axis=1, keepdims=True)  # (T, C)
+        else:
+            start = Y.astype(np.float64).mean(axis=0)[:, None]  # (T, 1)
+        with torch.no_grad():
+            self.bias.copy_(torch.as_tensor(start.reshape(-1), dtype=self.bias.dtype).expand_as(self.bias))
 
     def n_features(self) -> torch.Tensor:
         """Number of input features of every probe, shape (P,)."""
@@ -476,7 +513,8 @@ def fit_bank(
     Parameters
     ----------
     bank : Bank
-        Zero-initialised (a regression bank's bias may start at the target mean).
+        A new bank; its bias is set here to the targets' centred log class priors (target means
+        for regression, ``Bank.init_bias_``), its weights are left as they are (zero).
     X : array-like of shape (n, d) or (n, L, h)
         Raw train features (the bank standardises them).
     Y : ndarray of shape (n, T)
@@ -495,6 +533,7 @@ def fit_bank(
         L-BFGS: ``n_iter``, ``converged``. Adam: ``lr`` (P,), ``n_epochs``, and with a dev split
         ``best_epoch`` (P,) and ``history`` (epochs, P) of dev scores.
     """
+    bank.init_bias_(Y, cfg.task, class_weight)
     n_params = sum(p.numel() for p in bank.params)
     n_rows = X.shape[0] if cfg.solver == "lbfgs" else cfg.batch_size
     Yp = _expand_targets(Y, bank, device, cfg.task)
@@ -548,7 +587,7 @@ def fit_lbfgs(
         pen = bank.penalty(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared, smooth=True)
         if pen.requires_grad:
             pen.backward()
-        bank.center_(grads=True)  # iterates stay class-centred (they start at 0)
+        bank.center_(grads=True)  # iterates stay class-centred (they start centred)
         return torch.tensor(total + float(pen.detach()), dtype=torch.float64)
 
     opt.step(closure)
