@@ -25,6 +25,7 @@ from utils.report import (
     task_claim_verdicts,
     transfer_claim_verdicts,
     transfer_claims,
+    warnings_as_notes,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -544,3 +545,16 @@ def test_report_reads_the_task_claim_from_intervals_and_shows_it_beside_the_pape
     table = claims_side_by_side(verdicts)
     assert "| task |" in table and "**inconclusive at this sample size**" in table
     assert "[0.985, 1.000] straddles 0.990" in table
+
+
+def test_warnings_as_notes_prints_expected_warnings_once_and_passes_others_on(capsys):
+    import warnings
+
+    with pytest.warns(RuntimeWarning, match="other"):
+        with warnings_as_notes() as notes:
+            warnings.warn("770 constant neurons", UserWarning, stacklevel=1)
+            warnings.warn("770 constant neurons", UserWarning, stacklevel=1)  # the same one: printed once
+            warnings.warn("no grid point reached the target", UserWarning, stacklevel=1)
+            warnings.warn("other", RuntimeWarning, stacklevel=1)
+    assert notes == ["note: 770 constant neurons", "note: no grid point reached the target"]
+    assert capsys.readouterr().out.splitlines() == notes

@@ -239,3 +239,23 @@ def test_committed_sources_share_their_parameter_defaults(tmp_path):
         "other.ipynb: parameter eval_budget = 1000, but 01_activation_extraction.ipynb has 500; "
         "give the notebooks one default"
     ]
+
+
+def test_output_problems_flag_kernel_warnings_and_absolute_paths(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    clean = nbformat.v4.new_code_cell("x")
+    clean.outputs = [nbformat.v4.new_output("stream", name="stdout", text="note: 3 constant neurons\n")]
+    warned = nbformat.v4.new_code_cell("y")
+    warned.outputs = [nbformat.v4.new_output("stream", name="stderr", text="/x/utils/clustering.py:570: Warn\n")]
+    shown = nbformat.v4.new_code_cell("z")
+    shown.outputs = [
+        nbformat.v4.new_output("execute_result", data={"text/plain": "PosixPath('/work/main/figures/a.png')"})
+    ]
+    relative = nbformat.v4.new_code_cell("w")
+    relative.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "PosixPath('figures/a.png')"})]
+    nb.cells = [clean, warned, shown, relative]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    problems = tutorial.output_problems(tmp_path / "n.ipynb")
+    assert len(problems) == 2
+    assert "cell 1 writes to stderr" in problems[0] and "cell 2 shows an absolute path" in problems[1]
+    assert "/work/main/figures/a.png" in problems[1]

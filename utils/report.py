@@ -29,9 +29,11 @@ Quantities and their shapes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1485,6 +1487,33 @@ def reproduction_report(
         f"{keep:g}% of the oracle on dev).",
     ]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def warnings_as_notes(categories: tuple[type[Warning], ...] = (UserWarning,)) -> Iterator[list[str]]:
+    """Run a block with the warnings of ``categories`` caught, then print each distinct one as ``note: ...``.
+
+    For notebooks: an expected warning (constant neurons, a minimal-set target no grid point reached)
+    is part of the result, so it is shown as text on standard output, once, without the file path
+    and line a kernel warning carries. Warnings of other categories are re-issued unchanged.
+
+    Yields
+    ------
+    notes : list of str
+        Filled when the block ends: the printed notes, in order of first appearance.
+    """
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield notes
+    for w in caught:
+        if issubclass(w.category, categories):
+            note = f"note: {w.message}"
+            if note not in notes:
+                notes.append(note)
+                print(note)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _timings(args: argparse.Namespace) -> None:

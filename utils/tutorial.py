@@ -274,6 +274,31 @@ def code_cells(nb: nbformat.NotebookNode) -> list[str]:
     ]
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:home|root|tmp|work|Users|private|var)/[^\s'\"]+")
+
+
+def output_problems(executed: str | os.PathLike) -> list[str]:
+    """What a reader should not see in an executed copy: kernel warnings (stderr) and absolute paths.
+
+    Returns
+    -------
+    problems : list of str
+        One per offending cell: its index and the first stderr line or path found.
+    """
+    nb = nbformat.read(executed, as_version=4)
+    name, problems = Path(executed).name, []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = out.get("text", "") if out.get("output_type") == "stream" else ""
+            text += "".join(str(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                first = next((line for line in text.splitlines() if line.strip()), "")
+                problems.append(f"{name}: cell {i} writes to stderr (a kernel warning?): {first[:100]!r}")
+            elif (m := _ABSOLUTE_PATH.search(text)) is not None:
+                problems.append(f"{name}: cell {i} shows an absolute path: {m.group(0)[:100]!r}")
+    return problems
+
+
 def executed_problems(source: str | os.PathLike, executed: str | os.PathLike) -> list[str]:
     """What is wrong with the executed copy ``executed`` of the notebook ``source`` (empty: nothing).
 
@@ -477,7 +502,9 @@ def tutorial_problems(*, root: Path = REPO_ROOT, names: Sequence[str] = NOTEBOOK
     for name in names:
         source = root / "notebooks" / f"{name}.ipynb"
         problems += source_problems(source)
-        problems += executed_problems(source, root / "notebooks" / "executed" / f"{name}.ipynb")
+        executed = root / "notebooks" / "executed" / f"{name}.ipynb"
+        problems += executed_problems(source, executed)
+        problems += output_problems(executed) if executed.exists() else []
         texts.append(source.read_text(encoding="utf-8"))
     problems += default_problems([root / "notebooks" / f"{name}.ipynb" for name in names])
     problems += [f"{p} is named in the README or a notebook but missing" for p in missing_artifacts(texts, root=root)]
