@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -74,7 +74,7 @@ class NotebookRun:
     name: str
     seconds: float
     peak_rss_mib: float
-    stages: list[dict] | None = None
+    stages: list[dict] = field(default_factory=list)
 
 
 def stage_times(executed: str | os.PathLike) -> list[dict]:
@@ -223,7 +223,7 @@ def provenance_record(runs: Iterable[NotebookRun], *, params_file: str | os.Path
                 "name": r.name,
                 "seconds": round(r.seconds, 1),
                 "peak_rss_mib": round(r.peak_rss_mib),
-                "stages": r.stages or [],
+                "stages": r.stages,
             }
             for r in runs
         ],
@@ -493,6 +493,15 @@ def provenance_staleness(record: dict, *, repo: Path = REPO_ROOT) -> str | None:
     )
 
 
+def committed_staleness(*, root: Path = REPO_ROOT) -> str | None:
+    """``provenance_staleness`` of the committed run's record (``figures/provenance.json`` under ``root``);
+    ``None`` when there is no record (``missing_artifacts`` reports that)."""
+    record_file = root / "figures" / PROVENANCE_FILE
+    if not record_file.exists():
+        return None
+    return provenance_staleness(json.loads(record_file.read_text(encoding="utf-8")), repo=root)
+
+
 def tutorial_problems(*, root: Path = REPO_ROOT, names: Sequence[str] = NOTEBOOKS) -> list[str]:
     """Every check above on the tree at ``root``: the list of problems (empty when all is well)."""
     import pandas as pd
@@ -539,9 +548,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         problems = tutorial_problems()
         print("\n".join(problems) if problems else "the tutorial is consistent")
-        record_file = REPO_ROOT / "figures" / PROVENANCE_FILE
-        if record_file.exists():
-            stale = provenance_staleness(json.loads(record_file.read_text(encoding="utf-8")))
+        if (REPO_ROOT / "figures" / PROVENANCE_FILE).exists():
+            stale = committed_staleness()
             print(f"note (not a failure): {stale}" if stale else "the provenance commit made the current code")
         raise SystemExit(1 if problems else 0)
 
