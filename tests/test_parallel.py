@@ -75,3 +75,17 @@ def test_bad_job_counts_are_refused():
     with pytest.raises(ValueError, match="at least 1"):
         parallel.map_jobs(_warn_and_square, [{"v": 1}], n_jobs=0)
     assert parallel.default_jobs() >= 1
+
+
+def test_large_in_memory_arrays_are_written_once_and_sent_as_memory_maps(tmp_path):
+    big = np.random.default_rng(0).normal(size=(2000, 1200))  # 19 MB: over parallel.SHARE_BYTES
+    small = np.arange(10.0)
+    jobs = [{"x": big}, {"x": (small, big)}, {"x": {"a": big}}]
+    shared = parallel._share_large(jobs, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # three uses, one file
+    assert isinstance(shared[0]["x"], np.memmap) and shared[1]["x"][1] is shared[0]["x"] is shared[2]["x"]["a"]
+    assert shared[1]["x"][0] is small  # small arrays travel as they are
+    np.testing.assert_array_equal(shared[0]["x"], big)
+    (kind, filename, total), _ = parallel.map_jobs(_describe, [{"x": big}, {"x": small}], n_jobs=2, progress=False)
+    assert kind == "memmap" and "redundancy-jobs-" in str(filename)
+    assert total == pytest.approx(float(big.sum()))

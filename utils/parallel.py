@@ -6,19 +6,28 @@ with ``n`` cores ``n`` worker processes finish them up to ``n`` times sooner. Wo
 ``loky`` processes: activation stores (``np.memmap``) are sent as file references, not copied, and
 each worker runs torch on one thread, so ``n_jobs`` workers use ``n_jobs`` cores.
 
-Results equal a sequential run's: each job is seeded by its own arguments, never by the order or
-the worker it ran in. Warnings raised in a worker are raised again in the caller (in input order),
+Large in-memory arrays among the jobs' arguments are written once to a temporary folder and sent
+as memory maps too (``_share_large``), so a train matrix used by fifty jobs is neither copied fifty
+times nor hashed fifty times. Results equal a sequential run's: each job is seeded by its own
+arguments, never by the order or the worker it ran in (up to the order of floating-point sums when a
+sequential run would use more than one thread for a large fit). Warnings raised in a worker are raised again in the caller (in input order),
 so ``report.warnings_as_notes`` and ``pytest.warns`` see them as if the job had run in-process.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
+
+SHARE_BYTES = 8 * 2**20
+"""In-memory arrays of at least this many bytes are sent to the workers as memory maps."""
 
 
 def default_jobs() -> int:
@@ -27,6 +36,30 @@ def default_jobs() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _share_large(jobs: list[Mapping[str, Any]], folder: Path, min_bytes: int = SHARE_BYTES) -> list[dict]:
+    """The jobs with every in-memory array of ``min_bytes`` or more (also inside tuples, lists and
+    dicts) replaced by a read-only memory map of a copy in ``folder``; an array used by several jobs
+    is written once."""
+    written: dict[int, np.ndarray] = {}
+
+    def share(v: Any) -> Any:
+        if isinstance(v, np.ndarray) and not isinstance(v, np.memmap) and v.nbytes >= min_bytes and v.dtype != object:
+            if id(v) not in written:
+                path = folder / f"array{len(written)}.npy"
+                np.save(path, v)
+                written[id(v)] = np.load(path, mmap_mode="r")
+            return written[id(v)]
+        if isinstance(v, tuple):
+            return tuple(share(x) for x in v)
+        if isinstance(v, list):
+            return [share(x) for x in v]
+        if isinstance(v, dict):
+            return {k: share(x) for k, x in v.items()}
+        return v
+
+    return [{k: share(v) for k, v in kw.items()} for kw in jobs]
 
 
 def _run_one(fn: Callable[..., Any], kwargs: Mapping[str, Any], threads: int | None) -> tuple[Any, list]:
@@ -81,9 +114,12 @@ def map_jobs(
 
     runner = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky", return_as="generator")
     out = []
-    calls = (delayed(_run_one)(fn, kw, 1) for kw in jobs)
-    for result, caught in tqdm(runner(calls), total=len(jobs), desc=desc, disable=not progress):
-        for message, category, filename, lineno in caught:
-            warnings.warn_explicit(message, category, filename, lineno)
-        out.append(result)
+    with tempfile.TemporaryDirectory(prefix="redundancy-jobs-") as folder:
+        shared = _share_large(jobs, Path(folder))
+        calls = (delayed(_run_one)(fn, kw, 1) for kw in shared)
+        for result, caught in tqdm(runner(calls), total=len(jobs), desc=desc, disable=not progress):
+            for message, category, filename, lineno in caught:
+                warnings.warn_explicit(message, category, filename, lineno)
+            out.append(result)
+        del shared
     return out
