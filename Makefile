@@ -9,6 +9,8 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?= -m "not slow and not network"
+# Notebooks run at once, each after those it reads (utils/tutorial.py NEEDS); JOBS=1 runs them one by one.
+JOBS     ?= 2
 
 .PHONY: all venv reproduce quick test pytest lint lab explore html bench clean-quick check-tutorial
 
@@ -27,7 +29,7 @@ venv: $(STAMP)
 # reads, rendered to notebooks/html/), figures and CSV tables land in figures/, and figures/provenance.json
 # records the commit, versions, machine and each notebook's time and peak memory (utils/tutorial.py).
 reproduce: $(STAMP)
-	$(PY) -m utils.tutorial run --params notebooks/params/full.yaml --out notebooks/executed --figures figures
+	$(PY) -m utils.tutorial run --params notebooks/params/full.yaml --out notebooks/executed --figures figures --jobs $(JOBS)
 	$(MAKE) html
 
 html: $(STAMP)
@@ -41,7 +43,7 @@ check-tutorial: $(STAMP)
 # (widgets; its source stays unexecuted) runs here as a check that it builds.
 quick: $(STAMP)
 	$(PY) -m utils.tutorial run --params notebooks/params/quick.yaml --out build/quick/notebooks --figures build/quick/figures \
-	  --extra 05_explore
+	  --extra 05_explore --jobs $(JOBS)
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -258,3 +258,91 @@ def test_output_problems_flag_kernel_warnings_and_absolute_paths(tmp_path):
     assert len(problems) == 2
     assert "cell 1 writes to stderr" in problems[0] and "cell 2 shows an absolute path" in problems[1]
     assert "/work/main/figures/a.png" in problems[1]
+
+
+def _tiny_notebook(path, *lines):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("folder = '.'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(line) for line in lines)]
+    nbformat.write(nb, path)
+
+
+def test_prerequisites_follow_needs_and_default_to_everything_before():
+    names = ["a", "b", "c", "d"]
+    waits = tutorial.prerequisites(names, {"b": ("a",), "c": ("a", "outside")})
+    assert waits == {"a": set(), "b": {"a"}, "c": {"a"}, "d": {"a", "b", "c"}}
+    with pytest.raises(ValueError, match="runs before it"):
+        tutorial.prerequisites(["b", "a"], {"b": ("a",)})
+    full = tutorial.prerequisites(list(tutorial.NOTEBOOKS))
+    assert full["04_feature_selected_transfer"] == {
+        "01_activation_extraction",
+        "02_general_redundancy",
+        "03_task_specific_redundancy",
+    }
+    assert full["02_general_redundancy"] == full["03_task_specific_redundancy"] == {"01_activation_extraction"}
+
+
+def test_two_jobs_run_independent_notebooks_together_after_what_they_read(tmp_path):
+    """b waits (up to a minute) for c's marker and c for b's: they can only both finish if they overlap;
+    both read what a wrote, so they must start after a finished; d waits for b and c."""
+    pytest.importorskip("papermill")
+    src = tmp_path / "src"
+    src.mkdir()
+    wait_for = (
+        "import time, pathlib\n"
+        "def wait_for(name):\n"
+        "    for _ in range(600):\n"
+        "        if (pathlib.Path(folder) / name).exists():\n"
+        "            return\n"
+        "        time.sleep(0.1)\n"
+        "    raise TimeoutError(name)"
+    )
+    _tiny_notebook(src / "a.ipynb", "import pathlib; (pathlib.Path(folder) / 'a.txt').write_text('a')")
+    for me, other in (("b", "c"), ("c", "b")):
+        _tiny_notebook(
+            src / f"{me}.ipynb",
+            wait_for,
+            f"assert (pathlib.Path(folder) / 'a.txt').read_text() == 'a'\n"
+            f"(pathlib.Path(folder) / '{me}.txt').write_text('{me}')\nwait_for('{other}.txt')",
+        )
+    _tiny_notebook(
+        src / "d.ipynb",
+        "import pathlib; assert {p.name for p in pathlib.Path(folder).glob('?.txt')} == {'a.txt', 'b.txt', 'c.txt'}",
+    )
+    (tmp_path / "params.yaml").write_text(f"folder: {tmp_path}\n")
+    kwargs = dict(params_file=tmp_path / "params.yaml", out_dir=tmp_path / "out", figures_dir=tmp_path / "figs")
+    needs = {"b": ("a",), "c": ("a",), "d": ("b", "c")}
+    runs = tutorial.run_notebooks(["a", "b", "c", "d"], source_dir=src, progress=False, jobs=2, needs=needs, **kwargs)
+    by = {r.name: r for r in runs}
+    assert [r.name for r in runs] == ["a", "b", "c", "d"]
+    a_end = by["a"].started_s + by["a"].seconds
+    assert by["b"].started_s >= a_end - 0.5 and by["c"].started_s >= a_end - 0.5
+    assert by["d"].started_s >= max(by[n].started_s + by[n].seconds for n in "bc") - 0.5
+    record = json.loads((tmp_path / "figs" / tutorial.PROVENANCE_FILE).read_text())
+    assert record["jobs"] == 2 and record["wall_seconds"] < record["total_seconds"]  # b and c overlapped
+    assert record["peak_rss_mib_overlapping"] >= record["peak_rss_mib"]
+    assert "notebooks at once" in tutorial.timing_table(record)
+
+
+def test_a_failing_notebook_stops_the_run_and_says_which(tmp_path):
+    pytest.importorskip("papermill")
+    src = tmp_path / "src"
+    src.mkdir()
+    _tiny_notebook(src / "ok.ipynb", "import time; time.sleep(30)")
+    _tiny_notebook(src / "bad.ipynb", "raise ValueError('boom')")
+    (tmp_path / "params.yaml").write_text("folder: .\n")
+    t0 = __import__("time").perf_counter()
+    with pytest.raises(RuntimeError, match="bad failed"):
+        tutorial.run_notebooks(
+            ["ok", "bad"],
+            params_file=tmp_path / "params.yaml",
+            out_dir=tmp_path / "out",
+            figures_dir=tmp_path / "figs",
+            source_dir=src,
+            progress=False,
+            jobs=2,
+            needs={"bad": ()},
+        )
+    assert __import__("time").perf_counter() - t0 < 25  # the sleeping notebook was stopped, not waited for

@@ -56,6 +56,20 @@ NOTEBOOKS: tuple[str, ...] = (
 )
 """The notebooks ``make reproduce`` runs, in order (each reads what the one before wrote)."""
 
+NEEDS: dict[str, tuple[str, ...]] = {
+    "02_general_redundancy": ("01_activation_extraction",),
+    "03_task_specific_redundancy": ("01_activation_extraction",),
+    "04_feature_selected_transfer": (
+        "01_activation_extraction",
+        "02_general_redundancy",
+        "03_task_specific_redundancy",
+    ),
+    "06_redundancy_at_scale": ("01_activation_extraction",),
+}
+"""What each notebook reads that another notebook writes (stores and fine-tuned models from 01, CSV
+tables from 02 and 03). With ``jobs > 1`` a notebook starts as soon as these have finished; a notebook
+not named here waits for every notebook before it in the run."""
+
 SOURCE_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = SOURCE_DIR / "executed"
 INJECTED_TAG = "injected-parameters"
@@ -75,6 +89,8 @@ class NotebookRun:
     seconds: float
     peak_rss_mib: float
     stages: list[dict] = field(default_factory=list)
+    started_s: float = 0.0
+    """When it started, in seconds after the run began (notebooks overlap when ``jobs > 1``)."""
 
 
 def stage_times(executed: str | os.PathLike) -> list[dict]:
@@ -129,6 +145,40 @@ def _execute(source: str, executed: str, params: dict, progress: bool, peak: mul
     peak.put(_children_peak_rss_mib())
 
 
+def prerequisites(names: Sequence[str], needs: dict[str, tuple[str, ...]] | None = None) -> dict[str, set[str]]:
+    """For each notebook of a run, the notebooks of the same run that must finish before it starts.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Notebook stems in run order.
+    needs : dict, default ``NEEDS``
+        Stem -> the stems it reads from. A stem not in ``needs`` waits for every stem before it.
+
+    Returns
+    -------
+    waits : dict of str -> set of str
+        Only notebooks of this run appear (a need outside the run is assumed done already).
+
+    Raises
+    ------
+    ValueError
+        When a notebook needs one that comes after it in ``names``.
+    """
+    needs = NEEDS if needs is None else needs
+    names = list(names)
+    waits = {}
+    for i, name in enumerate(names):
+        if name not in needs:
+            waits[name] = set(names[:i])
+            continue
+        later = [n for n in needs[name] if n in names[i + 1 :]]
+        if later:
+            raise ValueError(f"{name} reads what {', '.join(later)} writes, but runs before it; reorder the notebooks")
+        waits[name] = {n for n in needs[name] if n in names[:i]}
+    return waits
+
+
 def run_notebooks(
     names: Sequence[str],
     *,
@@ -137,13 +187,15 @@ def run_notebooks(
     figures_dir: str | os.PathLike,
     source_dir: str | os.PathLike = SOURCE_DIR,
     progress: bool = True,
+    jobs: int = 1,
+    needs: dict[str, tuple[str, ...]] | None = None,
 ) -> list[NotebookRun]:
-    """Execute the source notebooks ``names`` in order with papermill and record the run.
+    """Execute the source notebooks ``names`` with papermill and record the run.
 
     Parameters
     ----------
     names : sequence of str
-        Notebook stems under ``notebooks/`` (e.g. ``"01_activation_extraction"``).
+        Notebook stems under ``notebooks/`` (e.g. ``"01_activation_extraction"``), in run order.
     params_file : path
         YAML file of papermill parameters (``notebooks/params/full.yaml``).
     out_dir : path
@@ -153,42 +205,76 @@ def run_notebooks(
     source_dir : path, default ``notebooks/``
         Folder of the source notebooks.
     progress : bool, default True
-        Papermill's per-cell progress bar.
+        Papermill's per-cell progress bar (only when one notebook runs at a time; with ``jobs > 1`` a
+        line is printed when each notebook starts and ends).
+    jobs : int, default 1
+        How many notebooks may run at once. Each waits for the notebooks it reads from
+        (``prerequisites``); most of the probe training in notebooks 02-04 keeps one core busy, so
+        on two cores ``jobs=2`` lets notebooks 02, 03 and 06 share the machine.
+    needs : dict, default ``NEEDS``
+        What each notebook reads from the others.
 
     Returns
     -------
     runs : list of NotebookRun
-        One per notebook, in order. The provenance record is written after every notebook, so an
-        interrupted run still says how far it got.
+        One per notebook, in the order of ``names``. The provenance record is written after every
+        notebook, so an interrupted run still says how far it got.
     """
+    from multiprocessing.connection import wait
+
     import yaml
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     params = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
     out_dir, figures_dir = Path(out_dir), Path(figures_dir)
+    for name in names:
+        if not (Path(source_dir) / f"{name}.ipynb").exists():
+            raise FileNotFoundError(
+                f"no notebook {Path(source_dir) / name}.ipynb; expected one of {', '.join(NOTEBOOKS)}"
+            )
+    waits = prerequisites(names, needs)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     ctx = multiprocessing.get_context("spawn")
-    started, runs = time.time(), []
-    for name in names:
-        source = Path(source_dir) / f"{name}.ipynb"
-        if not source.exists():
-            raise FileNotFoundError(f"no notebook {source}; expected one of {', '.join(NOTEBOOKS)}")
-        print(f"== {name}", flush=True)
-        t0, peak = time.perf_counter(), ctx.Queue()
-        # One process per notebook, so that each kernel's peak memory is measured on its own.
-        child = ctx.Process(target=_execute, args=(str(source), str(out_dir / source.name), params, progress, peak))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise RuntimeError(
-                f"{name} failed (exit code {child.exitcode}); its partial output is in {out_dir / source.name}"
-            )
-        runs.append(NotebookRun(name, time.perf_counter() - t0, peak.get(), stage_times(out_dir / source.name)))
-        write_provenance(figures_dir / PROVENANCE_FILE, runs, params_file=params_file, started=started)
-    return runs
+    started, runs = time.time(), {}
+    pending, running = list(names), {}  # running: name -> (process, queue, start time)
+    show_bar = progress and jobs == 1
+    while pending or running:
+        ready = [n for n in pending if waits[n] <= runs.keys()]
+        for name in ready[: jobs - len(running)]:
+            pending.remove(name)
+            source = Path(source_dir) / f"{name}.ipynb"
+            print(f"== {name}" + (f" (started at {time.time() - started:.0f} s)" if jobs > 1 else ""), flush=True)
+            peak = ctx.Queue()
+            # One process per notebook, so that each kernel's peak memory is measured on its own.
+            child = ctx.Process(target=_execute, args=(str(source), str(out_dir / source.name), params, show_bar, peak))
+            child.start()
+            running[name] = (child, peak, time.perf_counter(), time.time() - started)
+        if not running:
+            raise RuntimeError(f"notebooks {', '.join(pending)} wait for notebooks that are not in the run")
+        wait([child.sentinel for child, *_ in running.values()])
+        for name in [n for n, (child, *_) in running.items() if not child.is_alive()]:
+            child, peak, t0, offset = running.pop(name)
+            child.join()
+            if child.exitcode != 0:
+                for other, *_ in running.values():
+                    other.terminate()
+                raise RuntimeError(
+                    f"{name} failed (exit code {child.exitcode}); its partial output is in {out_dir / (name + '.ipynb')}"
+                )
+            seconds = time.perf_counter() - t0
+            runs[name] = NotebookRun(name, seconds, peak.get(), stage_times(out_dir / f"{name}.ipynb"), offset)
+            if jobs > 1:
+                print(f"== {name} done in {seconds:.0f} s", flush=True)
+            done = [runs[n] for n in names if n in runs]
+            write_provenance(figures_dir / PROVENANCE_FILE, done, params_file=params_file, started=started, jobs=jobs)
+    return [runs[n] for n in names]
 
 
-def provenance_record(runs: Iterable[NotebookRun], *, params_file: str | os.PathLike, started: float) -> dict:
+def provenance_record(
+    runs: Iterable[NotebookRun], *, params_file: str | os.PathLike, started: float, jobs: int = 1
+) -> dict:
     """What made the committed results: commit, versions, machine, per-notebook time and memory."""
     runs = list(runs)
     versions = {}
@@ -223,24 +309,42 @@ def provenance_record(runs: Iterable[NotebookRun], *, params_file: str | os.Path
                 "name": r.name,
                 "seconds": round(r.seconds, 1),
                 "peak_rss_mib": round(r.peak_rss_mib),
+                "started_s": round(r.started_s, 1),
                 "stages": r.stages,
             }
             for r in runs
         ],
+        "jobs": jobs,
         "total_seconds": round(sum(r.seconds for r in runs), 1),
+        "wall_seconds": round(max((r.started_s + r.seconds for r in runs), default=0.0), 1),
+        # With jobs > 1 notebooks overlap: the largest sum of the peaks of notebooks running at one time
+        # (an upper bound on the machine's peak, since each kernel's peak need not fall in the overlap).
+        "peak_rss_mib_overlapping": round(
+            max(
+                (
+                    sum(o.peak_rss_mib for o in runs if o.started_s <= r.started_s < o.started_s + o.seconds)
+                    for r in runs
+                ),
+                default=0.0,
+            )
+        ),
         "peak_rss_mib": round(max((r.peak_rss_mib for r in runs), default=0.0)),
     }
 
 
 def write_provenance(
-    path: str | os.PathLike, runs: Iterable[NotebookRun], *, params_file: str | os.PathLike, started: float
+    path: str | os.PathLike,
+    runs: Iterable[NotebookRun],
+    *,
+    params_file: str | os.PathLike,
+    started: float,
+    jobs: int = 1,
 ) -> Path:
     """Write ``provenance_record(...)`` as JSON to ``path`` atomically; return the path."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(provenance_record(runs, params_file=params_file, started=started), indent=2) + "\n", encoding="utf-8"
-    )
+    record = provenance_record(runs, params_file=params_file, started=started, jobs=jobs)
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -251,6 +355,9 @@ def timing_table(record: dict, *, min_seconds: float = 1.0) -> str:
     rows = [f"{'notebook':<34} {'seconds':>9} {'peak MiB':>9}"]
     rows += [f"{r['name']:<34} {r['seconds']:>9.1f} {r['peak_rss_mib']:>9}" for r in record["notebooks"]]
     rows.append(f"{'total':<34} {record['total_seconds']:>9.1f} {record['peak_rss_mib']:>9}")
+    if record.get("jobs", 1) > 1:
+        wall, peak = record["wall_seconds"], record["peak_rss_mib_overlapping"]
+        rows.append(f"{'wall time (' + str(record['jobs']) + ' notebooks at once)':<34} {wall:>9.1f} {peak:>9}")
     stages = [(r["name"][:2], st) for r in record["notebooks"] for st in r.get("stages", [])]
     if stages:
         rows += ["", f"{'stage (notebook: section)':<60} {'seconds':>9}"]
@@ -537,11 +644,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--figures", required=True, help="folder for provenance.json (the run's figures folder)")
     run.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), help="notebook stems, in order")
     run.add_argument("--extra", nargs="*", default=[], help="notebook stems run after --notebooks")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks run at once, each after those it reads (NEEDS)")
     sub.add_parser("check", help="print what is wrong with the committed tutorial; exit 1 if anything")
     args = parser.parse_args(argv)
     if args.command == "run":
         run_notebooks(
-            [*args.notebooks, *args.extra], params_file=args.params, out_dir=args.out, figures_dir=args.figures
+            [*args.notebooks, *args.extra],
+            params_file=args.params,
+            out_dir=args.out,
+            figures_dir=args.figures,
+            jobs=args.jobs,
         )
         record = json.loads((Path(args.figures) / PROVENANCE_FILE).read_text(encoding="utf-8"))
         print(timing_table(record))
