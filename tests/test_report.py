@@ -279,6 +279,23 @@ def test_reproduction_report_verdicts_follow_the_bounds():
     assert "General redundancy" not in text
 
 
+def test_reproduction_report_says_which_sentence_rows_are_fine_tuned():
+    transfer = pd.DataFrame(
+        {
+            "model": ["a", "a", "a+ft"],
+            "task": ["pos", "sst", "sst"],
+            "pct_kept": [4.0, 2.0, 3.0],
+            "pct_of_oracle": [98.0, 98.0, 99.0],
+        }
+    )
+    text = reproduction_report(transfer)
+    assert "for a also on a copy fine-tuned on each task (rows a+ft:" in text
+    assert "not task-fine-tuned" not in text
+    plain = reproduction_report(transfer[transfer.model == "a"])
+    assert "sentence tasks use the pretrained (not task-fine-tuned) models" in plain
+    assert "fine-tuned on each task" not in plain
+
+
 def test_markdown_helpers():
     df = pd.DataFrame({"a": [1, 2], "b": [0.12345, np.nan]})
     assert markdown_table(df, digits=2).splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.12 |", "| 2 | – |"]

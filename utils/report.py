@@ -1475,6 +1475,15 @@ def reproduction_report(
             if not row.at_most_10pct_neurons:
                 why.append(f"needs {row.pct_kept:.1f}% of the neurons (> {at_most:g}%)")
             lines.append(f"  - {row.model} · {row.task}: {' and '.join(why)}.")
+    tuned = sorted({str(m)[: -len(FT_SUFFIX)] for m in transfer["model"] if str(m).endswith(FT_SUFFIX)})
+    if tuned:
+        sentence_models = (
+            "sentence tasks run on the pretrained models, as the paper's claims are about pretrained models, and "
+            f"for {', '.join(tuned)} also on a copy fine-tuned on each task (rows "
+            f"{', '.join(b + FT_SUFFIX for b in tuned)}: the paper's sentence-level setting, on a train budget)"
+        )
+    else:
+        sentence_models = "sentence tasks use the pretrained (not task-fine-tuned) models"
     lines += [
         "",
         "Why results may differ from the paper's: our encoders are sentence-embedding fine-tunes "
@@ -1482,8 +1491,7 @@ def reproduction_report(
         "4-bit quantised decoder; Gemma 3 270M is a raw pretrained (base) decoder, the closest to the paper's "
         "kind of model, also 4-bit quantised; the training sets are much smaller (the PTB sample holds 65k training tokens "
         "against the paper's 150k, and the full run uses a budget of them; a few thousand sentences per "
-        "sentence task); sentence tasks use the pretrained (not "
-        "task-fine-tuned) models; and the dev-set choice rule here is explicit (fewest neurons keeping "
+        f"sentence task); {sentence_models}; and the dev-set choice rule here is explicit (fewest neurons keeping "
         f"{keep:g}% of the oracle on dev).",
     ]
     return "\n".join(lines)
