@@ -15,8 +15,8 @@ Each stage runs in a fresh process, so its ``ru_maxrss`` growth is its own. Two 
 stage: the peak of numpy/Python allocations (``tracemalloc``; numpy reports its buffers to it) and the
 growth of the resident set (``ru_maxrss``, which also counts BLAS work buffers and touched file
 pages). Every stage reads the file with plain reads (no memory map), so resident sets show what the
-method holds, not the page cache; the streaming stage reads one chunk at a time into one buffer. Targets (issue 3): stream time within
-1.5x of the GEMM; stream peak no more than one chunk plus two N x N float32 matrices.
+method holds, not the page cache; the streaming stage reads one chunk at a time into one buffer. Targets: stream time within
+1.2x of the GEMM in wall time (the speed issue; ``TIME_TARGET``); stream peak no more than one chunk plus two N x N float32 matrices.
 
     .venv/bin/python benchmarks/bench_general_redundancy.py                       # MPNet, POS train store
     .venv/bin/python benchmarks/bench_general_redundancy.py --rows 20000          # first 20,000 words
@@ -37,6 +37,9 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+
+TIME_TARGET = 1.2
+"""Streamed correlation + all-pairs CKA over one float32 X^T X GEMM of the same shape, wall time."""
 
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 MIB = 2.0**20
@@ -324,8 +327,8 @@ def main() -> None:
     ratio = s["seconds"] / gemm
     cpu_ratio = s["cpu_seconds"] / gemm_cpu
     print(
-        f"time target:   stream total / GEMM = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time (target <= 1.5x): "
-        f"{'met' if ratio <= 1.5 else 'NOT met'} (wall)"
+        f"time target:   stream total / GEMM = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU time (target <= {TIME_TARGET:g}x, the speed issue's): "
+        f"{'met' if ratio <= TIME_TARGET else 'NOT met'} (wall)"
     )
     print(
         f"load average during the run: {load0} -> {tuple(round(x, 1) for x in os.getloadavg())} "

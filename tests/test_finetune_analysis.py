@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.text import Text
+from figure_text import visible_texts
 from PIL import Image
 
 from utils import plots, report
@@ -281,23 +281,6 @@ FIGURES = {
 }
 
 
-def _visible_texts(fig: plt.Figure) -> list[Text]:
-    drawn: list[Text] = []
-    original = Text.draw
-
-    def recording_draw(self, renderer):
-        if self.get_visible() and self.get_text().strip():
-            drawn.append(self)
-        return original(self, renderer)
-
-    Text.draw = recording_draw
-    try:
-        fig.canvas.draw()
-    finally:
-        Text.draw = original
-    return [t for t in drawn if t.get_window_extent(fig.canvas.get_renderer()).overlaps(fig.bbox)]
-
-
 @pytest.mark.parametrize("n_pairs", [1, 2, 4])
 @pytest.mark.parametrize("name", list(FIGURES))
 def test_side_by_side_figures_stay_legible_at_reader_width(name, n_pairs, tmp_path):
@@ -307,7 +290,7 @@ def test_side_by_side_figures_stay_legible_at_reader_width(name, n_pairs, tmp_pa
         width_px = image.size[0]
     assert width_px <= 1511
     shrink = min(1.0, 1000 / width_px) * plots.DPI / 96
-    sizes = {t.get_text(): t.get_fontsize() * shrink for t in _visible_texts(fig)}
+    sizes = {t.get_text(): t.get_fontsize() * shrink for t in visible_texts(fig)}
     smallest = min(sizes, key=sizes.get)
     assert sizes[smallest] >= 8.0, f"{name}: {smallest!r} at {sizes[smallest]:.1f} pt"
     axes = fig.axes

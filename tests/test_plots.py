@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from figure_text import visible_texts
 from matplotlib.colors import to_rgba
-from matplotlib.text import Text
 from PIL import Image
 
 from utils import plots
@@ -286,26 +286,6 @@ def _data_axes(fig: plt.Figure) -> list[plt.Axes]:
     return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
 
 
-def _visible_texts(fig: plt.Figure) -> list[Text]:
-    """Every Text artist that a draw of ``fig`` actually renders (non-empty, visible, inside the figure)."""
-    drawn: list[Text] = []
-    original = Text.draw
-
-    def recording_draw(self, renderer):
-        if self.get_visible() and self.get_text().strip():
-            drawn.append(self)
-        return original(self, renderer)
-
-    Text.draw = recording_draw
-    try:
-        fig.canvas.draw()
-    finally:
-        Text.draw = original
-    renderer = fig.canvas.get_renderer()
-    box = fig.bbox
-    return [t for t in drawn if t.get_window_extent(renderer).overlaps(box)]
-
-
 # ---- legibility ------------------------------------------------------------------------------
 
 
@@ -318,7 +298,7 @@ def test_figure_fits_reader_width_and_text_stays_8pt(name, tmp_path):
         width_px = image.size[0]
     assert width_px <= MAX_PX, f"{name}: {width_px} px wide at the default {dpi:g} dpi; at most {MAX_PX}"
     shrink = min(1.0, READER_PX / width_px) * dpi / SCREEN_PPI
-    sizes = {t.get_text(): t.get_fontsize() * shrink for t in _visible_texts(fig)}
+    sizes = {t.get_text(): t.get_fontsize() * shrink for t in visible_texts(fig)}
     assert sizes, f"{name}: no text found"
     smallest = min(sizes, key=sizes.get)
     assert sizes[smallest] >= MIN_PT, (
@@ -413,12 +393,12 @@ def test_nan_cells_are_drawn_in_the_undefined_colour(cmap):
     expected = np.array(plt.get_cmap(cmap)(0.0)[:3]) * 255
     assert np.all(np.abs(np.median(finite, axis=0) - expected) <= 3), f"{cmap}: the 0.0 cell is not the map's low end"
     assert not np.any(np.all(np.abs(finite - face) <= 2, axis=1)), f"{cmap}: a finite cell looks undefined"
-    assert any(plots.UNDEFINED_LABEL in t.get_text() for t in _visible_texts(fig)), "no legend entry for NaN cells"
+    assert any(plots.UNDEFINED_LABEL in t.get_text() for t in visible_texts(fig)), "no legend entry for NaN cells"
 
 
 def test_no_undefined_note_without_nan_cells():
     fig = FIGURES["heatmap_panels_cross"]()
-    assert not any(plots.UNDEFINED_LABEL in t.get_text() for t in _visible_texts(fig))
+    assert not any(plots.UNDEFINED_LABEL in t.get_text() for t in visible_texts(fig))
 
 
 # ---- cell values only where they fit ---------------------------------------------------------
@@ -465,7 +445,7 @@ def test_linear_axis_where_values_span_less():
 
 
 def test_legends_use_the_names_of_the_text():
-    texts = {t.get_text() for t in _visible_texts(FIGURES["neuron_curves"]())}
+    texts = {t.get_text() for t in visible_texts(FIGURES["neuron_curves"]())}
     assert {"LCA", "random", "F statistic"} <= texts
     assert any(t.startswith("bottom") for t in texts)
     assert not any("mean_difference" in t or t == "lca" for t in texts)
@@ -488,6 +468,6 @@ def test_cc_sweep_curves_draw_every_run_with_its_band_and_a_log_count_axis():
     np.testing.assert_allclose(first.get_xdata()[0], 0.0)  # the oracle sits at t = 0
     assert len(first.get_xdata()) == 10  # oracle + nine thresholds; the constant row has no probe
     ratio = FIGURES["cc_sweep_curves_ratio"]()
-    assert any("tolerance 97%" in t.get_text() for t in _visible_texts(ratio))
+    assert any("tolerance 97%" in t.get_text() for t in visible_texts(ratio))
     with pytest.raises(ValueError, match="cc_sweep_curves needs .*test_low"):
         plots.cc_sweep_curves(table.drop(columns="test_low"), title="t")
