@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_general_redundancy.py
 	$(PY) benchmarks/bench_probing.py
 	$(PY) benchmarks/bench_tiled_clustering.py --sizes 10k 30k
+	$(PY) benchmarks/bench_finetune.py
 
 clean-quick:
 	rm -rf build/quick
