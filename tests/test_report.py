@@ -296,6 +296,31 @@ def test_reproduction_report_says_which_sentence_rows_are_fine_tuned():
     assert "fine-tuned on each task" not in plain
 
 
+def test_transfer_verdict_also_reads_macro_f1_and_says_where_it_differs():
+    base = {
+        "model": ["a", "a"],
+        "task": ["pos", "ner"],
+        "pct_kept": [3.0, 0.1],
+        "pct_kept_min": [3.0, 0.1],
+        "pct_kept_max": [3.0, 0.1],
+        "ratio": [0.98, 0.984],
+        "ratio_low": [0.975, 0.978],
+        "ratio_high": [0.985, 0.99],
+    }
+    table = pd.DataFrame(
+        {**base, "f1_ratio": [0.98, 0.17], "f1_ratio_low": [0.972, 0.15], "f1_ratio_high": [0.99, 0.19]}
+    )
+    v = transfer_claim_verdicts(table).set_index("task")
+    assert v.loc["pos", "verdict"] == v.loc["ner", "verdict"] == "holds"  # the authors' reading: accuracy
+    assert v.loc["pos", "macro_f1_verdict"] == "holds" and v.loc["ner", "macro_f1_verdict"] == "does not hold"
+    assert "macro-F1" not in v.loc["pos", "decided_by"]
+    assert "read on macro-F1 instead of accuracy: ratio [15.0, 19.0]% (does not hold)" in v.loc["ner", "decided_by"]
+    assert "macro_f1_verdict" not in transfer_claim_verdicts(pd.DataFrame(base)).columns
+    text = reproduction_report(table.assign(pct_of_oracle=[98.0, 98.4]))
+    assert "  - a · ner: ratio [97.8, 99.0]%" in text and "1 model × task pair(s) read differently" in text
+    assert "a · pos" not in text
+
+
 def test_markdown_helpers():
     df = pd.DataFrame({"a": [1, 2], "b": [0.12345, np.nan]})
     assert markdown_table(df, digits=2).splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.12 |", "| 2 | – |"]

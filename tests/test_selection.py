@@ -206,6 +206,42 @@ def test_transfer_over_seeds_pools_seeds_on_shared_resamples(splits):
         transfer_over_seeds([results[0], other])
 
 
+def test_transfer_over_seeds_reads_macro_f1_where_one_class_dominates(splits):
+    """A reduced probe that predicts the majority class everywhere keeps most of the oracle's accuracy
+    on a 95%-majority label set but little of its macro-F1 (as on NER)."""
+    import dataclasses
+
+    n = 400
+    y = np.array(["O"] * 380 + ["B"] * 20)
+    rng = np.random.default_rng(1)
+    results = []
+    for s in range(3):
+        oracle = y.copy()
+        oracle[rng.choice(n, 6, replace=False)] = "B"  # a few mistakes
+        base = _seed_results(splits, seeds=(s,))[0] if s == 0 else results[0]
+        results.append(
+            dataclasses.replace(
+                base,
+                test_labels=y,
+                test_items=np.arange(n),
+                test_predictions=np.full(n, "O"),
+                oracle_test_predictions=oracle,
+                test=0.95,
+                oracle_test=float(np.mean(oracle == y)),
+            )
+        )
+    s = transfer_over_seeds(results, n_boot=300)
+    pooled_y = np.tile(y, 3)
+    reduced = np.concatenate([r.test_predictions for r in results])
+    oracle = np.concatenate([r.oracle_test_predictions for r in results])
+    assert s["macro_f1"] == pytest.approx(f1_score(pooled_y, reduced, average="macro"))
+    assert s["oracle_macro_f1"] == pytest.approx(f1_score(pooled_y, oracle, average="macro"))
+    assert s["f1_ratio"] == pytest.approx(s["macro_f1"] / s["oracle_macro_f1"])
+    assert s["ratio"] > 0.95 and s["ratio_low"] > 0.9 and s["f1_ratio_high"] < 0.6  # accuracy keeps, macro-F1 not
+    assert s["macro_f1_low"] <= s["macro_f1"] <= s["macro_f1_high"]
+    assert "f1_ratio" not in transfer_over_seeds(results, n_boot=50, macro_f1=False)
+
+
 @pytest.fixture(scope="module")
 def planted():
     """Layer 0: four independent sources (unit 0 carries the label), two exact-ish copies each in layer 1,

@@ -1277,17 +1277,25 @@ def transfer_claim_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     both sides are inconclusive. The claim holds when both parts hold and does not hold when either
     does not.
 
+    The paper reads accuracy, and so does ``verdict``. With macro-F1 columns (``f1_ratio_low,
+    f1_ratio_high``: the reduced probe's macro-F1 over the oracle's, paired) the same bound is also read
+    on macro-F1 (``macro_f1_verdict``), and where the two readings differ ``decided_by`` says so: on a
+    task with one dominant class a probe that predicts that class everywhere keeps the accuracy and
+    loses the macro-F1.
+
     Parameters
     ----------
     table : DataFrame
         ``transfer_results.csv`` of notebook 04: ``model, task, ratio, ratio_low, ratio_high`` and
-        ``pct_kept_min, pct_kept_max`` (or ``pct_kept``).
+        ``pct_kept_min, pct_kept_max`` (or ``pct_kept``); optionally ``f1_ratio, f1_ratio_low,
+        f1_ratio_high``.
 
     Returns
     -------
     verdicts : DataFrame
         ``model, task, claim, verdict, accuracy_verdict, size_verdict, ratio, ratio_low, ratio_high,
-        pct_kept_low, pct_kept_high, ours, decided_by``.
+        pct_kept_low, pct_kept_high, ours, decided_by`` (and ``macro_f1_verdict, f1_ratio,
+        f1_ratio_low, f1_ratio_high`` with macro-F1 columns).
     """
     claim = PAPER_CLAIMS["transfer"]
     keep, at_most = claim.bound("pct_of_oracle") / 100, claim.bound("pct_kept")
@@ -1309,6 +1317,20 @@ def transfer_claim_verdicts(table: pd.DataFrame) -> pd.DataFrame:
             "does not hold" if "does not hold" in both else "holds" if both == ("holds", "holds") else "inconclusive"
         )
         kept = f"{lo:.2f}%" if np.isclose(lo, hi) else f"{lo:.2f}–{hi:.2f}% (over seeds)"
+        decided_by = (
+            f"ratio [{100 * r.ratio_low:.1f}, {100 * r.ratio_high:.1f}]% vs ≥ {100 * keep:g}% "
+            f"({VERDICT_TEXT[acc]}); neurons {kept} vs ≤ {at_most:g}% ({VERDICT_TEXT[size]})"
+        )
+        f1_cols = {}
+        f1_low, f1_high = getattr(r, "f1_ratio_low", np.nan), getattr(r, "f1_ratio_high", np.nan)
+        if np.isfinite(f1_low) and np.isfinite(f1_high):
+            f1 = interval_verdict((f1_low, f1_high), keep)
+            f1_cols = {"macro_f1_verdict": f1, "f1_ratio": r.f1_ratio, "f1_ratio_low": f1_low, "f1_ratio_high": f1_high}
+            if f1 != acc:
+                decided_by += (
+                    f"; read on macro-F1 instead of accuracy: ratio [{100 * f1_low:.1f}, {100 * f1_high:.1f}]% "
+                    f"({VERDICT_TEXT[f1]})"
+                )
         rows.append(
             {
                 "model": r.model,
@@ -1323,10 +1345,8 @@ def transfer_claim_verdicts(table: pd.DataFrame) -> pd.DataFrame:
                 "pct_kept_low": float(lo),
                 "pct_kept_high": float(hi),
                 "ours": f"neurons kept {kept}; {100 * r.ratio:.1f}% of the oracle's accuracy",
-                "decided_by": (
-                    f"ratio [{100 * r.ratio_low:.1f}, {100 * r.ratio_high:.1f}]% vs ≥ {100 * keep:g}% "
-                    f"({VERDICT_TEXT[acc]}); neurons {kept} vs ≤ {at_most:g}% ({VERDICT_TEXT[size]})"
-                ),
+                "decided_by": decided_by,
+                **f1_cols,
             }
         )
     return pd.DataFrame(rows)
@@ -1456,8 +1476,19 @@ def reproduction_report(
             f"95% paired intervals (reduced vs oracle on the same test items, seeds pooled) and the seeds' "
             f"spread of neurons kept, per model × task: {counts} (table below)."
         )
-        for r in tv[tv["verdict"] != "holds"].itertuples(index=False):
+        differ = (
+            tv["macro_f1_verdict"] != tv["accuracy_verdict"]
+            if "macro_f1_verdict" in tv
+            else tv["verdict"] != tv["verdict"]
+        )
+        for r in tv[(tv["verdict"] != "holds") | differ].itertuples(index=False):
             lines.append(f"  - {r.model} · {r.task}: {r.decided_by}.")
+        if differ.any():
+            lines.append(
+                f"  Read on macro-F1 instead of accuracy (the same bound, paired intervals), {int(differ.sum())} "
+                "model × task pair(s) read differently (listed above): where one class dominates, a probe "
+                "that predicts it everywhere keeps the accuracy and loses the macro-F1."
+            )
     else:
         n_ok = int(c["claim_holds"].sum())
         verdict = _verdict(n_ok, len(c))

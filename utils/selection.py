@@ -593,6 +593,7 @@ def transfer_over_seeds(
     n_boot: int = 1000,
     level: float = 0.95,
     random_state: int = 0,
+    macro_f1: bool | None = None,
 ) -> dict[str, float]:
     """Mean and spread of the pipeline's results over seeds, and the reduced/oracle ratio with its interval.
 
@@ -611,6 +612,11 @@ def transfer_over_seeds(
         ``sentence_ids``); indexed with ``result.test_items``. None: each item is its own group.
     n_boot, level, random_state
         As in ``intervals.paired_interval``.
+    macro_f1 : bool, optional
+        Also the macro-F1 of the reduced probes and of the oracles (seeds pooled) and their ratio, on
+        the same resamples. Default: for class labels (not for a real-valued target). On a task where
+        one class dominates (NER: 95% ``O``) accuracy rewards a probe that predicts that class
+        everywhere; macro-F1 does not.
 
     Returns
     -------
@@ -619,7 +625,9 @@ def transfer_over_seeds(
         ``<q>_max`` for ``q`` in ``pct_kept, neurons_kept, selected_layer, test, oracle_test,
         pct_of_oracle``; ``test_low, test_high`` and ``oracle_low, oracle_high`` (intervals of the
         seed-averaged accuracies); ``ratio, ratio_low, ratio_high`` (reduced / oracle, as a fraction);
-        ``n_test`` and ``n_test_groups``.
+        ``n_test`` and ``n_test_groups``; with ``macro_f1``, ``macro_f1, macro_f1_low, macro_f1_high``
+        (reduced), ``oracle_macro_f1, oracle_macro_f1_low, oracle_macro_f1_high`` and ``f1_ratio,
+        f1_ratio_low, f1_ratio_high``.
     """
     from .intervals import paired_interval, score_interval
 
@@ -675,6 +683,23 @@ def transfer_over_seeds(
         "n_test": n,
         "n_test_groups": int(len(np.unique(groups))),
     }
+    if macro_f1 is None:
+        macro_f1 = not is_regression_target(first.test_labels)
+    if macro_f1:
+        f1 = dict(metric="macro_f1", **kw)
+        red_f1, orc_f1 = score_interval(y, reduced, **f1), score_interval(y, oracle, **f1)
+        f1_ratio = paired_interval(y, reduced, oracle, compare="ratio", **f1)
+        out |= {
+            "macro_f1": red_f1.estimate,
+            "macro_f1_low": red_f1.low,
+            "macro_f1_high": red_f1.high,
+            "oracle_macro_f1": orc_f1.estimate,
+            "oracle_macro_f1_low": orc_f1.low,
+            "oracle_macro_f1_high": orc_f1.high,
+            "f1_ratio": f1_ratio.estimate,
+            "f1_ratio_low": f1_ratio.low,
+            "f1_ratio_high": f1_ratio.high,
+        }
     return out
 
 
