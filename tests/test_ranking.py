@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.feature_selection import f_classif
+from sklearn.metrics import f1_score
 
 from utils.intervals import paired_interval, score_interval
 from utils.probing import LinearProbe
@@ -300,6 +301,21 @@ def test_test_table_intervals_are_the_paired_bootstrap_by_sentence():
     v = paired_interval(yte, preds["lca"], preds["random"], groups=groups, n_boot=300, random_state=4)
     assert (lca.vs_random, lca.vs_random_low, lca.vs_random_high) == pytest.approx((v.estimate, v.low, v.high))
     assert np.isnan(lca.vs_bottom) and np.isnan(table.loc["random", "vs_random"])  # no bottom set; LCA rows only
+    # macro-F1 beside accuracy, against scikit-learn, and its paired ratio on the same resamples
+    assert lca.macro_f1 == pytest.approx(f1_score(yte, preds["lca"], average="macro"))
+    assert lca.oracle_macro_f1 == pytest.approx(f1_score(yte, preds["oracle"], average="macro"))
+    f = paired_interval(
+        yte,
+        preds["lca"],
+        preds["oracle"],
+        compare="ratio",
+        metric="macro_f1",
+        groups=groups,
+        n_boot=300,
+        random_state=4,
+    )
+    assert (lca.f1_ratio, lca.f1_ratio_low, lca.f1_ratio_high) == pytest.approx((f.estimate, f.low, f.high))
+    assert lca.f1_ratio == pytest.approx(lca.macro_f1 / lca.oracle_macro_f1)
     # resampling sentences differs from resampling items
     items = minimal_set_table(
         sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=0.9, n_boot=300, random_state=4

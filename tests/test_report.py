@@ -522,6 +522,19 @@ def test_task_claim_verdicts_use_the_tolerance_and_ignore_other_orderings():
         task_claim_verdicts(table.drop(columns=["ratio_low"]), delta=1.0)
 
 
+def test_task_claim_verdicts_also_read_macro_f1_and_say_where_it_differs():
+    lca = _seeded_lca([(0, 1.0, 0.992, 0.988, 0.996), (1, 1.5, 0.993, 0.987, 0.997)])
+    mostly_o = lca.assign(f1_ratio=[0.62, 0.66], f1_ratio_low=[0.55, 0.58], f1_ratio_high=[0.70, 0.74])
+    v = task_claim_verdicts(mostly_o, delta=1.0).iloc[0]
+    assert v.verdict == "inconclusive" and v.macro_f1_verdict == "does not hold"
+    assert v.f1_ratio_low_min == 0.55 and v.f1_ratio_high_max == 0.74
+    assert "read on macro-F1 instead of accuracy: set/oracle [0.550, 0.740] over seeds (does not hold)" in v.deciding
+    agree = lca.assign(f1_ratio=[0.99, 0.99], f1_ratio_low=[0.985, 0.985], f1_ratio_high=[0.995, 0.995])
+    w = task_claim_verdicts(agree, delta=1.0).iloc[0]
+    assert w.macro_f1_verdict == "inconclusive" and "macro-F1" not in w.deciding
+    assert "macro_f1_verdict" not in task_claim_verdicts(lca, delta=1.0).columns
+
+
 def test_seed_spread_is_mean_sd_min_max_per_group():
     t = pd.DataFrame(
         {

@@ -560,7 +560,10 @@ def minimal_set_table(
         Columns ``ordering, neurons_total, neurons_kept, pct_kept, score, oracle_score`` (test scores;
         ``pct_kept`` in percent), then ``score_low, score_high, oracle_low, oracle_high, ratio,
         ratio_low, ratio_high, vs_random, vs_random_low, vs_random_high, vs_bottom, vs_bottom_low,
-        vs_bottom_high`` (NaN where not defined), ``dev_score, oracle_dev_score, target, reached``.
+        vs_bottom_high`` (NaN where not defined), ``dev_score, oracle_dev_score, target, reached``;
+        for class labels also ``macro_f1, oracle_macro_f1, f1_ratio, f1_ratio_low, f1_ratio_high``
+        (macro-F1 of the set and of the oracle, and their paired ratio: where one class dominates,
+        accuracy rewards predicting it everywhere and macro-F1 does not).
     """
     y_test = np.asarray(y_test)
     preds = dict(predictions) if predictions is not None else set_predictions(sets, X_test=X_test, oracle=oracle)
@@ -582,6 +585,7 @@ def minimal_set_table(
         return ci.estimate, ci.low, ci.high
 
     oracle_score, oracle_low, oracle_high = score(preds["oracle"])
+    oracle_f1 = math.nan if regression else score_interval(y_test, preds["oracle"], metric="macro_f1", **kw).estimate
     rows = []
     for name, ms in sets.items():
         sc, lo, hi = score(preds[name])
@@ -615,4 +619,15 @@ def minimal_set_table(
                 "reached": ms.reached,
             }
         )
+        if not regression:
+            f1 = paired_interval(
+                y_test, preds[name], preds["oracle"], groups=groups, compare="ratio", metric="macro_f1", **kw
+            )
+            rows[-1] |= {
+                "macro_f1": score_interval(y_test, preds[name], metric="macro_f1", **kw).estimate,
+                "oracle_macro_f1": oracle_f1,
+                "f1_ratio": f1.estimate,
+                "f1_ratio_low": f1.low,
+                "f1_ratio_high": f1.high,
+            }
     return pd.DataFrame(rows)

@@ -614,7 +614,9 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
         seed_verdicts, verdict, deciding`` (the interval or share that decides, in words), and
         ``claim, ours, decided_by`` for ``claims_side_by_side``; with
         ``"lca_at_bound"`` rows also ``bound_pct_kept, bound_ratio_mean, bound_ratio_low_min,
-        bound_ratio_high_max, bound_verdict``.
+        bound_ratio_high_max, bound_verdict``; with macro-F1 columns (``f1_ratio_low, f1_ratio_high``)
+        also ``f1_ratio_mean, f1_ratio_low_min, f1_ratio_high_max, macro_f1_verdict`` (the same reading
+        on macro-F1; ``deciding`` says so where it differs from accuracy's).
     """
     need = ["model", "task", "ordering", "pct_kept", "ratio", "ratio_low", "ratio_high"]
     missing = [c for c in need if c not in minimal_neurons.columns]
@@ -655,6 +657,26 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
             verdicts.append(v)
             reasons.append(why)
         overall = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
+        # the same reading on macro-F1 (class labels): where it differs from accuracy's, say so
+        f1 = {}
+        if {"f1_ratio_low", "f1_ratio_high"} <= set(g.columns) and g["f1_ratio_low"].notna().all():
+            f1_v = [
+                "does not hold"
+                if r.pct_removable < removable_bound
+                else interval_verdict((float(r.f1_ratio_low), float(r.f1_ratio_high)), tolerance)
+                for r in g.sort_values("seed").itertuples(index=False)
+            ]
+            f1 = {
+                "f1_ratio_mean": g["f1_ratio"].mean(),
+                "f1_ratio_low_min": g["f1_ratio_low"].min(),
+                "f1_ratio_high_max": g["f1_ratio_high"].max(),
+                "macro_f1_verdict": f1_v[0] if len(set(f1_v)) == 1 else "inconclusive",
+            }
+            if f1["macro_f1_verdict"] != overall:
+                reasons.append(
+                    f"read on macro-F1 instead of accuracy: set/oracle [{f1['f1_ratio_low_min']:.3f}, "
+                    f"{f1['f1_ratio_high_max']:.3f}] over seeds ({VERDICT_TEXT[f1['macro_f1_verdict']]})"
+                )
         bound = {}
         b = minimal_neurons[
             (minimal_neurons["ordering"] == "lca_at_bound")
@@ -695,6 +717,7 @@ def task_claim_verdicts(minimal_neurons: pd.DataFrame, *, delta: float) -> pd.Da
                 ),
                 "decided_by": "; ".join(reasons),
                 **bound,
+                **f1,
             }
         )
     return pd.DataFrame(rows)
