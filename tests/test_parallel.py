@@ -89,3 +89,11 @@ def test_large_in_memory_arrays_are_written_once_and_sent_as_memory_maps(tmp_pat
     (kind, filename, total), _ = parallel.map_jobs(_describe, [{"x": big}, {"x": small}], n_jobs=2, progress=False)
     assert kind == "memmap" and "redundancy-jobs-" in str(filename)
     assert total == pytest.approx(float(big.sum()))
+
+
+def test_jobs_of_different_functions_share_one_call():
+    jobs = [{"fn": _warn_and_square, "v": 3}, {"fn": _describe, "x": np.ones(4)}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        square, described = parallel.map_jobs(parallel.call, jobs, n_jobs=2, progress=False)
+    assert square == 9 and described == ("ndarray", None, 4.0)

@@ -74,6 +74,11 @@ def _run_one(fn: Callable[..., Any], kwargs: Mapping[str, Any], threads: int | N
     return result, [(w.message, w.category, w.filename, w.lineno) for w in caught]
 
 
+def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """``fn(**kwargs)``: lets one ``map_jobs`` call run jobs of different functions (pass ``fn`` in each job)."""
+    return fn(**kwargs)
+
+
 def map_jobs(
     fn: Callable[..., Any],
     jobs: Sequence[Mapping[str, Any]],
