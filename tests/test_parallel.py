@@ -97,3 +97,22 @@ def test_jobs_of_different_functions_share_one_call():
         warnings.simplefilter("ignore")
         square, described = parallel.map_jobs(parallel.call, jobs, n_jobs=2, progress=False)
     assert square == 9 and described == ("ndarray", None, 4.0)
+
+
+def _hold_memory_and_square(v):
+    """Keep ~320 MB alive in the worker: loky's leak check restarts a worker whose RSS grew past 300 MB."""
+    import builtins
+    import time
+
+    # a module of the worker, not this test module's globals (pickled afresh with each job)
+    builtins.__dict__.setdefault("_test_parallel_kept", []).append(np.ones(40_000_000))
+    time.sleep(1.2)  # past loky's 1 s between two checks, and with jobs still waiting
+    return v * v
+
+
+def test_a_worker_restarted_by_lokys_memory_check_gives_the_results_and_no_warning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = parallel.map_jobs(_hold_memory_and_square, [{"v": v} for v in range(6)], n_jobs=2, progress=False)
+    assert out == [v * v for v in range(6)]
+    assert not [w for w in caught if "worker stopped" in str(w.message)], [str(w.message) for w in caught]

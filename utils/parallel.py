@@ -119,7 +119,12 @@ def map_jobs(
 
     runner = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky", return_as="generator")
     out = []
-    with tempfile.TemporaryDirectory(prefix="redundancy-jobs-") as folder:
+    # loky restarts a worker whose resident memory grew 300 MB past its size after its first job, and warns.
+    # Pages of the memory-mapped stores a later job reads count as resident, so a job on a larger store
+    # triggers it: the finished job's result is kept and a fresh worker takes the next one. Not a fault of
+    # ours to report in a notebook; the warning comes from loky's manager thread, in this process.
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="redundancy-jobs-") as folder:
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
         shared = _share_large(jobs, Path(folder))
         calls = (delayed(_run_one)(fn, kw, 1) for kw in shared)
         for result, caught in tqdm(runner(calls), total=len(jobs), desc=desc, disable=not progress):
