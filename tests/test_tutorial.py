@@ -175,6 +175,19 @@ def test_provenance_record_and_staleness(tmp_path):
     assert record["peak_rss_mib"] == 250
     assert [r["name"] for r in record["notebooks"]] == ["01_x", "02_y"]
     assert "02_y" in tutorial.timing_table(copy.deepcopy(record))
+    assert record["memory"] is None and "memory sampled" not in tutorial.timing_table(record)
+    memory = {
+        "rss_mib": 900,
+        "anonymous_mib": 700,
+        "machine_used_mib": 5000,
+        "machine_used_at_start_mib": 4000,
+        "samples": 7,
+        "interval_s": 1.0,
+    }
+    path = tutorial.write_provenance(path, runs, params_file=tmp_path / "p.yaml", started=0.0, memory=memory)
+    record = json.loads(path.read_text())
+    assert record["memory"] == memory
+    assert "peak 900 MiB resident, 700 MiB anonymous" in tutorial.timing_table(record)
 
 
 def test_committed_tutorial_is_consistent():
@@ -346,3 +359,44 @@ def test_a_failing_notebook_stops_the_run_and_says_which(tmp_path):
             needs={"bad": ()},
         )
     assert __import__("time").perf_counter() - t0 < 25  # the sleeping notebook was stopped, not waited for
+
+
+_HOLD = """
+import sys, time
+import numpy as np
+a = np.ones({n}, dtype=np.uint8)  # anonymous memory, every page written
+m = np.load(sys.argv[1], mmap_mode="r"); s = int(m.sum())  # every page of the file read: resident, file-backed
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_memory_sampler_counts_child_processes_and_sets_file_pages_apart(tmp_path):
+    import sys
+
+    import numpy as np
+
+    mib = 2**20
+    np.save(tmp_path / "f.npy", np.ones(300 * mib, dtype=np.uint8))  # a 300 MiB file a child memory-maps
+    with tutorial.MemorySampler(interval=0.1) as sampler:
+        before = sampler.sample()
+        child = subprocess.Popen(
+            [sys.executable, "-c", _HOLD.format(n=200 * mib), str(tmp_path / "f.npy")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            import time
+
+            time.sleep(0.5)  # a few samples while the child holds both
+        finally:
+            child.kill()
+            child.wait()
+    peaks = sampler.peaks()
+    assert peaks["samples"] >= 3 and peaks["interval_s"] == 0.1
+    # the child's 200 MiB of written pages are anonymous; its 300 MiB of mapped file pages are resident only
+    assert 180 <= peaks["anonymous_mib"] - before["anonymous_mib"] <= 350
+    assert peaks["rss_mib"] - before["rss_mib"] >= 480
+    # the machine's figure moves with every process on it (and with page-cache writeback): only its order
+    assert 0 < peaks["machine_used_at_start_mib"] <= peaks["machine_used_mib"]

@@ -37,6 +37,7 @@ import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,78 @@ def _children_peak_rss_mib() -> float:
     """Peak resident memory of the largest child process waited for so far, in MiB (Linux reports KiB)."""
     kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+
+class MemorySampler:
+    """Sample the memory of this process's tree and of the machine in a background thread.
+
+    Every ``interval`` seconds it adds up, over this process and all its descendants (notebook
+    kernels, their worker processes): the resident memory (RSS: counts pages of memory-mapped files
+    once per process that touches them, so it overstates) and the anonymous memory (RSS less file-backed
+    and shared pages: what the run holds that the kernel cannot drop or reread from disk). It also reads
+    the machine's memory in use (total less available, every process on it). ``peaks()`` gives the
+    largest of each, in MiB, and the machine's use when sampling began.
+
+    Use as a context manager: ``with MemorySampler() as mem: ...; mem.peaks()``.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = float(interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+        self._peaks = {"rss_mib": 0.0, "anonymous_mib": 0.0, "machine_used_mib": 0.0}
+        self._machine_at_start = None
+        self.samples = 0
+
+    @staticmethod
+    def sample() -> dict[str, float]:
+        """One reading: ``rss_mib`` and ``anonymous_mib`` of the process tree, ``machine_used_mib``."""
+        import psutil
+
+        me = psutil.Process()
+        rss = anon = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                info = p.memory_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # ended between the listing and the reading
+            rss += info.rss
+            anon += max(info.rss - getattr(info, "shared", 0), 0)
+        vm = psutil.virtual_memory()
+        return {
+            "rss_mib": rss / 2**20,
+            "anonymous_mib": anon / 2**20,
+            "machine_used_mib": (vm.total - vm.available) / 2**20,
+        }
+
+    def _record(self) -> None:
+        now = self.sample()
+        if self._machine_at_start is None:
+            self._machine_at_start = now["machine_used_mib"]
+        for k, v in now.items():
+            self._peaks[k] = max(self._peaks[k], v)
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._record()
+
+    def __enter__(self) -> MemorySampler:
+        self._record()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._record()
+
+    def peaks(self) -> dict[str, float]:
+        """``{"rss_mib", "anonymous_mib", "machine_used_mib", "machine_used_at_start_mib", "samples",
+        "interval_s"}``: the peaks so far (MiB, rounded) and how they were taken."""
+        out = {k: round(v) for k, v in self._peaks.items()}
+        out["machine_used_at_start_mib"] = None if self._machine_at_start is None else round(self._machine_at_start)
+        return {**out, "samples": self.samples, "interval_s": self.interval}
 
 
 def _execute(source: str, executed: str, params: dict, progress: bool, peak: multiprocessing.Queue) -> None:
@@ -240,42 +313,63 @@ def run_notebooks(
     started, runs = time.time(), {}
     pending, running = list(names), {}  # running: name -> (process, queue, start time)
     show_bar = progress and jobs == 1
-    while pending or running:
-        ready = [n for n in pending if waits[n] <= runs.keys()]
-        for name in ready[: jobs - len(running)]:
-            pending.remove(name)
-            source = Path(source_dir) / f"{name}.ipynb"
-            print(f"== {name}" + (f" (started at {time.time() - started:.0f} s)" if jobs > 1 else ""), flush=True)
-            peak = ctx.Queue()
-            # One process per notebook, so that each kernel's peak memory is measured on its own.
-            child = ctx.Process(target=_execute, args=(str(source), str(out_dir / source.name), params, show_bar, peak))
-            child.start()
-            running[name] = (child, peak, time.perf_counter(), time.time() - started)
-        if not running:
-            raise RuntimeError(f"notebooks {', '.join(pending)} wait for notebooks that are not in the run")
-        wait([child.sentinel for child, *_ in running.values()])
-        for name in [n for n, (child, *_) in running.items() if not child.is_alive()]:
-            child, peak, t0, offset = running.pop(name)
-            child.join()
-            if child.exitcode != 0:
-                for other, *_ in running.values():
-                    other.terminate()
-                raise RuntimeError(
-                    f"{name} failed (exit code {child.exitcode}); its partial output is in {out_dir / (name + '.ipynb')}"
+    with MemorySampler() as memory:
+        while pending or running:
+            ready = [n for n in pending if waits[n] <= runs.keys()]
+            for name in ready[: jobs - len(running)]:
+                pending.remove(name)
+                source = Path(source_dir) / f"{name}.ipynb"
+                print(f"== {name}" + (f" (started at {time.time() - started:.0f} s)" if jobs > 1 else ""), flush=True)
+                peak = ctx.Queue()
+                # One process per notebook, so that each kernel's peak memory is measured on its own.
+                child = ctx.Process(
+                    target=_execute, args=(str(source), str(out_dir / source.name), params, show_bar, peak)
                 )
-            seconds = time.perf_counter() - t0
-            runs[name] = NotebookRun(name, seconds, peak.get(), stage_times(out_dir / f"{name}.ipynb"), offset)
-            if jobs > 1:
-                print(f"== {name} done in {seconds:.0f} s", flush=True)
-            done = [runs[n] for n in names if n in runs]
-            write_provenance(figures_dir / PROVENANCE_FILE, done, params_file=params_file, started=started, jobs=jobs)
+                child.start()
+                running[name] = (child, peak, time.perf_counter(), time.time() - started)
+            if not running:
+                raise RuntimeError(f"notebooks {', '.join(pending)} wait for notebooks that are not in the run")
+            wait([child.sentinel for child, *_ in running.values()])
+            for name in [n for n, (child, *_) in running.items() if not child.is_alive()]:
+                child, peak, t0, offset = running.pop(name)
+                child.join()
+                if child.exitcode != 0:
+                    for other, *_ in running.values():
+                        other.terminate()
+                    raise RuntimeError(
+                        f"{name} failed (exit code {child.exitcode}); its partial output is in {out_dir / (name + '.ipynb')}"
+                    )
+                seconds = time.perf_counter() - t0
+                runs[name] = NotebookRun(name, seconds, peak.get(), stage_times(out_dir / f"{name}.ipynb"), offset)
+                if jobs > 1:
+                    print(f"== {name} done in {seconds:.0f} s", flush=True)
+                done = [runs[n] for n in names if n in runs]
+                write_provenance(
+                    figures_dir / PROVENANCE_FILE,
+                    done,
+                    params_file=params_file,
+                    started=started,
+                    jobs=jobs,
+                    memory=memory.peaks(),
+                )
+    done = [runs[n] for n in names if n in runs]
+    write_provenance(
+        figures_dir / PROVENANCE_FILE, done, params_file=params_file, started=started, jobs=jobs, memory=memory.peaks()
+    )
     return [runs[n] for n in names]
 
 
 def provenance_record(
-    runs: Iterable[NotebookRun], *, params_file: str | os.PathLike, started: float, jobs: int = 1
+    runs: Iterable[NotebookRun],
+    *,
+    params_file: str | os.PathLike,
+    started: float,
+    jobs: int = 1,
+    memory: dict | None = None,
 ) -> dict:
-    """What made the committed results: commit, versions, machine, per-notebook time and memory."""
+    """What made the committed results: commit, versions, machine, per-notebook time and memory.
+
+    ``memory``: ``MemorySampler.peaks()`` of the whole run (process tree and machine), when sampled."""
     runs = list(runs)
     versions = {}
     for pkg in _PACKAGES:
@@ -329,6 +423,9 @@ def provenance_record(
             )
         ),
         "peak_rss_mib": round(max((r.peak_rss_mib for r in runs), default=0.0)),
+        # Sampled over the whole run (MemorySampler): the sum over every process of the run at one time;
+        # anonymous_mib leaves out memory-mapped store pages, which the kernel can drop and reread.
+        "memory": memory,
     }
 
 
@@ -339,11 +436,12 @@ def write_provenance(
     params_file: str | os.PathLike,
     started: float,
     jobs: int = 1,
+    memory: dict | None = None,
 ) -> Path:
     """Write ``provenance_record(...)`` as JSON to ``path`` atomically; return the path."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    record = provenance_record(runs, params_file=params_file, started=started, jobs=jobs)
+    record = provenance_record(runs, params_file=params_file, started=started, jobs=jobs, memory=memory)
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
@@ -358,6 +456,13 @@ def timing_table(record: dict, *, min_seconds: float = 1.0) -> str:
     if record.get("jobs", 1) > 1:
         wall, peak = record["wall_seconds"], record["peak_rss_mib_overlapping"]
         rows.append(f"{'wall time (' + str(record['jobs']) + ' notebooks at once)':<34} {wall:>9.1f} {peak:>9}")
+    mem = record.get("memory")
+    if mem:
+        rows.append(
+            f"memory sampled every {mem['interval_s']:g} s over the run's processes: peak {mem['rss_mib']} MiB resident, "
+            f"{mem['anonymous_mib']} MiB anonymous (without memory-mapped store pages); machine in use: "
+            f"{mem['machine_used_at_start_mib']} MiB at the start, {mem['machine_used_mib']} MiB at the peak"
+        )
     stages = [(r["name"][:2], st) for r in record["notebooks"] for st in r.get("stages", [])]
     if stages:
         rows += ["", f"{'stage (notebook: section)':<60} {'seconds':>9}"]
