@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .memo import ResultCache
 
 SHARE_BYTES = 8 * 2**20
 """In-memory arrays of at least this many bytes are sent to the workers as memory maps."""
@@ -74,6 +78,13 @@ def _run_one(fn: Callable[..., Any], kwargs: Mapping[str, Any], threads: int | N
     return result, [(w.message, w.category, w.filename, w.lineno) for w in caught]
 
 
+def _timed(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> tuple[Any, float]:
+    """``fn(**kwargs)`` and the seconds it took (what a cached entry records)."""
+    started = time.perf_counter()
+    result = fn(**kwargs)
+    return result, time.perf_counter() - started
+
+
 def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """``fn(**kwargs)``: lets one ``map_jobs`` call run jobs of different functions (pass ``fn`` in each job)."""
     return fn(**kwargs)
@@ -86,6 +97,7 @@ def map_jobs(
     n_jobs: int | None = 1,
     desc: str | None = None,
     progress: bool = True,
+    cache: ResultCache | None = None,
 ) -> list[Any]:
     """``[fn(**kw) for kw in jobs]``, ``n_jobs`` at a time in worker processes.
 
@@ -103,6 +115,9 @@ def map_jobs(
     desc : str, optional
         Label of the progress bar.
     progress : bool, default True
+    cache : memo.ResultCache, optional
+        Jobs whose result this cache holds (same code, same arguments) are read back; the others run
+        and their results are stored.
 
     Returns
     -------
@@ -113,6 +128,20 @@ def map_jobs(
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1 (or None for every core), got {n_jobs}")
     jobs = list(jobs)
+    if cache is not None and cache.enabled:
+        seen: dict = {}  # an array shared by many jobs is hashed once
+        keys = [cache.key(fn, (), kw, seen=seen) for kw in jobs]
+        found = [cache.load(fn, k) for k in keys]
+        todo = [i for i, (hit, _) in enumerate(found) if not hit]
+        computed = map_jobs(
+            _timed, [{"fn": fn, "kwargs": jobs[i]} for i in todo], n_jobs=n_jobs, desc=desc, progress=progress
+        )
+        out = [result for _, result in found]
+        for i, (result, seconds) in zip(todo, computed):
+            cache.store(fn, keys[i], result, seconds)
+            cache.misses += 1
+            out[i] = result
+        return out
     if n_jobs == 1 or len(jobs) <= 1:
         return [fn(**kw) for kw in tqdm(jobs, desc=desc, disable=not progress)]
     from joblib import Parallel, delayed
