@@ -199,6 +199,18 @@ def test_transfer_over_seeds_pools_seeds_on_shared_resamples(splits):
     ora = np.mean([w @ (r.oracle_test_predictions == yt) for r in results], axis=0)
     low, high = np.nanquantile(red / ora, [0.025, 0.975])
     assert (s["ratio_low"], s["ratio_high"]) == pytest.approx((low, high))
+    # macro-F1 of the pooled predictions (sklearn), and the same columns as the accuracy block
+    pooled_y = np.tile(yt, 3)
+    red_pred = np.concatenate([r.test_predictions for r in results])
+    ora_pred = np.concatenate([r.oracle_test_predictions for r in results])
+    assert s["macro_f1"] == pytest.approx(f1_score(pooled_y, red_pred, average="macro"))
+    assert s["oracle_macro_f1"] == pytest.approx(f1_score(pooled_y, ora_pred, average="macro"))
+    assert s["macro_f1_low"] <= s["macro_f1"] <= s["macro_f1_high"]
+    assert s["f1_ratio_low"] <= s["f1_ratio"] <= s["f1_ratio_high"]
+    acc = {"test_low", "test_high", "oracle_low", "oracle_high", "ratio", "ratio_low", "ratio_high"}
+    f1 = {"macro_f1_low", "macro_f1_high", "oracle_macro_f1_low", "oracle_macro_f1_high"}
+    f1 |= {"f1_ratio", "f1_ratio_low", "f1_ratio_high", "macro_f1", "oracle_macro_f1"}
+    assert acc | f1 <= set(s) and not {"test_estimate", "oracle_estimate"} & set(s)
     with pytest.raises(ValueError, match="different test items"):
         other = run_transfer(
             splits[0], splits[1], (splits[2][0][:-5], yt[:-5]), grid=[(3, 1, None)], probe_params=FAST, progress=False

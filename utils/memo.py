@@ -213,7 +213,7 @@ class ResultCache:
         return True, record["result"]
 
     def store(self, fn: Callable, key: str, result: Any, seconds: float) -> Path:
-        """Write an entry atomically (temporary file, then rename)."""
+        """Write an entry atomically (temporary file, then rename); it counts as one result computed here."""
         path = self.path(fn, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
@@ -228,6 +228,7 @@ class ResultCache:
         with open(tmp, "wb") as f:
             f.write(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
         os.replace(tmp, path)
+        self.misses += 1
         return path
 
     def __call__(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Any:
@@ -241,7 +242,6 @@ class ResultCache:
         started = time.perf_counter()
         result = fn(*args, **kwargs)
         self.store(fn, key, result, time.perf_counter() - started)
-        self.misses += 1
         return result
 
     def summary(self) -> str:

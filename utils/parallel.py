@@ -139,7 +139,6 @@ def map_jobs(
         out = [result for _, result in found]
         for i, (result, seconds) in zip(todo, computed):
             cache.store(fn, keys[i], result, seconds)
-            cache.misses += 1
             out[i] = result
         return out
     if n_jobs == 1 or len(jobs) <= 1:

@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .intervals import paired_interval, score_interval
-from .metrics import bootstrap_ci
+from .metrics import bootstrap_ci, macro_f1
 from .moments import constant_features, feature_stats, row_chunks
 from .probing import make_probe
 from .validation import check_features, check_targets, is_regression_target
@@ -585,7 +585,7 @@ def minimal_set_table(
         return ci.estimate, ci.low, ci.high
 
     oracle_score, oracle_low, oracle_high = score(preds["oracle"])
-    oracle_f1 = math.nan if regression else score_interval(y_test, preds["oracle"], metric="macro_f1", **kw).estimate
+    oracle_f1 = math.nan if regression else macro_f1(y_test, preds["oracle"])
     rows = []
     for name, ms in sets.items():
         sc, lo, hi = score(preds[name])
@@ -624,7 +624,7 @@ def minimal_set_table(
                 y_test, preds[name], preds["oracle"], groups=groups, compare="ratio", metric="macro_f1", **kw
             )
             rows[-1] |= {
-                "macro_f1": score_interval(y_test, preds[name], metric="macro_f1", **kw).estimate,
+                "macro_f1": macro_f1(y_test, preds[name]),
                 "oracle_macro_f1": oracle_f1,
                 "f1_ratio": f1.estimate,
                 "f1_ratio_low": f1.low,

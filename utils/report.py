@@ -1502,7 +1502,7 @@ def reproduction_report(
         differ = (
             tv["macro_f1_verdict"] != tv["accuracy_verdict"]
             if "macro_f1_verdict" in tv
-            else tv["verdict"] != tv["verdict"]
+            else pd.Series(False, index=tv.index)
         )
         for r in tv[(tv["verdict"] != "holds") | differ].itertuples(index=False):
             lines.append(f"  - {r.model} · {r.task}: {r.decided_by}.")

@@ -586,6 +586,32 @@ def _choose(grid_table: pd.DataFrame, keep_pct: float) -> int:
 # the pipeline over seeds, with intervals
 
 
+def _interval_columns(
+    y: np.ndarray, reduced: np.ndarray, oracle: np.ndarray, names: tuple[str, str, str], kw: dict
+) -> dict[str, float]:
+    """Intervals of the reduced and the oracle predictions and their paired ratio, as table columns.
+
+    ``names`` = (reduced, oracle, ratio) column prefixes; ``kw`` goes to ``intervals.score_interval`` and
+    ``intervals.paired_interval`` (bootstrap size, seed, groups, metric).
+    """
+    from .intervals import paired_interval, score_interval
+
+    red, orc = score_interval(y, reduced, **kw), score_interval(y, oracle, **kw)
+    ratio = paired_interval(y, reduced, oracle, compare="ratio", **kw)
+    r, o, q = names
+    return {
+        f"{r}_estimate": red.estimate,
+        f"{r}_low": red.low,
+        f"{r}_high": red.high,
+        f"{o}_estimate": orc.estimate,
+        f"{o}_low": orc.low,
+        f"{o}_high": orc.high,
+        q: ratio.estimate,
+        f"{q}_low": ratio.low,
+        f"{q}_high": ratio.high,
+    }
+
+
 def transfer_over_seeds(
     results: Sequence[TransferResult],
     *,
@@ -629,8 +655,6 @@ def transfer_over_seeds(
         (reduced), ``oracle_macro_f1, oracle_macro_f1_low, oracle_macro_f1_high`` and ``f1_ratio,
         f1_ratio_low, f1_ratio_high``.
     """
-    from .intervals import paired_interval, score_interval
-
     results = list(results)
     if not results:
         raise ValueError("transfer_over_seeds needs at least one TransferResult")
@@ -670,36 +694,17 @@ def transfer_over_seeds(
             f"{q}_min": float(v.min()),
             f"{q}_max": float(v.max()),
         }
-    test_iv, oracle_iv = score_interval(y, reduced, **kw), score_interval(y, oracle, **kw)
-    ratio = paired_interval(y, reduced, oracle, compare="ratio", **kw)
-    out |= {
-        "test_low": test_iv.low,
-        "test_high": test_iv.high,
-        "oracle_low": oracle_iv.low,
-        "oracle_high": oracle_iv.high,
-        "ratio": ratio.estimate,
-        "ratio_low": ratio.low,
-        "ratio_high": ratio.high,
-        "n_test": n,
-        "n_test_groups": int(len(np.unique(groups))),
-    }
+    acc = _interval_columns(y, reduced, oracle, ("test", "oracle", "ratio"), kw)
+    del acc["test_estimate"], acc["oracle_estimate"]  # the per-seed means above are the point estimates
+    out |= acc
+    out |= {"n_test": n, "n_test_groups": int(len(np.unique(groups)))}
     if macro_f1 is None:
         macro_f1 = not is_regression_target(first.test_labels)
     if macro_f1:
-        f1 = dict(metric="macro_f1", **kw)
-        red_f1, orc_f1 = score_interval(y, reduced, **f1), score_interval(y, oracle, **f1)
-        f1_ratio = paired_interval(y, reduced, oracle, compare="ratio", **f1)
-        out |= {
-            "macro_f1": red_f1.estimate,
-            "macro_f1_low": red_f1.low,
-            "macro_f1_high": red_f1.high,
-            "oracle_macro_f1": orc_f1.estimate,
-            "oracle_macro_f1_low": orc_f1.low,
-            "oracle_macro_f1_high": orc_f1.high,
-            "f1_ratio": f1_ratio.estimate,
-            "f1_ratio_low": f1_ratio.low,
-            "f1_ratio_high": f1_ratio.high,
-        }
+        f1 = _interval_columns(
+            y, reduced, oracle, ("macro_f1", "oracle_macro_f1", "f1_ratio"), kw | {"metric": "macro_f1"}
+        )
+        out |= {"macro_f1": f1.pop("macro_f1_estimate"), "oracle_macro_f1": f1.pop("oracle_macro_f1_estimate")} | f1
     return out
 
 
