@@ -325,3 +325,21 @@ def test_layer_duplication_of_an_all_constant_layer_is_undefined(acts):
     others = [0, 2, 3]
     reference = layer_duplication(neuron_correlation(np.asarray(acts), progress=False), 4, 6)
     np.testing.assert_allclose(dup[np.ix_(others, others)], reference[np.ix_(others, others)], atol=1e-7)
+
+
+def test_abs_corr_from_condensed_inverts_the_distances_exactly(acts):
+    """general_redundancy frees the square matrix during the linkage and rebuilds |r| from the distances:
+    the rebuilt matrix equals |r| bit for bit (n odd and even), and scipy's squareform agrees."""
+    from utils.clustering import _abs_corr_from_condensed, _condensed_distance
+
+    corr = neuron_correlation(acts, progress=False)  # 24 neurons
+    r = np.random.default_rng(0).uniform(-1, 1, (1100, 1100)).astype(np.float32)  # three row bands of 512
+    big = np.triu(r, 1) + np.triu(r, 1).T + np.eye(1100, dtype=np.float32)
+    for c in (corr, corr[:-1, :-1], big):
+        dist = _condensed_distance(c)
+        np.testing.assert_allclose(dist, squareform(1 - np.abs(c), checks=False), atol=1e-7)
+        back = _abs_corr_from_condensed(dist)
+        assert back.dtype == np.float32
+        np.testing.assert_array_equal(back, np.abs(c))
+    with pytest.raises(ValueError, match="not n\\(n-1\\)/2"):
+        _abs_corr_from_condensed(np.zeros(4))

@@ -140,6 +140,38 @@ def _condensed_distance(corr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _abs_corr_from_condensed(dist: np.ndarray) -> np.ndarray:
+    """The square ``|r|`` (float32, unit diagonal) back from condensed ``1 - |r|`` distances.
+
+    The inverse of ``_condensed_distance`` up to the sign of ``r``, which clustering never reads
+    (distances, representatives and summaries all use ``|r|``). Exact for float32 correlations:
+    ``1 - (1 - x)`` in float64 returns every float32 ``x`` in [2^-29, 1] unchanged.
+
+    Parameters
+    ----------
+    dist : ndarray of shape (n_features * (n_features - 1) / 2,)
+
+    Returns
+    -------
+    abs_corr : ndarray of shape (n_features, n_features), float32
+    """
+    m = len(dist)
+    n = int(round((1 + np.sqrt(1 + 8 * m)) / 2))
+    if n * (n - 1) // 2 != m:
+        raise ValueError(f"{m} condensed distances are not n(n-1)/2 for any n; pass _condensed_distance's output.")
+    out = np.empty((n, n), dtype=np.float32)
+    pos = 0
+    for i in range(n - 1):  # the strict upper triangle, row by row (contiguous writes)
+        np.subtract(1.0, dist[pos : pos + n - 1 - i], out=out[i, i + 1 :], casting="same_kind")
+        pos += n - 1 - i
+    for a, b in _row_bands(n):  # mirror it band by band: the rows above, then the band's own block
+        out[a:b, :a] = out[:a, a:b].T
+        block, lower = out[a:b, a:b], np.tril_indices(b - a, -1)
+        block[lower] = block.T[lower]
+    np.fill_diagonal(out, 1.0)
+    return out
+
+
 def linkage_tree(corr: Any) -> np.ndarray:
     """Average-linkage tree of the neurons on the distance ``1 - |r|`` (the authors' clustering).
 
@@ -570,8 +602,18 @@ def general_redundancy(
     corr = acc.correlation()
     cka = layer_cka_variants(acc, corr=corr)
     del acc  # the Gram strips: free them before the linkage needs its memory
+    duplication = layer_duplication(corr, n_layers, hidden)
+    pair_counts = layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr)
+    # Memory: scipy's linkage copies its condensed input, so the square matrix beside the two would
+    # make three n² arrays (3.6 GiB for SmolLM2's 17,856 neurons). Free it during the linkage and
+    # rebuild |r| (all that clustering reads) from the distances afterwards: two at a time.
+    dist = _condensed_distance(_check_corr(corr))
+    del corr
+    tree = scipy_linkage(dist, method="average")
+    abs_corr = _abs_corr_from_condensed(dist)
+    del dist
     thresholds = sorted(set(float(t) for t in thresholds) | {float(reference_threshold)})
-    sweep = cluster_sweep(corr, thresholds)
+    sweep = cluster_sweep(abs_corr, thresholds, linkage=tree)
     at_ref = sweep[thresholds.index(float(reference_threshold))]
     spans = cluster_layer_spans(at_ref, n_layers=n_layers, hidden=hidden)
     spans.insert(0, "threshold", float(reference_threshold))
@@ -585,8 +627,8 @@ def general_redundancy(
         kept=redundancy_by_threshold(sweep),
         layer_share=layer_redundancy(sweep, n_layers=n_layers, hidden=hidden),
         spans=spans,
-        duplication=layer_duplication(corr, n_layers, hidden),
-        pair_counts=layer_pair_counts(corr, n_layers, hidden, min_abs_corr=min_abs_corr),
+        duplication=duplication,
+        pair_counts=pair_counts,
         clusters=at_ref,
         same_unit=same_unit_share(at_ref, hidden=hidden),
         constant_neurons=constant,
