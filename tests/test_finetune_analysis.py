@@ -64,6 +64,21 @@ def test_an_empty_finetuned_list_gives_the_runs_of_before():
     ]
 
 
+def test_finetune_tasks_limits_which_sentence_tasks_are_fine_tuned():
+    """make reproduce analyses five tasks but fine-tunes MPNet on two of them (finetune_tasks)."""
+    tasks = ["pos", "sentiment", "polarity", "uncertainty"]
+    sentence = ["sentiment", "polarity", "uncertainty"]
+    runs = report.analysis_runs(
+        ["mpnet"], tasks, finetuned=["mpnet"], sentence_tasks=sentence, finetune_tasks=["sentiment", "uncertainty"]
+    )
+    assert runs == [("mpnet", t) for t in tasks] + [("mpnet+ft", "sentiment"), ("mpnet+ft", "uncertainty")]
+    # None is every sentence task, as before the parameter existed
+    everything = report.analysis_runs(["mpnet"], tasks, finetuned=["mpnet"], sentence_tasks=sentence)
+    assert [t for m, t in everything if m == "mpnet+ft"] == sentence
+    with pytest.raises(ValueError, match=r"finetune_tasks names \['pos'\], which are not among sentence_tasks"):
+        report.analysis_runs(["mpnet"], tasks, finetuned=["mpnet"], sentence_tasks=sentence, finetune_tasks=["pos"])
+
+
 def test_a_fine_tuned_base_must_be_among_the_models_and_named_without_suffix():
     with pytest.raises(ValueError, match=r"not among models \['minilm'\].*add the base to models"):
         report.analysis_runs(["minilm"], ["sentiment"], finetuned=["mpnet"], sentence_tasks=["sentiment"])

@@ -20,6 +20,7 @@ from utils.probing import (
     fit_layer_probes,
     layer_probe_inputs,
     layer_probe_table,
+    oracle_against_best_layer,
     read_predictions,
     restrict_to_classes,
     select_regularization,
@@ -524,6 +525,45 @@ def test_select_regularization_keeps_the_best_dev_oracle():
     np.testing.assert_allclose(oracle.standardized_coef_, ref.standardized_coef_, atol=1e-5)
     with pytest.raises(ValueError, match="grid must be a non-empty"):
         select_regularization(A[:600], y[:600], activations_dev=A[600:], y_dev=y[600:], grid=[])
+
+
+def test_oracle_against_best_layer_pairs_the_two_on_dev_sentences():
+    """The dev check of notebook 03: the best layer probe by dev score, both predicting the same dev
+    items, and a sentence bootstrap of (oracle - best) redone by hand from the predictions."""
+    from types import SimpleNamespace
+
+    A, y, words = layered_problem(n=900)
+    sentences = np.arange(900) // 5  # five words a sentence
+    train = SimpleNamespace(activations=A[:600], labels=y[:600], words=list(words[:600]))
+    dev = SimpleNamespace(activations=A[600:], labels=y[600:], words=list(words[600:]), sentence_ids=sentences[600:])
+    d = ProbeSplits.from_stores(train, dev)
+    common = {"activations_dev": d.activations_dev, "y_dev": d.labels_dev, "probe_params": {"max_epochs": 5}}
+    table, probes = fit_layer_probes(
+        d.activations, d.labels, mode=["independent", "incremental"], return_probes=True, **common
+    )
+    _, (oracle,) = fit_layer_probes(d.activations, d.labels, mode="oracle", return_probes=True, **common)
+    oracle_dev = accuracy(d.labels_dev, oracle.predict(d.activations_dev.reshape(len(d.labels_dev), -1)))
+    row, (probe, mode, layer) = oracle_against_best_layer(table, probes, oracle, d, oracle_dev=oracle_dev, n_boot=500)
+    i = int(table["score"].to_numpy().argmax())
+    assert (mode, layer) == (table["mode"][i], table["layer"][i]) and probe is probes[i]
+    assert row["best_layer_probe"] == f"{mode} {layer}" and row["best_layer_dev"] == table["score"][i]
+    Xb = d.activations_dev[:, : layer + 1] if mode == "incremental" else d.activations_dev[:, layer]
+    best_pred = probe.predict(Xb.reshape(len(Xb), -1))
+    oracle_pred = oracle.predict(d.activations_dev.reshape(len(d.labels_dev), -1))
+    right = (oracle_pred == d.labels_dev).astype(float) - (best_pred == d.labels_dev)
+    assert row["oracle_minus_best"] == pytest.approx(right.mean())
+    # the bootstrap by hand: resample sentences (multinomial counts, the seed of intervals.paired_interval)
+    groups = np.unique(d.sentences_dev, return_inverse=True)[1]
+    g = groups.max() + 1
+    counts = np.random.default_rng(0).multinomial(g, np.full(g, 1 / g), size=500)[:, groups]
+    boot = (counts @ right) / counts.sum(axis=1)
+    assert (row["low"], row["high"]) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
+    assert row["oracle_trails_beyond_noise"] == (row["high"] < 0)
+    # an oracle that is always wrong trails beyond the noise
+    wrong = SimpleNamespace(predict=lambda X: np.full(len(X), "zzz"))
+    assert oracle_against_best_layer(table, probes, wrong, d, oracle_dev=0.0)[0]["oracle_trails_beyond_noise"]
+    with pytest.raises(ValueError, match="one order"):
+        oracle_against_best_layer(table, probes[:-1], oracle, d, oracle_dev=oracle_dev)
 
 
 def test_layer_probe_inputs_are_the_columns_each_probe_reads():

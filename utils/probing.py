@@ -75,6 +75,7 @@ __all__ = [
     "layer_probe_inputs",
     "layer_probe_table",
     "make_probe",
+    "oracle_against_best_layer",
     "read_predictions",
     "restrict_to_classes",
     "select_regularization",
@@ -928,6 +929,74 @@ def select_regularization(
     best = int(np.argmax(out["score"].to_numpy()))  # first maximum: the earlier grid value on ties
     out["chosen"] = np.arange(len(out)) == best
     return out, probes[best]
+
+
+def oracle_against_best_layer(
+    layers: pd.DataFrame,
+    probes: Sequence[Any],
+    oracle: Any,
+    splits: ProbeSplits,
+    *,
+    oracle_dev: float,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> tuple[dict[str, Any], tuple[Any, str, int]]:
+    """Does the oracle trail the best layer probe on dev by more than the noise?
+
+    The best layer probe (highest dev score among ``layers``) and the oracle predict the same dev
+    items; the paired bootstrap interval of (oracle − best), resampling dev sentences
+    (``intervals.paired_interval``), must reach 0 for the oracle to be a reference worth its name.
+
+    Parameters
+    ----------
+    layers : DataFrame
+        ``fit_layer_probes``'s table (columns ``layer, mode, score``), one row per probe of ``probes``.
+    probes : sequence of fitted probes
+        In the order of ``layers`` (``fit_layer_probes(..., return_probes=True)``).
+    oracle : fitted probe
+        On all neurons (features ``layer * hidden + unit``).
+    splits : ProbeSplits
+        The train/dev arrays both were fitted and scored on.
+    oracle_dev : float
+        The oracle's dev score as reported (e.g. ``select_regularization``'s chosen row).
+    n_boot : int, default=1000
+    random_state : int, default=0
+
+    Returns
+    -------
+    row : dict
+        ``best_layer_probe`` ("<mode> <layer>"), ``best_layer_dev``, ``oracle_dev``,
+        ``oracle_minus_best`` with its interval ``low, high``, and ``oracle_trails_beyond_noise``
+        (``high < 0``).
+    best : (probe, mode, layer)
+        The best layer probe.
+    """
+    from .intervals import paired_interval
+
+    if len(layers) != len(probes):
+        raise ValueError(f"layers has {len(layers)} rows but {len(probes)} probes were given: pass them in one order")
+    i = int(np.argmax(layers["score"].to_numpy()))
+    mode, layer = str(layers["mode"].iloc[i]), int(layers["layer"].iloc[i])
+    best_pred = probes[i].predict(layer_probe_inputs(splits.activations_dev, mode, layer))
+    oracle_pred = oracle.predict(np.asarray(splits.activations_dev).reshape(len(splits.labels_dev), -1))
+    ci = paired_interval(
+        splits.labels_dev,
+        oracle_pred,
+        best_pred,
+        groups=splits.sentences_dev,
+        n_boot=n_boot,
+        random_state=random_state,
+    )
+    row = {
+        "best_layer_probe": f"{mode} {layer}",
+        "best_layer_dev": float(layers["score"].iloc[i]),
+        "oracle_dev": float(oracle_dev),
+        "oracle_minus_best": ci.estimate,
+        "low": ci.low,
+        "high": ci.high,
+        "oracle_trails_beyond_noise": bool(ci.high < 0),
+    }
+    return row, (probes[i], mode, layer)
 
 
 # ---------------------------------------------------------------------------------------------

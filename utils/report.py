@@ -825,6 +825,7 @@ def analysis_runs(
     *,
     finetuned: Sequence[str] = (),
     sentence_tasks: Sequence[str] = (),
+    finetune_tasks: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """The (model, task) runs a notebook analyses: every model on every task, plus the fine-tuned ones.
 
@@ -840,6 +841,9 @@ def analysis_runs(
     sentence_tasks : sequence of str, default ()
         Which of ``tasks`` are sentence-level: only those are fine-tuned (the paper analyses word-level
         tasks on the pretrained model).
+    finetune_tasks : sequence of str, optional
+        The sentence tasks the bases of ``finetuned`` are fine-tuned on; default every one of
+        ``sentence_tasks``. Each must be a sentence task.
 
     Returns
     -------
@@ -851,9 +855,18 @@ def analysis_runs(
     ------
     ValueError
         A base of ``finetuned`` that is not among ``models`` (its pretrained runs are what the fine-tuned
-        ones are compared with), or a name that already ends in ``"+ft"``.
+        ones are compared with), a name that already ends in ``"+ft"``, or a fine-tune task that is
+        not a sentence task.
     """
     finetuned = list(dict.fromkeys(finetuned))
+    if finetune_tasks is None:
+        finetune_tasks = sentence_tasks
+    not_sentence = [t for t in finetune_tasks if t not in set(sentence_tasks)]
+    if not_sentence:
+        raise ValueError(
+            f"finetune_tasks names {not_sentence}, which are not among sentence_tasks {list(sentence_tasks)}: "
+            "only sentence-level tasks are fine-tuned; list them in sentence_tasks too (or drop them here)"
+        )
     bad = [b for b in finetuned if b.endswith(FT_SUFFIX)]
     if bad:
         raise ValueError(
@@ -869,7 +882,7 @@ def analysis_runs(
     for model in dict.fromkeys(models):
         runs += [(model, task) for task in tasks]
         if model in finetuned:
-            runs += [(model + FT_SUFFIX, task) for task in tasks if task in set(sentence_tasks)]
+            runs += [(model + FT_SUFFIX, task) for task in tasks if task in set(finetune_tasks)]
     return runs
 
 
