@@ -12,7 +12,7 @@ budget. A measurement of the evidence, not a speed target; it reads and writes t
 Usage::
 
     .venv/bin/python benchmarks/oracle_by_budget.py                              # MPNet POS, 10k 20k 40k all
-    .venv/bin/python benchmarks/oracle_by_budget.py --model gemma3 --budgets 10000 20000
+    .venv/bin/python benchmarks/oracle_by_budget.py --model gemma3 --task tweets --budgets 1500 3000 6000
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils import activations, probing  # noqa: E402
 
 
-def one_budget(model: str, task: str, budget: int | None, seed: int, n_boot: int) -> dict:
+def one_budget(model: str, task: str, budget: int | None, seed: int, n_boot: int, eval_budget: int | None) -> dict:
     """Notebook 03's layer probes, oracle grid and dev check at one training budget (None: every item)."""
     started = time.perf_counter()
-    stores = activations.task_stores(model, task, token_budget=budget, seed=seed, splits=("train", "dev"))
+    budgets = dict(token_budget=budget, sentence_budget=budget, eval_budget=eval_budget)  # words or sentences
+    stores = activations.task_stores(model, task, seed=seed, splits=("train", "dev"), **budgets)
     d = probing.ProbeSplits.from_stores(stores["train"], stores["dev"])
     params = {"random_state": seed}
     common = {"activations_dev": d.activations_dev, "y_dev": d.labels_dev, "probe_params": params}
@@ -59,12 +60,15 @@ def main() -> None:
     ap.add_argument("--model", default="mpnet")
     ap.add_argument("--task", default="pos")
     ap.add_argument("--budgets", nargs="+", default=["10000", "20000", "40000", "all"], help="train items, or 'all'")
+    ap.add_argument("--eval-budget", type=int, default=1000, help="dev sentences of sentence tasks (the full run's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     rows = []
     for b in args.budgets:
-        rows.append(one_budget(args.model, args.task, None if b == "all" else int(b), args.seed, args.n_boot))
+        rows.append(
+            one_budget(args.model, args.task, None if b == "all" else int(b), args.seed, args.n_boot, args.eval_budget)
+        )
         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     print()
     print(pd.DataFrame(rows).round(4).to_string(index=False))
