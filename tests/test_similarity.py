@@ -232,6 +232,43 @@ def test_cross_model_similarity_equals_pairwise_linear_cka(layered, rng):
         cross_model_similarity(layered, other[:-1], progress=False)
 
 
+def test_cross_model_similarity_in_layer_groups_debiased_and_float32(layered, rng):
+    other = rng.standard_normal((len(layered), 3, 7)) + 0.5 * layered[:, :3, :1]  # (n, 3, 7), related to layered
+    other[:, 1] *= 40.0  # a layer on another scale
+    h = layered.shape[2]
+
+    def pairs(fn):
+        return np.array([[fn(layered[:, i], other[:, j]) for j in range(3)] for i in range(layered.shape[1])])
+
+    biased = pairs(linear_cka)
+    unbiased = pairs(lambda x, y: linear_cka(x, y, debiased=True))
+    one_pass = cross_model_similarity(layered, other, chunk_size=40, compute_dtype=np.float64, progress=False)
+    # max_bytes below one layer's block: one layer at a time (five passes); two layers a pass: three
+    for max_bytes in (1, 2 * h * 3 * 7 * 8):
+        got = cross_model_similarity(
+            layered, other, chunk_size=40, compute_dtype=np.float64, max_bytes=max_bytes, progress=False
+        )
+        np.testing.assert_allclose(got, biased, atol=1e-10)
+        np.testing.assert_array_equal(got, one_pass)
+        deb = cross_model_similarity(
+            layered, other, chunk_size=17, debiased=True, compute_dtype=np.float64, max_bytes=max_bytes, progress=False
+        )
+        np.testing.assert_allclose(deb, unbiased, atol=1e-10)
+    assert not np.allclose(biased, unbiased, atol=1e-3)  # the two estimators differ on 150 items
+    # float32 products (the default) stay within float32 rounding of the float64 answer
+    np.testing.assert_allclose(cross_model_similarity(layered + 100.0, other, progress=False), biased, atol=1e-5)
+    # a constant layer: NaN in its row, the rest finite
+    const = layered.copy()
+    const[:, 2] = 3.0
+    with np.errstate(all="raise"):
+        got = cross_model_similarity(const, other, progress=False)
+    assert np.isnan(got[2]).all() and np.isfinite(np.delete(got, 2, axis=0)).all()
+    bad = other.copy()
+    bad[77, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinity \(in rows \[77\]\)"):
+        cross_model_similarity(layered, bad, chunk_size=50, progress=False)
+
+
 def test_layer_similarity_rejects_2d_input(layered):
     with pytest.raises(ValueError, match=r"Expected activations of shape \(n_items, n_layers, hidden\)"):
         layer_similarity(layered[:, 0], progress=False)

@@ -187,8 +187,12 @@ def linkage_tree(corr: Any) -> np.ndarray:
         ``scipy.cluster.hierarchy.linkage(1 - |r| condensed, method="average")``. Memory: the
         condensed distances (float64, 4 n_features² bytes) and scipy's working copy of them.
     """
-    corr = _check_corr(corr)
-    return scipy_linkage(_condensed_distance(corr), method="average")
+    return _average_linkage(_condensed_distance(_check_corr(corr)))
+
+
+def _average_linkage(dist: np.ndarray) -> np.ndarray:
+    """scipy's average-linkage tree of condensed distances ``1 - |r|`` (it copies ``dist``)."""
+    return scipy_linkage(dist, method="average")
 
 
 @dataclass(frozen=True)
@@ -277,12 +281,21 @@ def cluster_neurons(corr: Any, threshold: float, *, linkage: np.ndarray | None =
     clusters : NeuronClusters
     """
     corr = _check_corr(corr)
+    _check_threshold(threshold)  # before the tree, which takes a while
+    return _cut(corr, threshold, linkage_tree(corr) if linkage is None else linkage)
+
+
+def _check_threshold(threshold: float) -> None:
+    """Raise ValueError unless ``threshold`` is a distance in [0, 1]."""
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold is a distance 1 - |r| and must lie in [0, 1], got {threshold}.")
+
+
+def _cut(corr: np.ndarray, threshold: float, linkage: np.ndarray) -> NeuronClusters:
+    """``cluster_neurons`` on a checked ``corr`` (``_check_corr``) and a tree of it."""
+    _check_threshold(threshold)
     n = corr.shape[0]
-    if linkage is None:
-        linkage = linkage_tree(corr)
-    elif linkage.shape != (n - 1, 4):
+    if linkage.shape != (n - 1, 4):
         raise ValueError(f"linkage has shape {linkage.shape}, expected {(n - 1, 4)} for {n} neurons.")
     labels = _relabel(fcluster(linkage, t=float(threshold), criterion="distance"))
     return NeuronClusters(float(threshold), labels, _representatives(corr, labels))
@@ -302,9 +315,9 @@ def cluster_sweep(corr: Any, thresholds: Sequence[float], *, linkage: np.ndarray
     clusterings : list of NeuronClusters
         In the order of ``thresholds``.
     """
-    corr = _check_corr(corr)
+    corr = _check_corr(corr)  # once, not once a threshold
     tree = linkage_tree(corr) if linkage is None else linkage
-    return [cluster_neurons(corr, t, linkage=tree) for t in thresholds]
+    return [_cut(corr, t, tree) for t in thresholds]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,7 +622,7 @@ def general_redundancy(
     # rebuild |r| (all that clustering reads) from the distances afterwards: two at a time.
     dist = _condensed_distance(_check_corr(corr))
     del corr
-    tree = scipy_linkage(dist, method="average")
+    tree = _average_linkage(dist)
     abs_corr = _abs_corr_from_condensed(dist)
     del dist
     thresholds = sorted(set(float(t) for t in thresholds) | {float(reference_threshold)})

@@ -588,28 +588,35 @@ def _choose(grid_table: pd.DataFrame, keep_pct: float) -> int:
 
 def _interval_columns(
     y: np.ndarray, reduced: np.ndarray, oracle: np.ndarray, names: tuple[str, str, str], kw: dict
-) -> dict[str, float]:
+) -> tuple[dict[str, float], tuple[float, float]]:
     """Intervals of the reduced and the oracle predictions and their paired ratio, as table columns.
 
     ``names`` = (reduced, oracle, ratio) column prefixes; ``kw`` goes to ``intervals.score_interval`` and
     ``intervals.paired_interval`` (bootstrap size, seed, groups, metric).
+
+    Returns
+    -------
+    columns : dict
+        ``<reduced>_low``, ``<reduced>_high``, ``<oracle>_low``, ``<oracle>_high``, ``<ratio>``,
+        ``<ratio>_low``, ``<ratio>_high``.
+    estimates : (float, float)
+        The reduced and the oracle score on the pooled predictions (the caller names them).
     """
     from .intervals import paired_interval, score_interval
 
     red, orc = score_interval(y, reduced, **kw), score_interval(y, oracle, **kw)
     ratio = paired_interval(y, reduced, oracle, compare="ratio", **kw)
     r, o, q = names
-    return {
-        f"{r}_estimate": red.estimate,
+    columns = {
         f"{r}_low": red.low,
         f"{r}_high": red.high,
-        f"{o}_estimate": orc.estimate,
         f"{o}_low": orc.low,
         f"{o}_high": orc.high,
         q: ratio.estimate,
         f"{q}_low": ratio.low,
         f"{q}_high": ratio.high,
     }
+    return columns, (red.estimate, orc.estimate)
 
 
 def transfer_over_seeds(
@@ -694,17 +701,16 @@ def transfer_over_seeds(
             f"{q}_min": float(v.min()),
             f"{q}_max": float(v.max()),
         }
-    acc = _interval_columns(y, reduced, oracle, ("test", "oracle", "ratio"), kw)
-    del acc["test_estimate"], acc["oracle_estimate"]  # the per-seed means above are the point estimates
+    acc, _ = _interval_columns(y, reduced, oracle, ("test", "oracle", "ratio"), kw)  # estimates: the seed means above
     out |= acc
     out |= {"n_test": n, "n_test_groups": int(len(np.unique(groups)))}
     if macro_f1 is None:
         macro_f1 = not is_regression_target(first.test_labels)
     if macro_f1:
-        f1 = _interval_columns(
+        f1, (red_f1, orc_f1) = _interval_columns(
             y, reduced, oracle, ("macro_f1", "oracle_macro_f1", "f1_ratio"), kw | {"metric": "macro_f1"}
         )
-        out |= {"macro_f1": f1.pop("macro_f1_estimate"), "oracle_macro_f1": f1.pop("oracle_macro_f1_estimate")} | f1
+        out |= {"macro_f1": red_f1, "oracle_macro_f1": orc_f1} | f1
     return out
 
 

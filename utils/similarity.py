@@ -57,6 +57,7 @@ __all__ = [
     "gram_statistics",
     "layer_similarity",
     "cross_model_similarity",
+    "CROSS_MAX_BYTES",
     "cka_by_layer_distance",
     "adjacent_layer_summary",
     "standardized_layer_cka",
@@ -712,6 +713,22 @@ def layer_similarity(
     return acc.block_similarity(debiased=debiased)
 
 
+CROSS_MAX_BYTES = 512 * 2**20
+"""Memory of the float64 cross-model Gram block ``cross_model_similarity`` fills at once."""
+
+
+def _column_means(array: Any, chunk_size: int, name: str) -> np.ndarray:
+    """Float64 column means of an (n, L, h) array read in row chunks, shape (L * h,); ValueError on NaN/inf."""
+    total = np.zeros(int(np.prod(array.shape[1:])))
+    for start in range(0, array.shape[0], chunk_size):
+        chunk = np.asarray(array[start : start + chunk_size]).reshape(-1, total.size)
+        sums = chunk.sum(axis=0, dtype=np.float64)
+        if not np.isfinite(sums).all():
+            _check_finite(chunk, name, row_offset=start)
+        total += sums
+    return total / array.shape[0]
+
+
 def cross_model_similarity(
     activations_a: Any,
     activations_b: Any,
@@ -719,13 +736,19 @@ def cross_model_similarity(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     debiased: bool = False,
     compute_dtype: Any = np.float32,
+    max_bytes: int = CROSS_MAX_BYTES,
     progress: bool = True,
 ) -> np.ndarray:
     """Linear CKA between every layer of one model and every layer of another, on the same items.
 
-    Both stores are read in lockstep, chunk by chunk; their features are concatenated and one
-    ``GramAccumulator`` (one block per layer of either model) is filled. Memory: the upper half of a
-    float64 Gram over both models' neurons (about 3 GB for MPNet + SmolLM2).
+    Only what the ratio needs is accumulated: the cross Gram ``Σ (a - mean_a)ᵀ (b - mean_b)`` between
+    the two models (each layer pair's block gives ``||B_mᵀ A_l||²_F``) and each layer's own Gram
+    (``||A_lᵀ A_l||_F``), not the Gram of both models' neurons together (which would also hold every
+    within-model pair: 3.6 GB in float64 for SmolLM2 + Gemma 3, against 1.7 GB for the cross block).
+    A first pass takes the column means, so every later product is of centred float32 rows
+    (``compute_dtype``) added into float64 totals, the precision of ``GramAccumulator``. The cross block
+    is filled for a group of the first model's layers at a time, at most ``max_bytes`` of float64 (one
+    pass over both stores per group), so memory stays bounded whatever the two widths.
 
     Parameters
     ----------
@@ -733,12 +756,21 @@ def cross_model_similarity(
     activations_b : array-like of shape (n_items, n_layers_b, hidden_b)
         The same items in the same order (e.g. the same words of the same task split); when both
         are stores, their ``words`` must match.
-    chunk_size, debiased, compute_dtype, progress
-        As in ``layer_similarity``.
+    chunk_size : int, default=2048
+        Rows read at a time.
+    debiased : bool, default=False
+        Unbiased-HSIC CKA (exact: the per-row squared norms of every layer are kept, n x layers).
+    compute_dtype : {np.float32, np.float64}, default=np.float32
+        Precision of the per-chunk products; totals are float64.
+    max_bytes : int, default=``CROSS_MAX_BYTES`` (512 MiB)
+        Largest float64 cross block held at once (at least one layer of the first model is).
+    progress : bool, default=True
 
     Returns
     -------
     cka : ndarray of shape (n_layers_a, n_layers_b), float64
+        Entry (l, m) equals ``linear_cka(activations_a[:, l], activations_b[:, m])`` (NaN where a
+        layer is constant).
     """
     words_a, words_b = getattr(activations_a, "words", None), getattr(activations_b, "words", None)
     if words_a is not None and words_b is not None and list(words_a) != list(words_b):
@@ -753,17 +785,60 @@ def cross_model_similarity(
             f"Both models must be run on the same items: got {a.shape[0]} rows and {b.shape[0]} rows. "
             f"Build both stores from the same task, split, budget and seed."
         )
-    la, lb = a.shape[1], b.shape[1]
-    acc = GramAccumulator(block_sizes=[a.shape[2]] * la + [b.shape[2]] * lb, compute_dtype=compute_dtype)
-    n = a.shape[0]
-    for start in tqdm(
-        range(0, n, chunk_size), desc="Gram pass (two models)", unit="chunk", disable=not progress, leave=False
-    ):
-        ca = np.asarray(a[start : start + chunk_size], dtype=acc.compute_dtype)
-        cb = np.asarray(b[start : start + chunk_size], dtype=acc.compute_dtype)
-        acc.add(np.concatenate([ca.reshape(len(ca), -1), cb.reshape(len(cb), -1)], axis=1))
-    acc.release_buffers()
-    return acc.block_similarity(debiased=debiased)[:la, la:]
+    dtype = np.dtype(compute_dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"compute_dtype must be float32 or float64, got {dtype}.")
+    n, la, ha = (int(x) for x in a.shape)
+    lb, hb = int(b.shape[1]), int(b.shape[2])
+    if n < (4 if debiased else 2):
+        raise ValueError(f"cross_model_similarity needs at least {4 if debiased else 2} items, got {n}.")
+    mean_a = _column_means(a, chunk_size, "activations_a").reshape(la, ha).astype(dtype)
+    mean_b = _column_means(b, chunk_size, "activations_b").reshape(lb * hb).astype(dtype)
+    per_layer = ha * lb * hb * 8
+    group = max(1, min(la, int(max_bytes) // per_layer))
+    groups = [range(g, min(g + group, la)) for g in range(0, la, group)]
+    cross_f2 = np.zeros((la, lb))  # ||B_mᵀ A_l||²_F
+    gram_a, gram_b = np.zeros((la, ha, ha)), np.zeros((lb, hb, hb))
+    q_a, q_b = np.zeros((n, la)), np.zeros((n, lb))  # squared norms of the centred rows, per layer
+    bar = tqdm(
+        total=len(groups) * -(-n // chunk_size),
+        desc="Gram pass (two models)",
+        unit="chunk",
+        disable=not progress,
+        leave=False,
+    )
+    for gi, layers in enumerate(groups):
+        cross = np.zeros((len(layers), ha, lb * hb))
+        product = np.empty((ha, lb * hb), dtype=dtype)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            za = np.asarray(a[start:stop, layers.start : layers.stop], dtype=dtype) - mean_a[layers.start : layers.stop]
+            zb = np.asarray(b[start:stop], dtype=dtype).reshape(stop - start, lb * hb) - mean_b
+            for k, layer in enumerate(layers):
+                np.matmul(za[:, k].T, zb, out=product)
+                cross[k] += product
+                gram_a[layer] += za[:, k].T @ za[:, k]
+                q_a[start:stop, layer] = np.einsum("ij,ij->i", za[:, k], za[:, k], dtype=np.float64)
+            if gi == 0:
+                zb3 = zb.reshape(stop - start, lb, hb)
+                for m in range(lb):
+                    gram_b[m] += zb3[:, m].T @ zb3[:, m]
+                    q_b[start:stop, m] = np.einsum("ij,ij->i", zb3[:, m], zb3[:, m], dtype=np.float64)
+            bar.update()
+        cross_f2[layers.start : layers.stop] = np.einsum(
+            "khmj,khmj->km", *(2 * [cross.reshape(len(layers), ha, lb, hb)])
+        )
+        del cross
+    bar.close()
+    self_a = np.einsum("lij,lij->l", gram_a, gram_a)
+    self_b = np.einsum("mij,mij->m", gram_b, gram_b)
+    if debiased:
+        tr_a, tr_b = q_a.sum(axis=0), q_b.sum(axis=0)
+        cross_f2 = _debias(cross_f2, q_a.T @ q_b, tr_a[:, None], tr_b[None, :], n)
+        self_a = _debias(self_a, (q_a * q_a).sum(axis=0), tr_a, tr_a, n)
+        self_b = _debias(self_b, (q_b * q_b).sum(axis=0), tr_b, tr_b, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cross_f2 / np.sqrt(np.outer(self_a, self_b))
 
 
 # ---------------------------------------------------------------------------------------------
