@@ -343,3 +343,18 @@ def test_abs_corr_from_condensed_inverts_the_distances_exactly(acts):
         np.testing.assert_array_equal(back, np.abs(c))
     with pytest.raises(ValueError, match="not n\\(n-1\\)/2"):
         _abs_corr_from_condensed(np.zeros(4))
+
+
+def test_correlation_linkage_equals_the_two_step_path(acts):
+    """run_transfer's memory-saving path: the same tree as linkage_tree(neuron_correlation(...)), |r| equal to
+    np.abs of that correlation bit for bit, and so the same clusters and representatives at every cut."""
+    from utils.clustering import correlation_linkage
+
+    corr = neuron_correlation(acts, progress=False)
+    abs_corr, tree = correlation_linkage(acts, progress=False)
+    np.testing.assert_array_equal(abs_corr, np.abs(corr))
+    np.testing.assert_array_equal(tree, linkage_tree(corr))
+    for t in (0.1, 0.3, 0.6):
+        a, b = cluster_neurons(abs_corr, t, linkage=tree), cluster_neurons(corr, t)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.representatives, b.representatives)

@@ -295,6 +295,18 @@ def test_prerequisites_follow_needs_and_default_to_everything_before():
         "03_task_specific_redundancy",
     }
     assert full["02_general_redundancy"] == full["03_task_specific_redundancy"] == {"01_activation_extraction"}
+    # notebook 06 reads only 01, and waits for 03 for memory (AFTER), so it never runs beside 03's probes
+    assert full["06_redundancy_at_scale"] == {"01_activation_extraction", "03_task_specific_redundancy"}
+
+
+def test_after_orders_without_data_and_only_when_earlier():
+    names = ["a", "b", "c"]
+    needs = {"b": ("a",), "c": ("a",)}
+    assert tutorial.prerequisites(names, needs, {"c": ("b",)})["c"] == {"a", "b"}
+    assert tutorial.prerequisites(names, needs, {})["c"] == {"a"}
+    # an order on a notebook that comes later is not a data need: no error, nothing to wait for
+    assert tutorial.prerequisites(names, needs, {"b": ("c",)})["b"] == {"a"}
+    assert tutorial.prerequisites(["a", "c"], needs, {"c": ("b",)})["c"] == {"a"}
 
 
 def test_two_jobs_run_independent_notebooks_together_after_what_they_read(tmp_path):

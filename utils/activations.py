@@ -475,6 +475,7 @@ def extract(
         disable=not progress,
         leave=False,
     )
+    buf = None  # the batch's pooled vectors, (rows, n_layers, hidden), before one copy into ``out``
     with torch.inference_mode(), _autocast(precision, device):
         for idx in _batches(segments, order, batch_size, max_batch_tokens):
             batch = [segments[i] for i in idx]
@@ -492,9 +493,12 @@ def extract(
             positions, feeds, rows = _gather_plan(batch, width, level, aggregation)
             positions, feeds = positions.to(device), feeds.to(device)
             mode = "mean" if aggregation == "mean" else "pick"
-            # layer by layer: gather the batch's vectors (a small, cache-resident block) and copy them
-            # straight into their rows of ``out``; one pass over memory, no (n_out, n_layers, hidden) copy
+            # layer by layer, gather the batch's vectors into one (rows, n_layers, hidden) block, then copy
+            # whole rows into ``out`` at once: contiguous writes, where a copy per layer writes strided pieces
             rows_t = torch.from_numpy(rows)
+            if buf is None or len(buf) < len(rows):  # reused: a fresh block every batch costs page faults
+                buf = torch.empty((2 * len(rows), target.shape[1], target.shape[2]), dtype=target.dtype)
+            block = buf[: len(rows)]
             for layer, h in enumerate(outputs.hidden_states):
                 vectors = _pool(h.reshape(-1, h.shape[-1]), positions, feeds, len(rows), mode)
                 if target.dtype == torch.float16 and float(vectors.abs().max()) > np.finfo(np.float16).max:
@@ -503,7 +507,8 @@ def extract(
                         f"({np.finfo(np.float16).max:.0f}; decoders such as gemma3 have massive activations); "
                         "store them as float32 (dtype='float32')."
                     )
-                target.select(1, layer).index_copy_(0, rows_t, vectors.to("cpu", target.dtype))
+                block[:, layer] = vectors
+            target.index_copy_(0, rows_t, block)
             del outputs  # free the hidden states before the next forward pass
             done[idx] = True
             if on_batch is not None:

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .clustering import cluster_neurons, linkage_tree, neuron_correlation
+from .clustering import cluster_neurons, correlation_linkage
 from .probing import fit_layer_probes, make_probe, restrict_to_classes
 from .ranking import PCT_GRID, lca_ordering, minimal_neuron_set
 from .validation import is_regression_target, seen_mask
@@ -448,16 +448,16 @@ def run_transfer(
         total=len(set((layer_of[c], c[2], c[1]) for c in grid)), desc="transfer grid", disable=not progress, leave=False
     )
     for layer in dict.fromkeys(layer_of.values()):
+        thresholds = list(dict.fromkeys(c[2] for c in grid if layer_of[c] == layer))
+        abs_corr = tree = None
+        if any(t is not None for t in thresholds):  # before the flat copies, while the linkage holds two n² arrays
+            abs_corr, tree = correlation_linkage(A[:, : layer + 1], progress=False)
         X, Xd = _flat(A, layer + 1), _flat(Ad, layer + 1)  # once per selected layer
-        corr = tree = None
-        for t in dict.fromkeys(c[2] for c in grid if layer_of[c] == layer):
+        for t in thresholds:
             if t is None:
                 cand, Xs, Xsd = np.arange(X.shape[1]), X, Xd
             else:
-                if corr is None:
-                    corr = neuron_correlation(A[:, : layer + 1], progress=False)
-                    tree = linkage_tree(corr)
-                cand = cluster_neurons(corr, t, linkage=tree).representatives
+                cand = cluster_neurons(abs_corr, t, linkage=tree).representatives
                 Xs, Xsd = X[:, cand], Xd[:, cand]
             base = make_probe(y, **params).fit(Xs, y, X_dev=Xsd, y_dev=yd)
             base_dev = float(base.score(Xsd, yd))
@@ -477,7 +477,7 @@ def run_transfer(
                 )
                 bar.update(1)
             searches[layer, t] = _Search(cand, base, base_dev, sets)
-        del X, Xd, corr, tree
+        del X, Xd, abs_corr, tree
     bar.close()
 
     rows = []

@@ -50,10 +50,9 @@ import torch
 from scipy.cluster.hierarchy import fcluster
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial.distance import squareform
 from tqdm.auto import tqdm
 
-from .clustering import NeuronClusters, _relabel
+from .clustering import NeuronClusters, _condensed_distance, _relabel
 
 __all__ = [
     "ColumnConcat",
@@ -820,7 +819,9 @@ def _local_blocks(
             if lo < hi:
                 pieces.append(_read(flat, r0, r1, c0, c1)[:, sorted_cols[lo:hi] - c0])
         x = torch.from_numpy(np.concatenate(pieces, axis=1)).to(device)
+        del pieces
         zt = x.sub_(mean).mul_(scale).T[inverse].contiguous()  # (columns in group order, rows)
+        del x  # only zt is read below: the two row chunks would sit beside the float64 blocks
         off = 0
         for s, ks in groups.items():
             zg = zt[off : off + s * len(ks)].view(len(ks), s, r1 - r0)
@@ -882,12 +883,14 @@ def _dask_blocks(
 
 
 def _average_linkage(r32: np.ndarray) -> np.ndarray:
-    """scipy's average-linkage tree on ``1 - |r|`` of one component's float32 block (shape (s, s))."""
+    """scipy's average-linkage tree on ``1 - |r|`` of one component's float32 block (shape (s, s)).
+
+    The condensed distances are built band by band (``clustering._condensed_distance``), so beside
+    the block only they and scipy's copy of them are held: no float64 square.
+    """
     if len(r32) == 2:  # the commonest component: one merge, as scipy writes it
         return np.array([[0.0, 1.0, 1.0 - abs(float(r32[0, 1])), 2.0]])
-    dist = 1.0 - np.abs(r32.astype(np.float64))
-    np.fill_diagonal(dist, 0.0)
-    return scipy_linkage(np.clip(squareform(dist, checks=False), 0.0, 1.0), method="average")
+    return scipy_linkage(_condensed_distance(r32), method="average")
 
 
 def _exact_batch(
@@ -899,15 +902,22 @@ def _exact_batch(
     into one scipy linkage over the batch's neurons, so that each threshold is one ``fcluster`` call.
     Representatives follow ``utils.clustering``: the member with the largest within-cluster Σ|r|
     (self included), ties to the lowest index. Returns, per threshold, labels and a representative mask
-    over ``np.concatenate(members)``.
+    over ``np.concatenate(members)``. Each entry of ``blocks`` is set to None once it has been read, so
+    that a large block is freed before its linkage runs.
     """
     sizes = np.array([len(m) for m in members])
     offsets = np.r_[0, np.cumsum(sizes)]
     m_total = int(offsets[-1])
     rows, absr, roots, row_off = [], [], [], 0
-    for c, block in enumerate(blocks):
+    for c in range(len(blocks)):
         s = int(sizes[c])
-        r32 = np.clip((block + block.T) / 2, -1.0, 1.0).astype(np.float32)
+        block, blocks[c] = blocks[c], None  # the float64 block is freed once its float32 copy exists
+        sym = block + block.T
+        del block
+        sym *= 0.5
+        np.clip(sym, -1.0, 1.0, out=sym)
+        r32 = sym.astype(np.float32)
+        del sym
         np.fill_diagonal(r32, 1.0)
         tree = _average_linkage(r32)
         ids = tree[:, :2].astype(np.int64)

@@ -653,12 +653,15 @@ def fit_adam(
     bar = tqdm(
         total=cfg.max_epochs * math.ceil(n / cfg.batch_size), desc="probe epochs", disable=not cfg.progress, leave=False
     )
+    # one reused buffer for the minibatch rows: a fresh (batch, ...) tensor every step costs page faults
+    # (large allocations are mmap-ed and returned to the system each time), more than the copy itself
+    buf = None if Xt is None else torch.empty((min(cfg.batch_size, n), *Xt.shape[1:]), dtype=Xt.dtype, device=device)
     for epoch in range(cfg.max_epochs):
         perm = torch.randperm(n, generator=gen).numpy()
         for s in range(0, n, cfg.batch_size):
             idx = np.sort(perm[s : s + cfg.batch_size])
             if Xt is not None:
-                xb = Xt.index_select(0, torch.from_numpy(idx).to(device))
+                xb = torch.index_select(Xt, 0, torch.from_numpy(idx).to(device), out=buf[: len(idx)])
             else:
                 xb = bank.standardize(rows(X, idx, device, "X", bank.dtype, check=False))
             opt.zero_grad(set_to_none=True)

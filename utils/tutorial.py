@@ -71,6 +71,14 @@ NEEDS: dict[str, tuple[str, ...]] = {
 tables from 02 and 03). With ``jobs > 1`` a notebook starts as soon as these have finished; a notebook
 not named here waits for every notebook before it in the run."""
 
+AFTER: dict[str, tuple[str, ...]] = {
+    "06_redundancy_at_scale": ("03_task_specific_redundancy",),
+}
+"""Order without data, to keep memory peaks apart (applied only where the other notebook comes earlier in
+the run). Notebook 06 holds up to 2.5 GiB (its largest exact component block, 9,775 neurons in the full
+run); beside notebook 03's two layer-probe workers (up to 2.3 GiB each) the full run of feb0dfd went over
+8 GiB. After notebook 03 it runs beside notebook 04, whose first pipelines (MPNet) are small."""
+
 SOURCE_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = SOURCE_DIR / "executed"
 INJECTED_TAG = "injected-parameters"
@@ -218,7 +226,11 @@ def _execute(source: str, executed: str, params: dict, progress: bool, peak: mul
     peak.put(_children_peak_rss_mib())
 
 
-def prerequisites(names: Sequence[str], needs: dict[str, tuple[str, ...]] | None = None) -> dict[str, set[str]]:
+def prerequisites(
+    names: Sequence[str],
+    needs: dict[str, tuple[str, ...]] | None = None,
+    after: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, set[str]]:
     """For each notebook of a run, the notebooks of the same run that must finish before it starts.
 
     Parameters
@@ -227,6 +239,8 @@ def prerequisites(names: Sequence[str], needs: dict[str, tuple[str, ...]] | None
         Notebook stems in run order.
     needs : dict, default ``NEEDS``
         Stem -> the stems it reads from. A stem not in ``needs`` waits for every stem before it.
+    after : dict, default ``AFTER``
+        Stem -> stems it waits for without reading them (memory), where they come earlier in ``names``.
 
     Returns
     -------
@@ -239,6 +253,7 @@ def prerequisites(names: Sequence[str], needs: dict[str, tuple[str, ...]] | None
         When a notebook needs one that comes after it in ``names``.
     """
     needs = NEEDS if needs is None else needs
+    after = AFTER if after is None else after
     names = list(names)
     waits = {}
     for i, name in enumerate(names):
@@ -248,7 +263,7 @@ def prerequisites(names: Sequence[str], needs: dict[str, tuple[str, ...]] | None
         later = [n for n in needs[name] if n in names[i + 1 :]]
         if later:
             raise ValueError(f"{name} reads what {', '.join(later)} writes, but runs before it; reorder the notebooks")
-        waits[name] = {n for n in needs[name] if n in names[:i]}
+        waits[name] = {n for n in (*needs[name], *after.get(name, ())) if n in names[:i]}
     return waits
 
 
