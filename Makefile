@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_bf16_fidelity.py
 	$(PY) benchmarks/bench_general_redundancy.py
 	$(PY) benchmarks/bench_cross_model.py
+	$(PY) benchmarks/bench_clustering_memory.py --tiled
 	$(PY) benchmarks/bench_probing.py
 	$(PY) benchmarks/bench_tiled_clustering.py --sizes 10k 30k
 	$(PY) benchmarks/bench_finetune.py
