@@ -236,10 +236,15 @@ def test_bad_inputs_are_refused_before_training(tmp_path):
         get_activations("minilm+ft", words, "train", root=tmp_path / "stores", progress=False, precision="float32")
 
 
-def test_regression_task_gets_a_regression_head(tmp_path):
+def test_regression_task_gets_a_regression_head(tmp_path, monkeypatch):
     task = synthetic_task(160, regression=True)
     recipe = ft.Recipe(epochs=1, batch_size=8, max_length=32, learning_rate=1e-4)
+    released = []
+    monkeypatch.setattr(ft.heap, "release_unused", lambda: released.append(1) or True)
     result = ft.finetune("minilm", task, recipe=recipe, root=tmp_path, device="cpu", progress=False)
+    assert released == [1]  # the training run's freed memory is handed back once it is done ...
+    ft.finetune("minilm", task, recipe=recipe, root=tmp_path, device="cpu", progress=False)
+    assert released == [1]  # ... and a cached result trains nothing, so there is nothing to hand back
     assert result.meta["problem"] == "regression" and result.meta["metric"] == "dev_pearson"
     model, tok = result.load_classifier(device="cpu")
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"

@@ -214,10 +214,17 @@ def correlation_linkage(activations: Any, *, progress: bool = True) -> tuple[np.
     corr = neuron_correlation(activations, progress=progress)
     dist = _condensed_distance(_check_corr(corr))
     del corr
+    return _abs_corr_and_tree(dist)
+
+
+def _abs_corr_and_tree(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``|r|`` (float32 square) and the average-linkage tree from condensed ``1 - |r|`` distances.
+
+    The linkage runs first, while only ``dist`` and scipy's copy of it are held; the square ``|r|`` is
+    rebuilt afterwards. Callers drop their square correlation before calling and ``dist`` after.
+    """
     tree = _average_linkage(dist)
-    abs_corr = _abs_corr_from_condensed(dist)
-    del dist
-    return abs_corr, tree
+    return _abs_corr_from_condensed(dist), tree
 
 
 def _average_linkage(dist: np.ndarray) -> np.ndarray:
@@ -652,8 +659,7 @@ def general_redundancy(
     # rebuild |r| (all that clustering reads) from the distances afterwards: two at a time.
     dist = _condensed_distance(_check_corr(corr))
     del corr
-    tree = _average_linkage(dist)
-    abs_corr = _abs_corr_from_condensed(dist)
+    abs_corr, tree = _abs_corr_and_tree(dist)
     del dist
     thresholds = sorted(set(float(t) for t in thresholds) | {float(reference_threshold)})
     sweep = cluster_sweep(abs_corr, thresholds, linkage=tree)

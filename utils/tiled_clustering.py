@@ -48,11 +48,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from scipy.cluster.hierarchy import fcluster
-from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from .clustering import NeuronClusters, _condensed_distance, _relabel
+from .clustering import _average_linkage as clustering_average_linkage
 
 __all__ = [
     "ColumnConcat",
@@ -890,7 +890,7 @@ def _average_linkage(r32: np.ndarray) -> np.ndarray:
     """
     if len(r32) == 2:  # the commonest component: one merge, as scipy writes it
         return np.array([[0.0, 1.0, 1.0 - abs(float(r32[0, 1])), 2.0]])
-    return scipy_linkage(_condensed_distance(r32), method="average")
+    return clustering_average_linkage(_condensed_distance(r32))
 
 
 def _exact_batch(
