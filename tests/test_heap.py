@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -37,3 +40,44 @@ def test_release_unused_without_glibc_only_collects(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(heap.gc, "collect", lambda: collected.append(1) or 0)
     assert heap.release_unused() is False
     assert collected == [1]
+
+
+_MAPPED_SCRIPT = """
+import numpy as np
+from utils import heap
+
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
+
+def drop(n, size):  # MiB given back at once when n blocks are freed but every 16th
+    blocks = [np.ones(size // 8) for _ in range(n)]
+    kept = blocks[::16]
+    before = anon()
+    del blocks
+    return before - anon()
+
+with heap.large_blocks_mapped() as applied:
+    inside = drop(160, 3 * 2**19)
+outside = drop(160, 3 * 2**19)
+print(applied, inside, outside)
+"""
+
+
+@pytest.mark.skipif(heap._mallopt() is None, reason="needs glibc's mallopt")
+def test_large_blocks_mapped_returns_large_blocks_when_freed_and_restores_the_threshold() -> None:
+    # A fresh interpreter: blocks are mapped only when no free heap chunk fits them, so this process's
+    # own heap (other tests' frees) would serve them. 1.5 MiB blocks: 240 MiB, 225 MiB of it freed.
+    out = subprocess.run([sys.executable, "-c", _MAPPED_SCRIPT], capture_output=True, text=True, check=True)
+    applied, inside, outside = out.stdout.split()
+    freed = 160 * 15 / 16 * 1.5
+    assert applied == "True"
+    assert float(inside) > 0.8 * freed, f"inside: {float(inside):.0f} of {freed:.0f} MiB came back at once"
+    # back at 32 MiB: 1.5 MiB blocks live in the heap again, and its holes stay until a trim
+    assert float(outside) < 0.2 * freed, f"outside: {float(outside):.0f} of {freed:.0f} MiB came back without a trim"
+
+
+def test_large_blocks_mapped_refuses_a_non_positive_threshold() -> None:
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        with heap.large_blocks_mapped(0):
+            pass
