@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_probing.py
 	$(PY) benchmarks/bench_tiled_clustering.py --sizes 10k 30k
 	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_finetune.py --task uncertainty --epochs 1 --heap
 
 clean-quick:
 	rm -rf build/quick
