@@ -27,11 +27,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_cross_model import anon_mib, measured  # noqa: E402  (peak memory of one call, sampled every 0.1 s)
 
 
 def main() -> None:
@@ -61,28 +62,25 @@ def main() -> None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     if args.one == "default":  # glibc's own heap: no mapping of large blocks during the fine-tune
         finetune.heap.large_blocks_mapped = lambda *a, **k: contextlib.nullcontext(False)
-    peak, done_event = [0.0], threading.Event()
-
-    def watch() -> None:
-        while not done_event.is_set():
-            peak[0] = max(peak[0], anon_mib())
-            time.sleep(0.1)
-
-    threading.Thread(target=watch, daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as root:
-        t0 = time.perf_counter()
-        done = finetune.finetune(
-            args.model, finetune.whole_train(task, seed=0), recipe=recipe, seed=0, root=root, progress=False
+        base = anon_mib()
+        done, wall, growth = measured(
+            finetune.finetune,
+            args.model,
+            finetune.whole_train(task, seed=0),
+            recipe=recipe,
+            seed=0,
+            root=root,
+            progress=False,
         )
-        wall = time.perf_counter() - t0
-    done_event.set()
+    peak = base + growth
     meta = done.meta
     if args.one:
         print(
             json.dumps(
                 {
                     "train_seconds": meta["train_seconds"],
-                    "peak_anon_mib": peak[0],
+                    "peak_anon_mib": peak,
                     "weights": meta["weights_sha256_all"],
                     "steps": meta["steps"],
                 }
@@ -98,12 +96,6 @@ def main() -> None:
     )
     print(f"wall, loading included: {wall:.0f} s ({wall / 60:.1f} min)")
     print("dev accuracy per epoch: " + ", ".join(f"{h['dev_accuracy']:.3f}" for h in meta["history"]))
-
-
-def anon_mib() -> float:
-    """This process's anonymous resident memory in MiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
 
 
 def compare_heaps(args: argparse.Namespace) -> None:
