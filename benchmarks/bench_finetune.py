@@ -10,11 +10,14 @@ accuracy per epoch. Run it on an otherwise idle machine:
     .venv/bin/python benchmarks/bench_finetune.py                      # MPNet, sentiment, 500 sentences
     .venv/bin/python benchmarks/bench_finetune.py --model minilm --train 1500
     .venv/bin/python benchmarks/bench_finetune.py --task uncertainty --epochs 1 --heap
+    .venv/bin/python benchmarks/bench_finetune.py --task uncertainty --epochs 1 --precision
 
 With ``--heap``, the fine-tune runs twice, each in a fresh process: as ``finetune.finetune`` runs it
 (every tensor of 1 MiB or more a memory map of its own, ``heap.large_blocks_mapped``) and with glibc's
 default heap. Printed for each: training seconds, peak anonymous memory (``RssAnon`` every 0.1 s) and the
-weights' sha256 (equal: the heap does not change the arithmetic), then the two ratios.
+weights' sha256 (equal: the heap does not change the arithmetic), then the two ratios. With
+``--precision``, the same for the recipe under bfloat16 autocast and in float32 (other weights: whether
+they are as good is ``finetune_precision.py``'s question), dev accuracy by epoch beside.
 """
 
 from __future__ import annotations
@@ -43,10 +46,16 @@ def main() -> None:
     parser.add_argument("--eval-budget", type=int, default=1000, help="dev sentences scored after each epoch")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's 3 epochs (shorter --heap runs)")
     parser.add_argument("--heap", action="store_true", help="compare the mapped large blocks with glibc's default heap")
+    parser.add_argument(
+        "--precision", action="store_true", help="compare bfloat16 autocast with float32 (the recipe's precision)"
+    )
     parser.add_argument("--one", choices=["mapped", "default"], help=argparse.SUPPRESS)  # a child of --heap
+    parser.add_argument("--one-precision", choices=["float32", "bfloat16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.heap:
-        return compare_heaps(args)
+        return compare(args, "--one", ("mapped", "default"))
+    if args.precision:
+        return compare(args, "--one-precision", ("bfloat16", "float32"))
 
     import torch
 
@@ -60,6 +69,8 @@ def main() -> None:
     recipe = dataclasses.replace(finetune.recipe_for(args.model), train_budget=args.train)
     if args.epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    if args.one_precision:
+        recipe = dataclasses.replace(recipe, precision=args.one_precision)
     if args.one == "default":  # glibc's own heap: no mapping of large blocks during the fine-tune
         finetune.heap.large_blocks_mapped = lambda *a, **k: contextlib.nullcontext(False)
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as root:
@@ -75,7 +86,7 @@ def main() -> None:
         )
     peak = base + growth
     meta = done.meta
-    if args.one:
+    if args.one or args.one_precision:
         print(
             json.dumps(
                 {
@@ -83,6 +94,7 @@ def main() -> None:
                     "peak_anon_mib": peak,
                     "weights": meta["weights_sha256_all"],
                     "steps": meta["steps"],
+                    "dev": [h["dev_accuracy"] for h in meta["history"]],
                 }
             )
         )
@@ -98,24 +110,24 @@ def main() -> None:
     print("dev accuracy per epoch: " + ", ".join(f"{h['dev_accuracy']:.3f}" for h in meta["history"]))
 
 
-def compare_heaps(args: argparse.Namespace) -> None:
-    """The fine-tune in two fresh processes, mapped large blocks and glibc's default heap; print both."""
+def compare(args: argparse.Namespace, flag: str, variants: tuple[str, str]) -> None:
+    """The fine-tune in two fresh processes, one per variant (``flag`` tells the child which); print both."""
     rows = {}
-    for heap in ("mapped", "default"):
+    for variant in variants:
         cmd = [sys.executable, __file__, "--model", args.model, "--task", args.task, "--train", str(args.train)]
-        cmd += ["--eval-budget", str(args.eval_budget), "--one", heap]
+        cmd += ["--eval-budget", str(args.eval_budget), flag, variant]
         cmd += ["--epochs", str(args.epochs)] if args.epochs is not None else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows[heap] = json.loads(out.strip().splitlines()[-1])
-        r = rows[heap]
+        rows[variant] = json.loads(out.strip().splitlines()[-1])
+        r = rows[variant]
         print(
-            f"{heap:8s} {r['steps']} steps: {r['train_seconds']:.1f} s, peak {r['peak_anon_mib']:,.0f} MiB anonymous, "
-            f"weights {r['weights'][:16]}"
+            f"{variant:8s} {r['steps']} steps: {r['train_seconds']:.1f} s, peak {r['peak_anon_mib']:,.0f} MiB anonymous, "
+            f"weights {r['weights'][:16]}, dev accuracy by epoch " + ", ".join(f"{d:.3f}" for d in r["dev"])
         )
-    m, d = rows["mapped"], rows["default"]
+    a, b = (rows[v] for v in variants)
     print(
-        f"mapped / default: time {m['train_seconds'] / d['train_seconds']:.2f}x, peak memory "
-        f"{m['peak_anon_mib'] / d['peak_anon_mib']:.2f}x, same weights: {m['weights'] == d['weights']}"
+        f"{variants[0]} / {variants[1]}: time {a['train_seconds'] / b['train_seconds']:.2f}x, peak memory "
+        f"{a['peak_anon_mib'] / b['peak_anon_mib']:.2f}x, same weights: {a['weights'] == b['weights']}"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -194,6 +195,7 @@ def test_cache_key_changes_when_any_input_changes():
         "warmup_ratio": 0.1,
         "max_grad_norm": 0.5,
         "train_budget": 100,
+        "precision": "bfloat16",
     }
     assert set(changed) == {f.name for f in dataclasses.fields(ft.Recipe)}  # every field is tried
     digests = {base}
@@ -211,6 +213,33 @@ def test_cache_key_changes_when_any_input_changes():
     assert ft.finetune_key("minilm", dataclasses.replace(task, test=task.dev), ft.PAPER_RECIPE, seed=0)[1] == base
     assert base_fields["finetune_version"] == ft.FINETUNE_VERSION
     assert json.dumps(base_fields)  # plain JSON
+    # float32 (the default) is left out of the key: keys made before `precision` existed still hold
+    assert "precision" not in base_fields["recipe"]
+    assert set(base_fields["recipe"]) == {f.name for f in dataclasses.fields(ft.Recipe)} - {"precision"}
+    bf16 = dataclasses.replace(ft.PAPER_RECIPE, precision="bfloat16")
+    assert ft.finetune_key("minilm", task, bf16, seed=0)[0]["recipe"]["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        ft.Recipe(precision="float16")
+
+
+def test_bfloat16_fine_tune_learns_and_records_its_own_dev_metric(trained, tmp_path):
+    """Mixed precision: the same recipe under bfloat16 autocast still learns the task, ends with other
+    weights than float32's, and the dev metric it records is that of a bfloat16 dev pass."""
+    task, _, full = trained
+    result = ft.finetune(
+        "minilm", task, recipe=dataclasses.replace(SMALL, precision="bfloat16"), seed=0, root=tmp_path, progress=False
+    )
+    assert result.path != full.path and result.meta["recipe"]["precision"] == "bfloat16"
+    model, tok = result.load_classifier(device="cpu")
+    y = np.array([result.meta["classes"].index(lab) for lab in task.dev.labels])
+    low = ft.predict(model, tok, task.dev.texts, max_length=32, precision="bfloat16")
+    assert low.dtype == np.float32
+    assert float((low.argmax(axis=1) == y).mean()) == pytest.approx(result.dev_metric)
+    assert result.dev_metric >= 0.9
+    # the bfloat16 dev pass is close to the float32 one of the same weights (8-bit mantissa: about 1e-2)
+    high = ft.predict(model, tok, task.dev.texts, max_length=32)
+    assert 0 < np.abs(low - high).max() < 0.1 * np.abs(high).max()
+    assert any(not torch.equal(w, _weights(full)[k]) for k, w in _weights(result).items())
 
 
 def _refused(tmp_path, task, match, model="minilm"):
@@ -300,3 +329,20 @@ def test_named_tasks_fine_tune_on_the_whole_train_split_whatever_the_store_budge
     assert ft.whole_train(other, seed=0) is other
     mine = synthetic_task()
     assert ft.whole_train(mine, seed=0) is mine
+
+
+def test_speedup_of_a_fine_tuned_name_times_the_fine_tuned_encoder(trained, tmp_path, monkeypatch):
+    """``selection.timed_speedup("minilm+ft", ...)`` finds the fine-tune of its recipe and times its encoder."""
+    from utils.selection import ReducedProbe, timed_speedup
+
+    task, root, result = trained
+    monkeypatch.setenv("REDUNDANCY_CACHE", str(tmp_path))
+    shutil.copytree(result.path, tmp_path / "finetuned" / result.path.relative_to(root))  # no training here
+    rng = np.random.default_rng(0)
+    classes = np.array(["negative", "positive"])
+    reduced = ReducedProbe(1, 384, np.arange(384, 394), rng.normal(size=(2, 10)), np.zeros(2), classes)
+    oracle = ReducedProbe(6, 384, np.arange(7 * 384), rng.normal(size=(2, 7 * 384)), np.zeros(2), classes)
+    timing = timed_speedup("minilm+ft", task, reduced=reduced, oracle=oracle, n_sentences=4, recipe=SMALL, repeats=1)
+    assert timing["items"] == 4 and timing["speedup"] > 0
+    made = [p.name for p in (tmp_path / "finetuned" / "minilm").iterdir() if p.suffix != ".lock"]
+    assert made == [result.path.name]  # the copied fine-tune was found: nothing was trained

@@ -1,10 +1,14 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.metrics import f1_score
 
+from utils import memo
 from utils.activations import extract
+from utils.data import Split, Task
 from utils.selection import (
     PAPER_GRID,
     ReducedProbe,
@@ -12,8 +16,11 @@ from utils.selection import (
     cc_sweep,
     layer_selector,
     load_predictions,
+    machine_signature,
+    measure_speedup,
     run_transfer,
     save_predictions,
+    timed_speedup,
     transfer_over_seeds,
 )
 
@@ -118,6 +125,40 @@ def test_reduced_probe_on_text_runs_a_truncated_model(minilm):
     )
     with pytest.raises(ValueError, match="expected activations of shape"):
         probe.predict(full[:, :1])
+
+
+def _probes_on(hidden: int, n_layers: int, rng: np.random.Generator) -> tuple[ReducedProbe, ReducedProbe]:
+    """A reduced probe on 10 neurons of layers 0..2 and an oracle on every neuron, random weights."""
+    classes = np.array(["x", "y", "z"])
+    neurons = np.sort(rng.choice(3 * hidden, size=10, replace=False))
+    reduced = ReducedProbe(
+        int(neurons.max() // hidden), hidden, neurons, rng.normal(size=(3, 10)), np.zeros(3), classes
+    )
+    everything = np.arange(n_layers * hidden)
+    oracle = ReducedProbe(n_layers - 1, hidden, everything, rng.normal(size=(3, everything.size)), np.zeros(3), classes)
+    return reduced, oracle
+
+
+def test_speedup_times_both_paths_on_the_test_sentences_and_is_kept_per_machine(minilm, tmp_path):
+    reduced, oracle = _probes_on(384, 7, np.random.default_rng(0))
+    words = [["The", "cat", "sat."], ["Stocks", "fell", "sharply", "on", "Monday."], ["It", "rained", "."]]
+    split = Split(words, [["x"] * len(w) for w in words])
+    task = Task("toy", "word", split, split, split, classes=("x", "y", "z"))
+    timing = timed_speedup("minilm", task, reduced=reduced, oracle=oracle, n_sentences=2, repeats=1)
+    assert timing["items"] == 3 + 5  # the words of the first two test sentences
+    assert timing["full_s"] > 0 and timing["reduced_s"] > 0
+    assert timing["speedup"] == pytest.approx(timing["full_s"] / timing["reduced_s"])
+    direct = measure_speedup(minilm, words[:2], level="word", reduced=reduced, oracle=oracle, repeats=1)
+    assert direct.keys() == timing.keys() and direct["items"] == timing["items"]
+    # through a ResultCache: read back on the same machine, measured again on another
+    cache = memo.ResultCache(tmp_path / "results")
+    args = dict(reduced=reduced, oracle=oracle, n_sentences=2, repeats=1)
+    first = cache(timed_speedup, "minilm", task, machine=machine_signature(), **args)
+    assert cache(timed_speedup, "minilm", task, machine=machine_signature(), **args) == first
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache(timed_speedup, "minilm", task, machine="another machine", **args)
+    assert (cache.hits, cache.misses) == (1, 2)
+    assert str(os.cpu_count()) in machine_signature()
 
 
 def test_mismatched_inputs_are_refused(splits):

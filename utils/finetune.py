@@ -90,6 +90,10 @@ class Recipe:
         Gradient-norm clipping (transformers' default: 1.0).
     train_budget : int or None
         Fine-tune on the first ``train_budget`` train items only (None: the whole train split).
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the forward and backward passes (and the dev pass): as loaded (the paper's), or
+        under bfloat16 ``torch.autocast`` (mixed precision: weights, gradients and AdamW state stay
+        float32; matrix products run in bfloat16).
     """
 
     epochs: int = 3
@@ -100,6 +104,7 @@ class Recipe:
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     train_budget: int | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         checks = {
@@ -111,12 +116,13 @@ class Recipe:
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_grad_norm": self.max_grad_norm > 0,
             "train_budget": self.train_budget is None or self.train_budget >= 2,
+            "precision": self.precision in ("float32", "bfloat16"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 f"invalid Recipe field(s) {bad} in {self}; epochs, batch_size >= 1, learning_rate > 0, "
-                "max_length >= 8, warmup_ratio in [0, 1), train_budget None or >= 2"
+                "max_length >= 8, warmup_ratio in [0, 1), train_budget None or >= 2, precision 'float32' or 'bfloat16'"
             )
 
 
@@ -291,6 +297,15 @@ def _train_split(task: Task, recipe: Recipe) -> Split:
     return Split(task.train.texts[:n], task.train.labels[:n])
 
 
+def _recipe_fields(recipe: Recipe) -> dict:
+    """The recipe as it enters the key; float32 (the default) is left out, so keys made before the
+    ``precision`` field existed still name the same weights."""
+    fields = dataclasses.asdict(recipe)
+    if fields["precision"] == "float32":
+        del fields["precision"]
+    return fields
+
+
 def finetune_key(base: str, task: Task, recipe: Recipe, *, seed: int) -> tuple[dict, str]:
     """Everything that makes the fine-tuned weights, and its sha256 (the cache key).
 
@@ -311,7 +326,7 @@ def finetune_key(base: str, task: Task, recipe: Recipe, *, seed: int) -> tuple[d
         "n_train": len(train),
         "dev_sha256": _split_sha256(task.dev),
         "n_dev": len(task.dev),
-        "recipe": dataclasses.asdict(recipe),
+        "recipe": _recipe_fields(recipe),
         "seed": int(seed),
     }
     return fields, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -363,17 +378,33 @@ def _targets(labels: Sequence, problem: str, classes: list) -> torch.Tensor:
     return torch.tensor([index[y] for y in labels], dtype=torch.int64)
 
 
+def _autocast(precision: str, device: torch.device) -> Any:
+    """bfloat16 ``torch.autocast`` on ``device`` for ``precision="bfloat16"``, else nothing."""
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def predict(
-    model: torch.nn.Module, tokenizer: Any, texts: Sequence, *, max_length: int = 128, batch_size: int = 64
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence,
+    *,
+    max_length: int = 128,
+    batch_size: int = 64,
+    precision: str = "float32",
 ) -> np.ndarray:
-    """Logits of a sequence classifier for ``texts``, shape (n_texts, n_labels), in input order."""
+    """Logits of a sequence classifier for ``texts``, shape (n_texts, n_labels), in input order.
+
+    ``precision="bfloat16"`` runs the forward pass under bfloat16 autocast; logits come back float32.
+    """
     device = next(model.parameters()).device
     enc = _tokenize(tokenizer, texts, max_length)
     pad_id = tokenizer.pad_token_id or 0
     was_training = model.training
     model.eval()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(precision, device):
         for start in range(0, len(texts), batch_size):
             idx = np.arange(start, min(start + batch_size, len(texts)))
             out.append(model(**_collate(enc, idx, pad_id, device)).logits.float().cpu().numpy())
@@ -660,7 +691,8 @@ def _train(
     while step < total_steps:
         epoch, within = divmod(step, steps_per_epoch)
         idx = _epoch_order(len(train), seed, epoch)[within * recipe.batch_size : (within + 1) * recipe.batch_size]
-        out = clf(**_collate(enc_train, idx, pad_id, device), labels=y_train[idx].to(device))
+        with _autocast(recipe.precision, device):
+            out = clf(**_collate(enc_train, idx, pad_id, device), labels=y_train[idx].to(device))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(clf.parameters(), recipe.max_grad_norm)
         optimizer.step()
@@ -670,7 +702,14 @@ def _train(
         loss_sum += float(out.loss.detach())
         if step % steps_per_epoch == 0:  # epoch end: dev metric (dev picks nothing; it reports)
             value = _dev_metric(
-                predict(clf, tokenizer, task.dev.texts, max_length=max_length, batch_size=2 * recipe.batch_size),
+                predict(
+                    clf,
+                    tokenizer,
+                    task.dev.texts,
+                    max_length=max_length,
+                    batch_size=2 * recipe.batch_size,
+                    precision=recipe.precision,
+                ),
                 y_dev,
                 problem,
             )

@@ -1049,3 +1049,78 @@ def measure_speedup(
             times[name].append(time.perf_counter() - t0)
     f, r = min(times["full"]), min(times["reduced"])
     return {"full_s": f, "reduced_s": r, "speedup": f / r, "items": n_items}
+
+
+def machine_signature() -> str:
+    """The CPU model, the number of cores torch may use and the GPU (if any): what a timing depends on.
+
+    ``timed_speedup`` takes it as an argument so that a timing read back from a ``memo.ResultCache``
+    was measured on a machine of the same kind.
+    """
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; {gpu}"
+
+
+def timed_speedup(
+    model: str,
+    task: Any,
+    *,
+    reduced: ReducedProbe,
+    oracle: ReducedProbe,
+    n_sentences: int = 64,
+    seed: int = 0,
+    recipe: Any = None,
+    machine: str | None = None,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """``measure_speedup`` of model ``model`` (a name) on the first ``n_sentences`` test sentences of ``task``.
+
+    Everything the timing depends on is an argument, so that a ``memo.ResultCache`` can keep it: a
+    rerun with the caches in place reads the timing back instead of measuring it again, perhaps while
+    another notebook competes for the cores.
+
+    Parameters
+    ----------
+    model : str
+        A model name (``"mpnet"``), or ``"<base>+ft"``: the encoder inside ``base`` fine-tuned on
+        ``task`` with ``recipe`` and ``seed`` (``finetune.finetune``, read from its cache).
+    task : data.Task
+        Its test split is timed (``task.test.texts[:n_sentences]``), at ``task.level``.
+    reduced, oracle : ReducedProbe
+    n_sentences, repeats : int
+    seed : int
+        The data seed (and the fine-tune's).
+    recipe : finetune.Recipe, optional
+        The fine-tune's recipe for ``"<base>+ft"`` (default ``finetune.recipe_for(base)``).
+    machine : str, optional
+        Not used by the computation: it enters a cache key (``machine_signature()``), so that a
+        timing is never read back on another kind of machine.
+
+    Returns
+    -------
+    timing : dict
+        As ``measure_speedup``.
+    """
+    from . import finetune
+    from .activations import _cached_model
+
+    if finetune.is_finetuned_name(model):
+        base = model[: -len(finetune.FT_SUFFIX)]
+        recipe = recipe if recipe is not None else finetune.recipe_for(base)
+        encoder = finetune.finetune(
+            base, finetune.whole_train(task, seed=seed), recipe=recipe, seed=seed, progress=False
+        ).encoder()
+    else:
+        encoder = _cached_model(model, None)
+    texts = task.test.texts[:n_sentences]
+    return measure_speedup(encoder, texts, level=task.level, reduced=reduced, oracle=oracle, repeats=repeats)
