@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tiled_clustering.py --sizes 10k 30k
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_finetune.py --task uncertainty --epochs 1 --heap
+	$(PY) benchmarks/bench_finetune.py --task uncertainty --epochs 1 --precision
 
 clean-quick:
 	rm -rf build/quick

@@ -5,7 +5,8 @@ For each task, MPNet is fine-tuned with the full run's recipe (the paper's: 3 ep
 times: float32 (seed 0, the run's own fine-tune, read from the cache when the run made it),
 bfloat16 autocast (seed 0), and float32 with seed 1, the yardstick: how far two float32 fine-tunes
 that differ only in their random state (head initialisation, dropout) already lie apart. Printed
-per task and run: training seconds (as recorded: steps, checkpoints and the dev passes), dev
+per task and run: training seconds (as recorded when it was made, so not side by side: for the
+speed ratio use ``bench_finetune.py --precision``), dev
 accuracy after each epoch, and, against the float32 seed-0 model on the dev sentences, the paired
 difference of dev accuracy with its 95% bootstrap interval, the share of identical predictions, and
 the linear CKA of every layer's sentence vectors (the [CLS] state; extracted in float32).
@@ -72,17 +73,17 @@ def main() -> None:
             if label != ref:
                 diff = intervals.paired_interval(y, preds[label], preds[ref], n_boot=2000)
                 same = float(np.mean(preds[label] == preds[ref]))
+                # layer 0's [CLS] vector is the same for every sentence (no CKA): layers 1..L
                 cka = [
                     similarity.linear_cka(states[label][:, layer], states[ref][:, layer])
-                    for layer in range(states[ref].shape[1])
+                    for layer in range(1, states[ref].shape[1])
                 ]
                 line += (
                     f"\n  {'':16s} vs float32 seed 0: dev accuracy difference {diff}, same prediction {same:.3f}, "
-                    f"layer CKA min {min(cka):.3f} (layer {int(np.argmin(cka))}), last {cka[-1]:.3f}"
+                    f"CKA of layers 1-{len(cka)}: min {min(cka):.3f} (layer {1 + int(np.argmin(cka))}), "
+                    f"last {cka[-1]:.3f}"
                 )
             print(line)
-        speed = done[ref].meta["train_seconds"] / done["bfloat16"].meta["train_seconds"]
-        print(f"  training time float32 / bfloat16: {speed:.2f}x")
 
 
 if __name__ == "__main__":

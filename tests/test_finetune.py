@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from utils import finetune as ft
-from utils.activations import get_activations
+from utils.activations import get_activations, resolve_precision
 from utils.data import Split, Task, split_items
 
 GOOD = ["good", "great", "wonderful", "excellent", "lovely"]
@@ -220,6 +220,11 @@ def test_cache_key_changes_when_any_input_changes():
     assert ft.finetune_key("minilm", task, bf16, seed=0)[0]["recipe"]["precision"] == "bfloat16"
     with pytest.raises(ValueError, match="precision"):
         ft.Recipe(precision="float16")
+    # "auto" is keyed as what it means here (bfloat16 on a CPU with native bfloat16, as for extraction)
+    auto = dataclasses.replace(ft.PAPER_RECIPE, precision="auto")
+    meant = dataclasses.replace(ft.PAPER_RECIPE, precision=resolve_precision("auto"))
+    assert ft.finetune_key("minilm", task, auto, seed=0) == ft.finetune_key("minilm", task, meant, seed=0)
+    assert ft.resolved(auto).precision in ("float32", "bfloat16") and ft.resolved(bf16) is bf16
 
 
 def test_bfloat16_fine_tune_learns_and_records_its_own_dev_metric(trained, tmp_path):

@@ -57,6 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import heap
+from .activations import _autocast, _check_precision, resolve_precision
 from .data import Split, Task
 from .models import OFFLINE_MODELS, LoadedModel, _kind_of, default_device, load_model
 from .paths import cache_dir, locked
@@ -90,10 +91,12 @@ class Recipe:
         Gradient-norm clipping (transformers' default: 1.0).
     train_budget : int or None
         Fine-tune on the first ``train_budget`` train items only (None: the whole train split).
-    precision : {"float32", "bfloat16"}
+    precision : {"float32", "bfloat16", "auto"}
         Arithmetic of the forward and backward passes (and the dev pass): as loaded (the paper's), or
         under bfloat16 ``torch.autocast`` (mixed precision: weights, gradients and AdamW state stay
-        float32; matrix products run in bfloat16).
+        float32; matrix products run in bfloat16). ``"auto"`` is bfloat16 on a CPU with native
+        bfloat16 instructions and float32 elsewhere (``activations.resolve_precision``, as for
+        extraction); it is resolved before the recipe enters the key.
     """
 
     epochs: int = 3
@@ -116,13 +119,13 @@ class Recipe:
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_grad_norm": self.max_grad_norm > 0,
             "train_budget": self.train_budget is None or self.train_budget >= 2,
-            "precision": self.precision in ("float32", "bfloat16"),
+            "precision": self.precision in ("float32", "bfloat16", "auto"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 f"invalid Recipe field(s) {bad} in {self}; epochs, batch_size >= 1, learning_rate > 0, "
-                "max_length >= 8, warmup_ratio in [0, 1), train_budget None or >= 2, precision 'float32' or 'bfloat16'"
+                "max_length >= 8, warmup_ratio in [0, 1), train_budget None or >= 2, precision 'float32', 'bfloat16' or 'auto'"
             )
 
 
@@ -297,10 +300,17 @@ def _train_split(task: Task, recipe: Recipe) -> Split:
     return Split(task.train.texts[:n], task.train.labels[:n])
 
 
+def resolved(recipe: Recipe, device: str | torch.device | None = None) -> Recipe:
+    """``recipe`` with ``precision="auto"`` turned into the precision it means on ``device``."""
+    if recipe.precision != "auto":
+        return recipe
+    return dataclasses.replace(recipe, precision=resolve_precision("auto", device))
+
+
 def _recipe_fields(recipe: Recipe) -> dict:
-    """The recipe as it enters the key; float32 (the default) is left out, so keys made before the
-    ``precision`` field existed still name the same weights."""
-    fields = dataclasses.asdict(recipe)
+    """The recipe as it enters the key (``"auto"`` resolved); float32 (the default) is left out, so
+    keys made before the ``precision`` field existed still name the same weights."""
+    fields = dataclasses.asdict(resolved(recipe))
     if fields["precision"] == "float32":
         del fields["precision"]
     return fields
@@ -378,13 +388,6 @@ def _targets(labels: Sequence, problem: str, classes: list) -> torch.Tensor:
     return torch.tensor([index[y] for y in labels], dtype=torch.int64)
 
 
-def _autocast(precision: str, device: torch.device) -> Any:
-    """bfloat16 ``torch.autocast`` on ``device`` for ``precision="bfloat16"``, else nothing."""
-    if precision == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def predict(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -404,7 +407,7 @@ def predict(
     was_training = model.training
     model.eval()
     out = []
-    with torch.inference_mode(), _autocast(precision, device):
+    with torch.inference_mode(), _autocast(_check_precision(precision), device):
         for start in range(0, len(texts), batch_size):
             idx = np.arange(start, min(start + batch_size, len(texts)))
             out.append(model(**_collate(enc, idx, pad_id, device)).logits.float().cpu().numpy())
@@ -506,7 +509,7 @@ def finetune(
         ``meta["history"]`` holds one entry per epoch: ``{"epoch", metric, "train_loss"}`` with
         ``metric`` = ``"dev_accuracy"`` (or ``"dev_pearson"`` for regression).
     """
-    recipe = recipe if recipe is not None else recipe_for(model)
+    recipe = resolved(recipe if recipe is not None else recipe_for(model), device)
     problem, classes = check_task(task)
     fields, digest = finetune_key(model, task, recipe, seed=seed)
     path = finetuned_path(model, task, recipe, seed=seed, root=root)
@@ -691,7 +694,7 @@ def _train(
     while step < total_steps:
         epoch, within = divmod(step, steps_per_epoch)
         idx = _epoch_order(len(train), seed, epoch)[within * recipe.batch_size : (within + 1) * recipe.batch_size]
-        with _autocast(recipe.precision, device):
+        with _autocast(recipe.precision, device):  # resolved by finetune(): never "auto" here
             out = clf(**_collate(enc_train, idx, pad_id, device), labels=y_train[idx].to(device))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(clf.parameters(), recipe.max_grad_norm)
