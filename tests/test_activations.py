@@ -232,3 +232,17 @@ def test_weights_that_only_the_loaded_model_can_name_are_compared_after_loading(
     with pytest.warns(UserWarning, match="made from other weights"):
         rebuilt = get_activations("minilm", _task(), "train", root=tmp_path, device="cpu", progress=False)
     assert rebuilt.meta["model_sha256"] == "other-weights"
+
+
+def test_task_stores_apply_a_task_budget_to_train_only(minilm, tmp_path, monkeypatch):
+    monkeypatch.setitem(act._MODEL_CACHE, ("minilm", "cpu"), minilm)
+    common = dict(sentence_budget=8, eval_budget=4, root=tmp_path, device="cpu", progress=False)
+    shared = act.task_stores("minilm", "polarity", splits=("train", "dev"), **common)
+    larger = act.task_stores("minilm", "polarity", splits=("train", "dev"), task_budgets={"polarity": 12}, **common)
+    assert (len(shared["train"]), len(larger["train"]), len(larger["dev"])) == (8, 12, 4)
+    assert larger["train"].path != shared["train"].path  # its own store, not the shared budget's
+    assert larger["train"].words[:8] == shared["train"].words
+    np.testing.assert_allclose(
+        np.asarray(larger["train"].activations)[:8], np.asarray(shared["train"].activations), atol=2e-2
+    )
+    np.testing.assert_array_equal(np.asarray(larger["dev"].activations), np.asarray(shared["dev"].activations))

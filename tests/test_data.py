@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from utils.data import DataError, load_task, sentence_task_from_tsv, split_items, word_task_from_files
+from utils.data import DataError, budgets_for, load_task, sentence_task_from_tsv, split_items, word_task_from_files
 
 
 def test_pos_task_is_the_ptb_sample_with_41_tags():
@@ -32,6 +32,37 @@ def test_budget_takes_a_prefix_of_whole_sentences_and_leaves_test_alone():
     assert small.test.texts == full.test.texts[: len(small.test)]
     sent = load_task("sentiment", budget=50)
     assert len(sent.train) == 50
+
+
+SHARED = dict(token_budget=1000, sentence_budget=50, eval_budget=30)
+
+
+def test_task_budgets_override_the_train_budget_of_the_named_tasks_only():
+    per_task = {"tweets": 120, "pos": 2000}
+    assert budgets_for("tweets", **SHARED, task_budgets=per_task) == {"budget": 120, "eval_budget": 30}
+    assert budgets_for("pos", **SHARED, task_budgets=per_task) == {"budget": 2000, "eval_budget": None}
+    assert budgets_for("sentiment", **SHARED, task_budgets=per_task) == {"budget": 50, "eval_budget": 30}
+    assert budgets_for("ner", **SHARED, task_budgets=per_task) == {"budget": 1000, "eval_budget": None}
+    assert budgets_for("ner", **SHARED) == budgets_for("ner", **SHARED, task_budgets={})
+
+
+def test_a_larger_task_budget_extends_the_same_train_prefix_and_keeps_dev_and_test():
+    shared = load_task("tweets", seed=0, **budgets_for("tweets", **SHARED))
+    larger = load_task("tweets", seed=0, **budgets_for("tweets", **SHARED, task_budgets={"tweets": 120}))
+    assert (len(shared.train), len(larger.train)) == (50, 120)
+    assert larger.train.texts[:50] == shared.train.texts
+    assert larger.dev.texts == shared.dev.texts and larger.test.texts == shared.test.texts
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, "6000", True])
+def test_a_task_budget_that_is_not_a_positive_integer_is_refused(value):
+    with pytest.raises(ValueError, match=r"task_budgets\['tweets'\] must be a positive number"):
+        budgets_for("tweets", **SHARED, task_budgets={"tweets": value})
+
+
+def test_a_task_budget_for_an_unknown_task_is_refused_not_ignored():
+    with pytest.raises(KeyError, match="unknown task 'tweet'"):
+        budgets_for("pos", **SHARED, task_budgets={"tweet": 6000})
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1108,6 +1108,7 @@ def task_stores(
     token_budget: int | None = None,
     sentence_budget: int | None = None,
     eval_budget: int | None = None,
+    task_budgets: Mapping[str, int] | None = None,
     seed: int = 0,
     splits: Sequence[str] = ("train", "dev", "test"),
     **kwargs: Any,
@@ -1119,6 +1120,8 @@ def task_stores(
     model, task : str
     token_budget, sentence_budget, eval_budget : int, optional
         Train tokens (word tasks), train sentences and dev/test sentences (sentence tasks).
+    task_budgets : mapping of str to int, optional
+        Train budgets of single tasks, overriding ``token_budget`` / ``sentence_budget``.
     seed : int
     splits : sequence of str
     **kwargs
@@ -1132,7 +1135,13 @@ def task_stores(
     """
     from .data import budgets_for
 
-    b = budgets_for(task, token_budget=token_budget, sentence_budget=sentence_budget, eval_budget=eval_budget)
+    b = budgets_for(
+        task,
+        token_budget=token_budget,
+        sentence_budget=sentence_budget,
+        eval_budget=eval_budget,
+        task_budgets=task_budgets,
+    )
     task_obj = load_task(task, seed=seed, **b)
     out = {}
     for split in splits:

@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -391,17 +391,38 @@ def task_level(name: str) -> Level:
 
 
 def budgets_for(
-    name: str, *, token_budget: int | None, sentence_budget: int | None, eval_budget: int | None
+    name: str,
+    *,
+    token_budget: int | None,
+    sentence_budget: int | None,
+    eval_budget: int | None,
+    task_budgets: Mapping[str, int] | None = None,
 ) -> dict[str, int | None]:
     """The ``budget`` / ``eval_budget`` arguments of ``load_task`` for a task, from experiment-wide caps.
 
     Word-level tasks take ``token_budget`` train tokens and their whole dev/test splits (they are small
     and per-token evaluation needs every tag); sentence-level tasks take ``sentence_budget`` train
-    sentences and ``eval_budget`` dev/test sentences.
+    sentences and ``eval_budget`` dev/test sentences. ``task_budgets`` overrides the train budget of
+    single tasks (``{"tweets": 6000}``: tokens for a word-level task, sentences for a sentence-level one).
+
+    Raises
+    ------
+    ValueError
+        If a ``task_budgets`` value is not a positive integer.
+    KeyError
+        If ``task_budgets`` names a task that does not exist (a typo would otherwise be ignored).
     """
+    for other in task_budgets or {}:
+        task_level(other)
+    override = (task_budgets or {}).get(name)
+    if override is not None and (isinstance(override, bool) or not isinstance(override, int) or override <= 0):
+        raise ValueError(
+            f"task_budgets[{name!r}] must be a positive number of train items, got {override!r}; "
+            f"write it as an integer (e.g. {{{name!r}: 6000}}) or leave the task out to use the shared budget"
+        )
     if task_level(name) == "word":
-        return {"budget": token_budget, "eval_budget": None}
-    return {"budget": sentence_budget, "eval_budget": eval_budget}
+        return {"budget": override or token_budget, "eval_budget": None}
+    return {"budget": override or sentence_budget, "eval_budget": eval_budget}
 
 
 def describe(task: Task) -> dict:
