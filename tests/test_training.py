@@ -132,3 +132,32 @@ def test_fitted_probes_start_from_the_prior_intercept():
     np.testing.assert_allclose(LinearProbe(class_weight="balanced", **tiny).fit(X, y).intercept_, 0, atol=1e-5)
     target = 3.0 + X[:, 0]
     assert LinearProbeRegressor(**tiny).fit(X, target).intercept_ == pytest.approx(target.mean(), abs=1e-4)
+
+
+@pytest.mark.parametrize("kind,n_targets", [("flat", 1), ("flat", 2), ("independent", 2), ("incremental", 2)])
+@pytest.mark.parametrize(
+    "l1,l2,l2_squared", [(1e-2, 3e-2, False), (0.0, 3e-2, False), (1e-2, 0.0, False), (0.0, 5e-2, True)]
+)
+def test_analytic_penalty_gradient_equals_autograd_of_the_exact_penalty(kind, n_targets, l1, l2, l2_squared):
+    """Adam adds ``Bank.add_penalty_grad_`` to the data gradient instead of back-propagating ``Bank.penalty``:
+    the two must agree, including sign 0 at a zero weight and a zero gradient for a probe whose weights are all 0."""
+    rng = np.random.default_rng(0)
+    L, h, C = 3, 5, 4
+    shape = (L * h,) if kind == "flat" else (L, h)
+    bank = Bank(kind, shape, n_targets, C, np.zeros(shape), np.ones(shape), torch.device("cpu"), torch.float64)
+    with torch.no_grad():
+        for w in bank.weights:
+            w.copy_(torch.as_tensor(rng.standard_normal(tuple(w.shape))))
+            w.view(-1)[::7] = 0.0  # exact zeros: the subgradient of |w| is 0 there
+        if bank.P > 1:  # probe 0 entirely zero: the L2 term contributes nothing to it
+            mask = bank.masks(torch.arange(bank.P) == 0)
+            for w, m in zip(bank.weights, mask):
+                w.masked_fill_(m.expand_as(w), 0.0)
+    bank.penalty(l1, l2, l2_squared=l2_squared, smooth=False).backward()
+    want = [w.grad.clone() for w in bank.weights]
+    seed = [torch.as_tensor(rng.standard_normal(tuple(w.shape))) for w in bank.weights]  # a data gradient already there
+    for w, s in zip(bank.weights, seed):
+        w.grad = s.clone()
+    bank.add_penalty_grad_(l1, l2, l2_squared=l2_squared)
+    for w, s, g in zip(bank.weights, seed, want):
+        torch.testing.assert_close(w.grad - s, g, rtol=1e-12, atol=1e-14)

@@ -167,6 +167,40 @@ class Bank:
                 total = total + l2 * torch.where(sq > 0, sq, torch.ones_like(sq)).sqrt().mul(sq > 0).sum()
         return total
 
+    def add_penalty_grad_(self, l1: float, l2: float, *, l2_squared: bool) -> None:
+        """Add the gradient of the exact penalty (``penalty(..., smooth=False)``) to the weights' ``.grad``, in place.
+
+        What autograd gives for that penalty, without building its graph: ``l1 * sign(W)`` (0 at 0) plus
+        ``l2 * W_p / ||W_p||_F`` per probe (0 for a probe whose weights are all 0), or ``2 * l2 * W`` with
+        ``l2_squared``. A weight without a gradient gets one. Adam's step adds it this way: through
+        autograd, the penalty's forward and backward passes over every weight took about a third of the
+        incremental layer probes' training time (MPNet POS; ``benchmarks/bench_probe_step.py``).
+        """
+        if not (l1 or l2):
+            return
+        with torch.no_grad():
+            coefs: list[Any]
+            if l2 and not l2_squared and self.P == 1:  # one probe (most fits): a scalar, few small ops
+                (w,) = self.weights
+                sq = float(torch.dot(w.view(-1), w.view(-1)))
+                coefs = [l2 / math.sqrt(sq) if sq > 0 else 0.0]
+            elif l2 and not l2_squared:
+                sq = self._per_probe(lambda w: w * w)  # (P,)
+                per_probe = torch.where(sq > 0, l2 / torch.where(sq > 0, sq, torch.ones_like(sq)).sqrt(), 0.0)
+                coefs = self.masks(per_probe.to(self.bias.dtype))[:-1]
+            else:
+                coefs = [2.0 * l2] * len(self.weights)
+            for w, coef in zip(self.weights, coefs):
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+                g = w.grad
+                if l1:
+                    g.add_(torch.sgn(w), alpha=l1)
+                if isinstance(coef, torch.Tensor):
+                    g.addcmul_(w, coef)
+                elif coef:
+                    g.add_(w, alpha=coef)
+
     def center_(self, *, grads: bool) -> None:
         """Subtract each probe's class mean from its weights and bias (or from their gradients), in place.
 
@@ -666,8 +700,8 @@ def fit_adam(
                 xb = bank.standardize(rows(X, idx, device, "X", bank.dtype, check=False))
             opt.zero_grad(set_to_none=True)
             loss = _data_loss(bank.logits(xb), Yp[torch.from_numpy(idx)], cw, cfg.task).sum() / len(idx)
-            loss = loss + bank.penalty(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared, smooth=False)
             loss.backward()
+            bank.add_penalty_grad_(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared)  # the exact penalty's gradient
             opt.step()
             bank.center_(grads=False)  # projected Adam: back onto class-centred weights
             bar.update(1)
@@ -726,6 +760,7 @@ class _Adam:
         self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
+        self._scratch = [torch.empty_like(p) for p in params]  # one buffer per parameter for ``step``
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients: drop them (``set_to_none``, the default) or fill them with zeros."""
@@ -737,16 +772,25 @@ class _Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One Adam update of every parameter that has a gradient."""
+        """One Adam update of every parameter that has a gradient.
+
+        ``p -= lr / c1 * m / (sqrt(v / c2) + eps)``, written as
+        ``p -= sqrt(c2) / c1 * m / ((sqrt(v) + eps * sqrt(c2)) / lr)`` so that it takes seven in-place passes
+        over each parameter and one scratch buffer (no temporaries): on the wide incremental probes the
+        step is memory-bound.
+        """
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, lr, m, v in zip(self.params, self.lrs, self.m, self.v):
+        root_c2 = math.sqrt(c2)
+        for p, lr, m, v, buf in zip(self.params, self.lrs, self.m, self.v, self._scratch):
             if p.grad is None:
                 continue
-            m.mul_(b1).add_(p.grad, alpha=1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            p.sub_(m.div(v.div(c2).sqrt_().add_(self.eps)).mul_(lr / c1))
+            g = p.grad
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            torch.sqrt(v, out=buf).add_(self.eps * root_c2).div_(lr)
+            p.addcdiv_(m, buf, value=-root_c2 / c1)
 
 
 @contextlib.contextmanager
