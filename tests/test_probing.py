@@ -18,6 +18,7 @@ from utils.probing import (
     ProbeSplits,
     control_labels,
     fit_layer_probes,
+    fit_subset_probes,
     layer_probe_inputs,
     layer_probe_table,
     oracle_against_best_layer,
@@ -633,3 +634,50 @@ def test_dead_neuron_is_found_without_standardisation_too():
     assert np.flatnonzero(probe.constant_).tolist() == [0, 1]
     np.testing.assert_array_equal(probe.coef_[:, :2], 0.0)
     np.testing.assert_array_equal(probe.scale_, 1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# probes on several column subsets, trained together
+
+
+@pytest.mark.parametrize("target", ["classes", "balanced", "regression"])
+def test_subset_probes_equal_probes_fitted_one_by_one(target):
+    """Each probe of the batched fit is the probe ``fit`` gives on its columns alone: the same minibatches,
+    Adam step (``lr="auto"`` of its own width), early stop and best epoch; only float rounding differs."""
+    X, y = noisy_problem(n=1500, d=40, classes=4)
+    X[:, 7] = 3.0  # a constant column: weight 0 in every probe that reads it
+    Xtr, ytr, Xd, yd = X[:1100], y[:1100], X[1100:], y[1100:]
+    params = {"random_state": 3, "max_epochs": 8}
+    if target == "balanced":
+        params["class_weight"] = "balanced"
+    if target == "regression":
+        ytr, yd = Xtr[:, :3].sum(1) + 0.1 * ytr, Xd[:, :3].sum(1) + 0.1 * yd  # float targets
+    order = np.random.default_rng(0).permutation(40)
+    subsets = [order[:k] for k in (2, 5, 12, 30)] + [np.array([7, 1, 0])]
+    batched = fit_subset_probes(Xtr, ytr, X_dev=Xd, y_dev=yd, subsets=subsets, probe_params=params)
+    for cols, got in zip(subsets, batched):
+        c = np.sort(cols)
+        alone = (LinearProbeRegressor if target == "regression" else LinearProbe)(**params)
+        alone.fit(Xtr[:, c], ytr, X_dev=Xd[:, c], y_dev=yd)
+        assert type(got) is type(alone) and got.n_features_in_ == len(c)
+        np.testing.assert_allclose(got.coef_, alone.coef_, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.intercept_, alone.intercept_, rtol=1e-4, atol=1e-6)
+        assert (got.n_iter_, got.best_epoch_, got.lr_) == (alone.n_iter_, alone.best_epoch_, alone.lr_)
+        np.testing.assert_allclose(got.dev_history_, alone.dev_history_, atol=1e-12)
+        np.testing.assert_array_equal(got.constant_, alone.constant_)
+        assert got.score(Xd[:, c], yd) == pytest.approx(alone.score(Xd[:, c], yd), abs=1e-6)
+    assert batched[-1].constant_.tolist() == [False, False, True]
+
+
+def test_subset_probes_with_lbfgs_are_fitted_one_by_one_and_bad_subsets_are_refused():
+    X, y = noisy_problem(n=600, d=12)
+    Xtr, ytr, Xd, yd = X[:400], y[:400], X[400:], y[400:]
+    subsets = [np.array([3, 1]), np.arange(12)]
+    got = fit_subset_probes(Xtr, ytr, X_dev=Xd, y_dev=yd, subsets=subsets, probe_params={"solver": "lbfgs"})
+    for cols, probe in zip(subsets, got):
+        c = np.sort(cols)
+        alone = LinearProbe(solver="lbfgs").fit(Xtr[:, c], ytr, X_dev=Xd[:, c], y_dev=yd)
+        np.testing.assert_array_equal(probe.coef_, alone.coef_)
+    for bad in ([np.array([1, 1])], [np.array([12])], [np.array([], dtype=int)]):
+        with pytest.raises(ValueError, match="distinct column indices"):
+            fit_subset_probes(Xtr, ytr, X_dev=Xd, y_dev=yd, subsets=bad)

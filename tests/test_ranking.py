@@ -10,7 +10,10 @@ from sklearn.metrics import f1_score
 from utils.intervals import paired_interval, score_interval
 from utils.probing import LinearProbe
 from utils.ranking import (
+    GROUP_COLUMNS,
     PCT_GRID,
+    _fit_top,
+    _groups,
     accuracy_curve,
     bottom_ordering,
     f_statistic,
@@ -180,9 +183,11 @@ def test_minimal_set_stops_at_the_first_grid_point_reaching_the_target():
     assert (result.curve.score.iloc[:-1] < target).all()
     assert result.curve.k.tolist() == [int(p * 300 + 1e-9) for p in result.curve.pct]
     assert result.k == result.curve.k.iloc[-1] and result.pct == result.curve.pct.iloc[-1]
-    # the returned probe is the one trained on those columns
+    # the returned probe is the one trained on those columns (trained beside its grid neighbours: equal up
+    # to the order of floating-point operations)
     again = LinearProbe().fit(Xtr[:, result.neurons], ytr, X_dev=Xd[:, result.neurons], y_dev=yd)
-    assert np.array_equal(again.coef_, result.probe.coef_)
+    np.testing.assert_allclose(again.coef_, result.probe.coef_, rtol=1e-5, atol=1e-7)
+    assert again.n_iter_ == result.probe.n_iter_ and again.best_epoch_ == result.probe.best_epoch_
     assert result.probe.score(Xd[:, result.neurons], yd) == result.score
 
 
@@ -321,3 +326,32 @@ def test_test_table_intervals_are_the_paired_bootstrap_by_sentence():
         sets, X_test=Xte, y_test=yte, oracle=oracle, n_total=100, oracle_dev=0.9, n_boot=300, random_state=4
     ).set_index("ordering")
     assert (items.loc["lca", "score_low"], items.loc["lca", "score_high"]) != (lca.score_low, lca.score_high)
+
+
+def test_grid_points_are_grouped_while_the_padded_width_stays_within_the_budget():
+    ks = [9, 19, 29, 39, 49, 99, 199, 299, 399, 499, 599, 698, 798, 898, 998, 1497, 2995]
+    groups = _groups(ks, max_columns=2048)
+    assert [i for g in groups for i in g] == list(range(len(ks)))  # every point once, in order
+    assert all(len(g) * ks[g[-1]] <= 2048 or len(g) == 1 for g in groups)
+    assert [len(g) for g in groups] == [7, 3, 2, 2, 1, 1, 1]  # 9..199 | 299..499 | 599, 698 | 798, 898 | ...
+    assert _groups([5000], max_columns=GROUP_COLUMNS) == [[0]]  # wider than the budget: alone
+
+
+def test_grouped_minimal_set_and_curve_equal_fitting_each_grid_point_alone():
+    """The grid points trained together give the scores, sizes and stopping point of one fit per point."""
+    X, y = three_neuron_problem(n=1000, d=400)
+    Xtr, ytr, Xd, yd = X[:700], y[:700], X[700:], y[700:]
+    order = random_ordering(400, random_state=1)
+    params = {"random_state": 2}
+    one_by_one = [_fit_top(Xtr, ytr, Xd, yd, np.sort(order[:k]), params)[0] for k in (4, 8, 12, 16, 20, 40)]
+    target = sorted(one_by_one)[-2]  # reached at some grid point after the first
+    grid = [0.01, 0.02, 0.03, 0.04, 0.05, 0.1]  # k = 4, 8, 12, 16, 20, 40 of 400: one group
+    result = minimal_neuron_set(Xtr, ytr, Xd, yd, order, target=target, probe_params=params, pct_grid=grid)
+    n = len(result.curve)
+    assert result.curve.k.tolist() == [4, 8, 12, 16, 20, 40][:n]
+    np.testing.assert_allclose(result.curve.score, one_by_one[:n], atol=1e-9)
+    assert result.reached and result.score >= target and all(sc < target for sc in one_by_one[: n - 1])
+    curve = accuracy_curve(
+        Xtr, ytr, Xd, yd, orderings={"random": order}, pcts=[0.01, 0.02, 0.03, 0.1], probe_params=params
+    )
+    np.testing.assert_allclose(curve.score, [one_by_one[i] for i in (0, 1, 2, 5)], atol=1e-9)

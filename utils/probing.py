@@ -257,9 +257,10 @@ class _BaseProbe(BaseEstimator):
     def _set_info(self, info: dict[str, Any], p: int, solver: str) -> None:
         """Store the training facts of probe ``p`` of a bank."""
         self.solver_ = solver
-        self.n_iter_ = info.get("n_iter", info.get("n_epochs"))
+        stop = int(info["stop_epoch"][p]) if "stop_epoch" in info else None  # its own epochs, in a batched fit
+        self.n_iter_ = stop if stop is not None else info.get("n_iter", info.get("n_epochs"))
         self.best_epoch_ = int(info["best_epoch"][p]) if "best_epoch" in info else None
-        self.dev_history_ = info["history"][:, p].tolist() if "history" in info else None
+        self.dev_history_ = info["history"][:stop, p].tolist() if "history" in info else None
         self.lr_ = float(info["lr"][p]) if "lr" in info else None
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -646,6 +647,82 @@ def fit_layer_probes(
                 )
     table = pd.DataFrame(rows, columns=["layer", "mode", "n_features", "score", "control_score", "selectivity"])
     return (table, probes) if return_probes else table
+
+
+def fit_subset_probes(
+    X: Any,
+    y: Any,
+    *,
+    X_dev: Any,
+    y_dev: Any,
+    subsets: Sequence[Any],
+    probe_params: dict | None = None,
+) -> list[_BaseProbe]:
+    """One probe per column subset of X, trained together as one batched model (Adam).
+
+    Probe i is what ``make_probe(y, **probe_params).fit(X[:, s], y, X_dev=X_dev[:, s], y_dev=y_dev)``
+    gives for ``s = np.sort(subsets[i])``: the same minibatches (one seeded shuffle), Adam with each
+    probe's own step (``lr="auto"`` of its width), early stopping and best-epoch weights per probe, and
+    ``n_iter_`` / ``dev_history_`` of its own epochs; only the order of floating-point operations
+    differs. Training them together reads and standardises the union of the columns once and takes
+    one minibatch step for all of them, which is what a small probe's time is mostly made of: the
+    minimal-set searches (``ranking.minimal_neuron_set``) and accuracy curves fit many probes on
+    nested top-k sets. An L-BFGS ``solver`` (whose line search would couple the probes) fits them one
+    by one instead.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        np.memmap is fine: only the union of the subsets' columns is read.
+    y : array-like of shape (n_samples,)
+    X_dev : array-like of shape (n_dev, n_features)
+    y_dev : array-like of shape (n_dev,)
+    subsets : sequence of array-like of int
+        Column indices of each probe (any order, no repeats).
+    probe_params : dict, optional
+        Parameters of ``LinearProbe`` / ``LinearProbeRegressor``.
+
+    Returns
+    -------
+    probes : list of LinearProbe or LinearProbeRegressor
+        Probe i on the columns ``np.sort(subsets[i])``, in that order.
+    """
+    X = check_features(X)
+    y = check_targets(y, X.shape[0])
+    X_dev = check_features(X_dev, name="X_dev", n_features=X.shape[1])
+    y_dev = check_targets(y_dev, X_dev.shape[0], name="y_dev", x_name="X_dev")
+    cols = [np.sort(np.asarray(c, dtype=np.int64)) for c in subsets]
+    if not cols:
+        return []
+    for c in cols:
+        if c.size == 0 or c[0] < 0 or c[-1] >= X.shape[1] or np.any(np.diff(c) == 0):
+            raise ValueError(
+                f"each subset must hold distinct column indices in [0, {X.shape[1]}), at least one; got {c[:10]} ..."
+            )
+    template = make_probe(y, **(probe_params or {}))
+    cfg = template._config(float(X.shape[0]) * sum(len(c) for c in cols), True)
+    if cfg.solver != "adam" or len(cols) == 1:
+        return [make_probe(y, **(probe_params or {})).fit(X[:, c], y, X_dev=X_dev[:, c], y_dev=y_dev) for c in cols]
+    union = np.unique(np.concatenate(cols))
+    support = np.stack([np.isin(union, c) for c in cols])  # (L, d_union)
+    Xu, Xdu = np.asarray(X[:, union]), np.asarray(X_dev[:, union])
+    Y = template._targets(y, fitting=True)[:, None]
+    Yd = template._targets(y_dev, fitting=False, name="y_dev")[:, None]
+    mean, scale, constant, Xt = template._prepare_data(Xu, cfg)
+    regression = template._task == "regression"
+    classes = getattr(template, "classes_", None)
+    n_out = 1 if regression else len(classes)
+    cw = None if regression else class_weights(template.class_weight, Y, n_out, classes)
+    dev = template._device()
+    bank = Bank("subsets", (len(union),), 1, n_out, mean, scale, dev, support=support, **bank_dtypes(cfg))
+    info = fit_bank(bank, Xu, Y, X_dev=Xdu, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=Xt)
+    probes = []
+    for i, keep in enumerate(support):
+        w, b = bank.export(0, i)
+        probes.append(
+            _probe_from_weights(template, w, b, mean[keep], scale[keep], classes, info, i, cfg.solver, constant[keep])
+        )
+    return probes
 
 
 def layer_probe_table(

@@ -5,7 +5,8 @@ from a trained probe's weights, computed without a loop over the p-grid. Baselin
 ``random_ordering``, ``bottom_ordering`` (LCA reversed) and the probe-free
 ``mean_difference_ordering`` (ANOVA F statistic of class-conditional means). ``minimal_neuron_set``
 retrains probes on the top-k neurons along ``PCT_GRID`` and stops at the first k whose dev score
-reaches a target; ``accuracy_curve`` draws the whole curve for several orderings;
+reaches a target (neighbouring grid points are trained together, ``GROUP_COLUMNS``);
+``accuracy_curve`` draws the whole curve for several orderings;
 ``minimal_set_table`` scores the sets on test with intervals (sentence bootstrap, paired
 comparisons with the oracle and between orderings).
 
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from .intervals import paired_interval, score_interval
 from .metrics import bootstrap_ci, macro_f1
 from .moments import constant_features, feature_stats, row_chunks
-from .probing import make_probe
+from .probing import fit_subset_probes, make_probe
 from .validation import check_features, check_targets, is_regression_target
 
 PCT_GRID: tuple[float, ...] = (
@@ -297,6 +298,27 @@ def _grid_ks(pcts: Sequence[float], n_total: int, n_features: int) -> list[tuple
     return out
 
 
+GROUP_COLUMNS = 2048
+"""Neighbouring grid points k_1 < ... < k_G are trained as one batched model (``probing.fit_subset_probes``)
+while ``G * k_G`` stays within this many columns. A probe on a few hundred neurons spends most of its
+time on the per-step work of a minibatch step rather than on arithmetic, so training several in one
+step is cheaper; beyond this width the arithmetic dominates, and the points after the one that reaches
+the target would be trained for nothing."""
+
+
+def _groups(ks: Sequence[int], max_columns: int | None = None) -> list[list[int]]:
+    """Indices of increasing grid sizes ``ks`` in runs of neighbours with ``len(run) * k_last <= max_columns``
+    (default ``GROUP_COLUMNS``; 0 gives one run per point)."""
+    max_columns = GROUP_COLUMNS if max_columns is None else max_columns
+    groups: list[list[int]] = []
+    for i, k in enumerate(ks):
+        if groups and (len(groups[-1]) + 1) * k <= max_columns:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def _check_ordering(ordering: Any, n_features: int) -> np.ndarray:
     """``ordering`` as an int array: a permutation (or a prefix of one) of range(n_features)."""
     ordering = np.asarray(ordering)
@@ -324,6 +346,25 @@ def _fit_top(
     Xd = np.asarray(X_dev[:, neurons])
     probe.fit(np.asarray(X_train[:, neurons]), y_train, X_dev=Xd, y_dev=y_dev)
     return float(probe.score(Xd, y_dev)), probe
+
+
+def _fit_tops(
+    X_train: Any,
+    y_train: np.ndarray,
+    X_dev: Any,
+    y_dev: np.ndarray,
+    ordering: np.ndarray,
+    ks: Sequence[int],
+    probe_params: Mapping[str, Any],
+) -> list[tuple[float, Any]]:
+    """``_fit_top`` on ``np.sort(ordering[:k])`` for every k of ``ks``, trained together (``fit_subset_probes``)."""
+    sets = [np.sort(ordering[:k]) for k in ks]
+    if len(sets) == 1:
+        return [_fit_top(X_train, y_train, X_dev, y_dev, sets[0], probe_params)]
+    probes = fit_subset_probes(
+        X_train, y_train, X_dev=X_dev, y_dev=y_dev, subsets=sets, probe_params=dict(probe_params)
+    )
+    return [(float(p.score(np.asarray(X_dev[:, c]), y_dev)), p) for c, p in zip(sets, probes)]
 
 
 def minimal_neuron_set(
@@ -382,12 +423,16 @@ def minimal_neuron_set(
     params = dict(probe_params or {})
     rows, probe, score, reached = [], None, math.nan, False
     grid = _grid_ks(pct_grid, n_total, min(n_features, len(ordering)))
-    for pct, k in tqdm(grid, desc="minimal set", disable=not progress, leave=False):
-        neurons = np.sort(ordering[:k])
-        score, probe = _fit_top(X_train, y_train, X_dev, y_dev, neurons, params)
-        rows.append({"pct": pct, "k": k, "score": score})
-        if score >= target:
-            reached = True
+    for group in tqdm(_groups([k for _, k in grid]), desc="minimal set", disable=not progress, leave=False):
+        fits = _fit_tops(X_train, y_train, X_dev, y_dev, ordering, [grid[i][1] for i in group], params)
+        for i, fit in zip(group, fits):  # as one by one: the first point that reaches the target
+            (pct, k), (score, probe) = grid[i], fit
+            neurons = np.sort(ordering[:k])
+            rows.append({"pct": pct, "k": k, "score": score})
+            if score >= target:
+                reached = True
+                break
+        if reached:
             break
     if not reached:
         warnings.warn(
@@ -452,11 +497,16 @@ def accuracy_curve(
     n_total = n_features if n_total is None else int(n_total)
     params = dict(probe_params or {})
     checked = {name: _check_ordering(o, n_features) for name, o in orderings.items()}
-    jobs = [(name, pct, k) for name, o in checked.items() for pct, k in _grid_ks(pcts, n_total, len(o))]
+    jobs = []  # (ordering, its grid points, one group of them)
+    for name, o in checked.items():
+        grid = _grid_ks(pcts, n_total, len(o))
+        jobs += [(name, grid, group) for group in _groups([k for _, k in grid])]
     rows = []
-    for name, pct, k in tqdm(jobs, desc="accuracy curve", disable=not progress, leave=False):
-        score, _ = _fit_top(X_train, y_train, X_dev, y_dev, np.sort(checked[name][:k]), params)
-        rows.append({"ordering": name, "pct": pct, "k": k, "score": score})
+    for name, grid, group in tqdm(jobs, desc="accuracy curve", disable=not progress, leave=False):
+        fits = _fit_tops(X_train, y_train, X_dev, y_dev, checked[name], [grid[i][1] for i in group], params)
+        for i, (score, _) in zip(group, fits):
+            pct, k = grid[i]
+            rows.append({"ordering": name, "pct": pct, "k": k, "score": score})
     return pd.DataFrame(rows, columns=["ordering", "pct", "k", "score"])
 
 

@@ -59,11 +59,14 @@ _SINGLE_THREAD_WORK = 2**26  # multiply-adds per step below which torch runs on 
 
 
 class Bank:
-    """P = n_targets * n_probes linear heads in standardised space, for one of three layouts.
+    """P = n_targets * n_probes linear heads in standardised space, for one of four layouts.
 
     - ``flat``: X of shape (n, d); one probe per target on all d features (P = T).
     - ``independent``: X of shape (n, L, h); probe (t, l) reads layer l (P = T * L).
     - ``incremental``: X of shape (n, L, h); probe (t, l) reads layers 0..l (P = T * L).
+    - ``subsets``: X of shape (n, d); probe (t, l) reads the columns where ``support[l]`` is True
+      (``support`` of shape (L, d)); its other weights stay 0 (``mask_grads_``), so it computes what a
+      probe on those columns alone computes (P = T * L).
 
     Probe index ``p = t * n_probes + l``. Weights and bias are zero-initialised; ``fit_bank`` starts
     the bias at the priors of the targets (``init_bias_``).
@@ -80,8 +83,10 @@ class Bank:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         matmul_dtype: torch.dtype | None = None,
+        support: np.ndarray | None = None,
     ):
         self.kind, self.T, self.C = kind, n_targets, n_out
+        self.support = None
         self.dtype = dtype  # parameters, losses and the standardised inputs' arithmetic
         self.matmul_dtype = matmul_dtype or dtype  # inputs are stored and multiplied in this dtype
         K = n_targets * n_out
@@ -103,6 +108,17 @@ class Bank:
             self.L = L
             self.weights = [torch.zeros(h, (L - k) * K, **z) for k in range(L)]
             self.bias = torch.zeros(L, K, **z)
+        elif kind == "subsets":
+            (d,) = feat_shape
+            support = np.asarray(support, dtype=bool)
+            if support.ndim != 2 or support.shape[1] != d:  # pragma: no cover - internal
+                raise ValueError(f"support must have shape (n_probes, {d}), got {support.shape}")
+            self.L = support.shape[0]
+            self.support = torch.as_tensor(support, device=device)
+            # (d, L * K) columns ordered (l, t, c): probe (t, l) keeps its rows where support[l]
+            self._grad_mask = self.support.t()[:, :, None].expand(d, self.L, K).reshape(d, self.L * K).to(dtype)
+            self.weights = [torch.zeros(d, self.L * K, **z)]
+            self.bias = torch.zeros(self.L, K, **z)
         else:  # pragma: no cover - internal
             raise ValueError(kind)
         for p in self.params:
@@ -130,6 +146,8 @@ class Bank:
             return out.view(b, self.T, self.C)
         if self.kind == "independent":
             out = torch.einsum("blh,lhk->blk", xs, self.weights[0].to(mm)).to(self.dtype) + self.bias
+        elif self.kind == "subsets":
+            out = ((xs @ self.weights[0].to(mm)).to(self.dtype) + self.bias.view(1, -1)).view(b, self.L, K)
         else:
             out = self.bias.expand(b, self.L, K).clone()
             for k, w in enumerate(self.weights):
@@ -144,6 +162,8 @@ class Bank:
             return fn(self.weights[0]).view(-1, T, C).sum(dim=(0, 2))
         if self.kind == "independent":
             per = fn(self.weights[0]).view(L, -1, T, C).sum(dim=(1, 3))  # (L, T)
+        elif self.kind == "subsets":
+            per = fn(self.weights[0]).view(-1, L, T, C).sum(dim=(0, 3))  # (L, T)
         else:
             per = torch.zeros(L, T, dtype=self.bias.dtype, device=self.bias.device)
             for k, w in enumerate(self.weights):
@@ -174,7 +194,7 @@ class Bank:
         ``l2 * W_p / ||W_p||_F`` per probe (0 for a probe whose weights are all 0), or ``2 * l2 * W`` with
         ``l2_squared``. A weight without a gradient gets one. Adam's step adds it this way: through
         autograd, the penalty's forward and backward passes over every weight took about a third of the
-        incremental layer probes' training time (MPNet POS; ``benchmarks/bench_probe_step.py``).
+        incremental layer probes' training time (MPNet POS; ``benchmarks/bench_probe_training.py``).
         """
         if not (l1 or l2):
             return
@@ -200,6 +220,15 @@ class Bank:
                     g.addcmul_(w, coef)
                 elif coef:
                     g.add_(w, alpha=coef)
+
+    def mask_grads_(self) -> None:
+        """``subsets``: zero the gradient of every weight outside its probe's columns, in place (else nothing).
+
+        Such a weight starts at 0 and then never moves: Adam's moments stay 0 and so does its step, the
+        penalty's subgradient is 0 at 0, and class-centring leaves an all-zero row at 0.
+        """
+        if self.kind == "subsets" and self.weights[0].grad is not None:
+            self.weights[0].grad.mul_(self._grad_mask)
 
     def center_(self, *, grads: bool) -> None:
         """Subtract each probe's class mean from its weights and bias (or from their gradients), in place.
@@ -260,6 +289,8 @@ class Bank:
         if self.kind == "flat":
             d = self.weights[0].shape[0]
             return torch.full((self.P,), d, dtype=torch.int64)
+        if self.kind == "subsets":
+            return self.support.sum(dim=1).cpu().to(torch.int64).repeat(self.T)
         h = self.weights[0].shape[-2] if self.kind == "independent" else self.weights[0].shape[0]
         per_layer = torch.full((self.L,), h) if self.kind == "independent" else h * torch.arange(1, self.L + 1)
         return per_layer.repeat(self.T)
@@ -275,12 +306,14 @@ class Bank:
         per_col = a[:, :, None].expand(L, T, C).reshape(L, T * C)  # (L, K)
         if self.kind == "flat":
             return [per_col, per_col]
+        if self.kind == "subsets":
+            return [per_col.reshape(1, -1), per_col]
         if self.kind == "independent":
             return [per_col[:, None, :], per_col]
         return [per_col[k:].reshape(1, -1) for k in range(L)] + [per_col]
 
     def export(self, t: int, l: int) -> tuple[np.ndarray, np.ndarray]:
-        """Standardised weights (n_out, n_features) and bias (n_out,) of probe (t, l)."""
+        """Standardised weights (n_out, n_features) and bias (n_out,) of probe (t, l) (``subsets``: its columns only)."""
         C = self.C
         with torch.no_grad():
             if self.kind == "flat":
@@ -288,6 +321,10 @@ class Bank:
                 b = self.bias[0, t * C : (t + 1) * C]
             elif self.kind == "independent":
                 w = self.weights[0][l, :, t * C : (t + 1) * C]
+                b = self.bias[l, t * C : (t + 1) * C]
+            elif self.kind == "subsets":
+                K = self.T * C
+                w = self.weights[0][:, l * K + t * C : l * K + (t + 1) * C][self.support[l]]
                 b = self.bias[l, t * C : (t + 1) * C]
             else:
                 K = self.T * C
@@ -565,7 +602,8 @@ def fit_bank(
     -------
     info : dict
         L-BFGS: ``n_iter``, ``converged``. Adam: ``lr`` (P,), ``n_epochs``, and with a dev split
-        ``best_epoch`` (P,) and ``history`` (epochs, P) of dev scores.
+        ``best_epoch`` (P,), ``history`` (epochs, P) of dev scores and ``stop_epoch`` (P,), the epochs each
+        probe trained before its own early stop (what it would have trained alone).
     """
     bank.init_bias_(Y, cfg.task, class_weight)
     n_params = sum(p.numel() for p in bank.params)
@@ -621,6 +659,7 @@ def fit_lbfgs(
         pen = bank.penalty(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared, smooth=True)
         if pen.requires_grad:
             pen.backward()
+        bank.mask_grads_()
         bank.center_(grads=True)  # iterates stay class-centred (they start centred)
         return torch.tensor(total + float(pen.detach()), dtype=torch.float64)
 
@@ -657,7 +696,8 @@ def fit_adam(
 
     ``Yp`` / ``Y_dev``: targets expanded to every probe, shapes (n, P) / (n_dev, P); ``cw``: (P, C) or
     None. The step size is ``cfg.lr`` or ``auto_lr`` of each probe's feature count. Without a dev split,
-    all ``cfg.max_epochs`` epochs run. Returns ``lr``, ``n_epochs`` and (with dev) ``best_epoch``, ``history``.
+    all ``cfg.max_epochs`` epochs run. Returns ``lr``, ``n_epochs`` and (with dev) ``best_epoch``, ``history``,
+    ``stop_epoch``.
     """
     n = X.shape[0]
     gen = torch.Generator().manual_seed(int(cfg.random_state))
@@ -683,6 +723,7 @@ def fit_adam(
     bad = torch.zeros(P, dtype=torch.int64)
     active = torch.ones(P, dtype=torch.bool)
     best_epoch = torch.zeros(P, dtype=torch.int64)
+    stop_epoch = torch.zeros(P, dtype=torch.int64)  # 0: still training
     epochs = 0
     bar = tqdm(
         total=cfg.max_epochs * math.ceil(n / cfg.batch_size), desc="probe epochs", disable=not cfg.progress, leave=False
@@ -702,6 +743,7 @@ def fit_adam(
             loss = _data_loss(bank.logits(xb), Yp[torch.from_numpy(idx)], cw, cfg.task).sum() / len(idx)
             loss.backward()
             bank.add_penalty_grad_(cfg.l1, cfg.l2, l2_squared=cfg.l2_squared)  # the exact penalty's gradient
+            bank.mask_grads_()
             opt.step()
             bank.center_(grads=False)  # projected Adam: back onto class-centred weights
             bar.update(1)
@@ -717,7 +759,9 @@ def fit_adam(
             best_score = torch.where(improved, score, best_score)
             best_epoch = torch.where(improved, torch.full_like(best_epoch, epoch + 1), best_epoch)
         bad = torch.where(improved, torch.zeros_like(bad), bad + active.long())
-        active = active & (bad < cfg.patience)
+        stopping = active & (bad >= cfg.patience)
+        stop_epoch = torch.where(stopping, torch.full_like(stop_epoch, epoch + 1), stop_epoch)
+        active = active & ~stopping
         if not active.any():
             break
     bar.close()
@@ -727,6 +771,8 @@ def fit_adam(
                 p.copy_(b)
         info["best_epoch"] = best_epoch.numpy()
         info["history"] = np.array(history)  # (epochs, P) dev scores
+        # the epochs each probe trained before its patience ran out: what it would have trained alone
+        info["stop_epoch"] = torch.where(stop_epoch > 0, stop_epoch, torch.full_like(stop_epoch, epochs)).numpy()
     info["n_epochs"] = epochs
     return info
 
