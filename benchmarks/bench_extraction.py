@@ -21,11 +21,10 @@ from functools import partial
 import numpy as np
 import torch
 
-from utils.activations import _autocast, _batches, build_segments, extract
+from utils.activations import _batches, build_segments, extract
 from utils.data import load_task
 from utils.models import load_model
-
-PRECISIONS = ("float32", "bfloat16")
+from utils.precision import PRECISIONS, autocast
 
 
 def bare_forward(loaded, texts, *, batch_size: int, precision: str, max_batch_tokens: int = 8192) -> None:
@@ -33,7 +32,7 @@ def bare_forward(loaded, texts, *, batch_size: int, precision: str, max_batch_to
     segments, _ = build_segments(loaded, texts, level="word")
     order = np.argsort([len(s.ids) for s in segments], kind="stable")
     pad = loaded.tokenizer.pad_token_id or 0
-    with torch.inference_mode(), _autocast(precision, loaded.device):
+    with torch.inference_mode(), autocast(precision, loaded.device):
         for idx in _batches(segments, order, batch_size, max_batch_tokens):
             batch = [segments[i] for i in idx]
             width = max(len(s.ids) for s in batch)

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from utils import finetune as ft
-from utils.activations import get_activations, resolve_precision
+from utils.activations import get_activations
 from utils.data import Split, Task, split_items
+from utils.precision import resolve_precision
 
 GOOD = ["good", "great", "wonderful", "excellent", "lovely"]
 BAD = ["bad", "awful", "terrible", "poor", "dreadful"]

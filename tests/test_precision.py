@@ -11,15 +11,10 @@ import pytest
 import torch
 
 from utils import activations as act
-from utils.activations import (
-    build_store,
-    cpu_has_bfloat16,
-    extract,
-    get_activations,
-    resolve_precision,
-    store_path,
-)
+from utils import precision as prec
+from utils.activations import build_store, extract, get_activations, store_path
 from utils.data import Split, Task
+from utils.precision import autocast, check_precision, cpu_has_bfloat16, resolve_precision
 
 SENTENCES = [
     ["Unbelievably,", "Pierre", "Vinken's", "nonexecutive", "directorship", "ended."],
@@ -108,7 +103,7 @@ def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bfloat16_only_on_a_cpu_that_has_it(minilm, tmp_path, monkeypatch, native):
-    monkeypatch.setattr(act, "cpu_has_bfloat16", lambda: native)
+    monkeypatch.setattr(prec, "cpu_has_bfloat16", lambda: native)
     want = "bfloat16" if native else "float32"
     assert resolve_precision("auto", "cpu") == want
     assert resolve_precision("auto", "cuda") == "float32"
@@ -153,3 +148,21 @@ def test_unknown_precision_is_refused(minilm, tmp_path):
             dtype="float32",
             precision="bf16",
         )
+
+
+def test_check_precision_names_what_to_pass():
+    assert check_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="float32"):
+        check_precision("float16")
+    with pytest.raises(ValueError, match="auto"):
+        resolve_precision("half", "cpu")
+
+
+def test_autocast_runs_matmuls_in_bfloat16_only_when_asked():
+    a = torch.randn(8, 8)
+    with autocast("bfloat16", "cpu"):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast("float32", torch.device("cpu")):
+        assert (a @ a).dtype == torch.float32
+    with pytest.raises(ValueError):
+        autocast("auto", "cpu")  # resolved first: "auto" is not an arithmetic

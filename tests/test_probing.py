@@ -273,6 +273,36 @@ def test_several_modes_in_one_call_equal_separate_calls():
     assert np.array_equal(oracle.coef_, probes[0].coef_)
 
 
+def test_layer_probes_hold_one_standardised_copy_and_score_dev_chunk_by_chunk(monkeypatch):
+    # memory: train is standardised once (shared by every mode); dev stays raw and is standardised per chunk
+    # at each evaluation, so its scores equal those of the returned probes on the raw dev rows
+    from utils import training
+
+    A, y, words = layered_problem(h=60)
+    made = []
+    real_prepare, real_standardized = training.prepare, training.standardized
+    monkeypatch.setattr(training, "prepare", lambda X, **kw: made.append(("prepare", X.shape)) or real_prepare(X, **kw))
+    monkeypatch.setattr(
+        training,
+        "standardized",
+        lambda bank, X, *a, **kw: made.append(("dev?", X.shape)) or real_standardized(bank, X, *a, **kw),
+    )
+    monkeypatch.setattr(training, "row_chunks", lambda n, width: (range(0, n, 37), 37))  # dev in several chunks
+    table, probes = fit_layer_probes(
+        A[:500],
+        y[:500],
+        activations_dev=A[500:],
+        y_dev=y[500:],
+        mode=["oracle", "incremental"],
+        probe_params=dict(max_epochs=3, batch_size=50),
+        return_probes=True,
+    )
+    assert made == [("prepare", (500, 3, 60))]  # no standardised copy of dev, one of train
+    for row, probe in zip(table.itertuples(), probes):
+        layers = A[500:, : row.layer + 1].reshape(len(A) - 500, -1)
+        assert row.score == probe.score(layers, y[500:])
+
+
 def test_auto_lr_scales_with_the_number_of_features():
     np.testing.assert_allclose(auto_lr(np.array([100, 768, 9984])).numpy(), [1e-2, 3 / 768, 3 / 9984])
 

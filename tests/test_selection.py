@@ -9,6 +9,7 @@ from sklearn.metrics import f1_score
 from utils import memo
 from utils.activations import extract
 from utils.data import Split, Task
+from utils.machine import machine_signature
 from utils.selection import (
     PAPER_GRID,
     ReducedProbe,
@@ -16,7 +17,6 @@ from utils.selection import (
     cc_sweep,
     layer_selector,
     load_predictions,
-    machine_signature,
     measure_speedup,
     run_transfer,
     save_predictions,

@@ -26,7 +26,7 @@ tokenized once, sorted by length, padded into batches and run under ``torch.infe
 ``precision="bfloat16"`` runs the forward pass under ``torch.autocast`` (bfloat16) on the model's
 device, and the vectors are still stored as float32. ``extract`` defaults to float32; stores
 (``get_activations``, ``task_stores``) default to ``"auto"``: bfloat16 on a CPU with native bfloat16
-instructions, where it was measured faithful, float32 elsewhere (see ``PRECISIONS``).
+instructions, where it was measured faithful, float32 elsewhere (``precision.resolve_precision``).
 
 - Word level: the sentence's words are joined by spaces and tokenized with character offsets; each
   subword maps to the word whose characters it covers, and a word's vector is its ``first``,
@@ -43,7 +43,6 @@ instructions, where it was measured faithful, float32 elsewhere (see ``PRECISION
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -62,8 +61,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Split, Task, load_task
-from .models import LoadedModel, default_device, load_model, model_identity, model_kind
+from .models import LoadedModel, load_model, model_identity, model_kind
 from .paths import cache_dir, check_name, locked
+from .precision import autocast, check_precision, resolve_precision
 from .resources import sha256_file
 
 if TYPE_CHECKING:
@@ -92,51 +92,6 @@ META_KEYS = (
     "complete",
     "meta_sha256",
 )
-# Arithmetic of the forward pass: "float32" as loaded, or "bfloat16" under torch.autocast (the CPU's
-# AVX512-BF16 / AMX, or a GPU's tensor cores; about 2x faster on this project's CPU). Part of the store
-# key. Stores default to "auto": bfloat16 on a CPU with native bfloat16 instructions, where it was
-# measured faithful (benchmarks/bench_bf16_fidelity.py, table in benchmarks/README.md); float32 elsewhere.
-PRECISIONS = ("float32", "bfloat16")
-
-
-def cpu_has_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
-    """True when the CPU lists native bfloat16 instructions (``avx512_bf16`` or ``amx_bf16``; Linux only).
-
-    Without them torch emulates bfloat16 on the CPU, which is slower than float32.
-    """
-    try:
-        flags = set(Path(cpuinfo).read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
-    """Turn ``"auto"`` into ``"bfloat16"`` on a CPU with native bfloat16 (``cpu_has_bfloat16``), else ``"float32"``.
-
-    Any other value is checked against ``PRECISIONS`` and returned. ``device`` defaults to
-    ``models.default_device()`` (CUDA when present; CUDA stays float32 under ``"auto"``).
-    """
-    if precision == "auto":
-        device = torch.device(device) if device is not None else default_device()
-        return "bfloat16" if device.type == "cpu" and cpu_has_bfloat16() else "float32"
-    return _check_precision(precision)
-
-
-def _check_precision(precision: str) -> str:
-    """Return ``precision`` if it is one of ``PRECISIONS``, else raise ValueError saying what to pass."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} (or 'auto' where a store is made), got {precision!r}")
-    return precision
-
-
-def _autocast(precision: str, device: torch.device) -> Any:
-    """The context of the forward pass: bfloat16 autocast on ``device``, or nothing for float32."""
-    if precision == "bfloat16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 # ---------------------------------------------------------------------------------------------
 # tokenization and alignment
 
@@ -450,7 +405,7 @@ def extract(
         ``n_items`` is the number of words (word level) or texts (sentence level).
     """
     aggregation = resolve_aggregation(aggregation, level=level, kind=loaded.kind)
-    _check_precision(precision)
+    check_precision(precision)
     segments, n_items = build_segments(loaded, texts, level=level, split_glued=split_glued)
     if n_items == 0:
         raise ValueError("nothing to extract: the input holds no sentences")
@@ -476,7 +431,7 @@ def extract(
         leave=False,
     )
     buf = None  # the batch's pooled vectors, (rows, n_layers, hidden), before one copy into ``out``
-    with torch.inference_mode(), _autocast(precision, device):
+    with torch.inference_mode(), autocast(precision, device):
         for idx in _batches(segments, order, batch_size, max_batch_tokens):
             batch = [segments[i] for i in idx]
             width = max(len(s.ids) for s in batch)
@@ -730,7 +685,7 @@ def store_path(
     for value, what in ((task, "task name"), (split, "split"), (aggregation, "aggregation"), (dtype, "dtype")):
         check_name(value, what=what)
     safe_model = "".join(c if c.isalnum() or c in "._+-" else "_" for c in model.replace("/", "__")).lstrip(".") or "_"
-    mode = "" if _check_precision(precision) == "float32" else f"-x{precision}"
+    mode = "" if check_precision(precision) == "float32" else f"-x{precision}"
     return root / safe_model / f"{task}-{split}-{aggregation}-{dtype}{mode}-b{b or 'all'}-s{seed}"
 
 
@@ -855,7 +810,7 @@ def build_store(
         "level": level,
         "aggregation": aggregation,
         "dtype": dtype,
-        "precision": _check_precision(precision),
+        "precision": check_precision(precision),
         "n_items": int(n_items),
         "n_sentences": len(split),
         "n_layers": loaded.n_layers,

@@ -57,10 +57,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import heap
-from .activations import _autocast, _check_precision, resolve_precision
 from .data import Split, Task
 from .models import OFFLINE_MODELS, LoadedModel, _kind_of, default_device, load_model
 from .paths import cache_dir, locked
+from .precision import PRECISIONS, autocast, check_precision, resolve_precision
 from .resources import RESOURCES, fetch, sha256_file
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Recipe:
         Arithmetic of the forward and backward passes (and the dev pass): as loaded (the paper's), or
         under bfloat16 ``torch.autocast`` (mixed precision: weights, gradients and AdamW state stay
         float32; matrix products run in bfloat16). ``"auto"`` is bfloat16 on a CPU with native
-        bfloat16 instructions and float32 elsewhere (``activations.resolve_precision``, as for
+        bfloat16 instructions and float32 elsewhere (``precision.resolve_precision``, as for
         extraction); it is resolved before the recipe enters the key.
     """
 
@@ -119,7 +119,7 @@ class Recipe:
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_grad_norm": self.max_grad_norm > 0,
             "train_budget": self.train_budget is None or self.train_budget >= 2,
-            "precision": self.precision in ("float32", "bfloat16", "auto"),
+            "precision": self.precision in (*PRECISIONS, "auto"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -407,7 +407,7 @@ def predict(
     was_training = model.training
     model.eval()
     out = []
-    with torch.inference_mode(), _autocast(_check_precision(precision), device):
+    with torch.inference_mode(), autocast(check_precision(precision), device):
         for start in range(0, len(texts), batch_size):
             idx = np.arange(start, min(start + batch_size, len(texts)))
             out.append(model(**_collate(enc, idx, pad_id, device)).logits.float().cpu().numpy())
@@ -694,7 +694,7 @@ def _train(
     while step < total_steps:
         epoch, within = divmod(step, steps_per_epoch)
         idx = _epoch_order(len(train), seed, epoch)[within * recipe.batch_size : (within + 1) * recipe.batch_size]
-        with _autocast(recipe.precision, device):  # resolved by finetune(): never "auto" here
+        with autocast(recipe.precision, device):  # resolved by finetune(): never "auto" here
             out = clf(**_collate(enc_train, idx, pad_id, device), labels=y_train[idx].to(device))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(clf.parameters(), recipe.max_grad_norm)
@@ -791,11 +791,12 @@ def finetuned_for(
     task: Task,
     *,
     seed: int = 0,
+    recipe: Recipe | None = None,
     stores_root: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> FineTuned:
-    """Resolve ``"<base>+ft"`` for ``task``: fine-tune ``base`` with ``recipe_for(base)`` (or reuse the cache).
+    """Resolve ``"<base>+ft"`` for ``task``: fine-tune ``base`` with ``recipe`` (or reuse the cache).
 
     Parameters
     ----------
@@ -804,6 +805,8 @@ def finetuned_for(
     task : Task
         A sentence-level task; a word-level one is refused (use the base model for it).
     seed : int
+    recipe : Recipe, optional
+        Defaults to ``recipe_for(base)`` (the recipe ``set_recipe`` registered, else the paper's).
     stores_root : path, optional
         The activation stores' root; fine-tuned folders go into ``finetuned/`` beside it
         (``cache_dir()/finetuned`` by default).
@@ -819,7 +822,13 @@ def finetuned_for(
         )
     root = (Path(stores_root).parent if stores_root is not None else cache_dir()) / "finetuned"
     return finetune(
-        model[: -len(FT_SUFFIX)], whole_train(task, seed=seed), seed=seed, root=root, device=device, progress=progress
+        model[: -len(FT_SUFFIX)],
+        whole_train(task, seed=seed),
+        recipe=recipe,
+        seed=seed,
+        root=root,
+        device=device,
+        progress=progress,
     )
 
 

@@ -588,7 +588,6 @@ def fit_layer_probes(
     n_out = 1 if regression else len(classes)
     cw = None if regression else class_weights(template.class_weight, Y, n_out, classes)
     rows, probes = [], []
-    Adt = None
     for m in modes:
         cfg = cfgs[m]
         if m == "oracle":
@@ -597,18 +596,11 @@ def fit_layer_probes(
         else:
             Xf, Xdf = A, Ad
             bank = Bank(m, (L, h), T, n_out, mean, scale, dev, **bank_dtypes(cfg))
-        X_std = Xdev_std = None
-        if cfg.solver == "adam" and At is not None:
-            if Adt is None:
-                Adt = training.standardized(bank, Ad.reshape(Xdf.shape), dev, "activations_dev", check=True)
-            X_std, Xdev_std = At.view(Xf.shape), Adt.view(Xdf.shape)
-        info = fit_bank(
-            bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std, X_dev_std=Xdev_std
-        )
+        X_std = At.view(Xf.shape) if cfg.solver == "adam" and At is not None else None
+        # dev stays raw: standardised chunk by chunk at each evaluation, so a worker holds one copy (train's)
+        info = fit_bank(bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std)
         # final dev predictions of every probe
-        out = (
-            training.predict_bank(bank, Xdev_std if Xdev_std is not None else Xdf, dev, "activations_dev").cpu().numpy()
-        )
+        out = training.predict_bank(bank, Xdf, dev, "activations_dev").cpu().numpy()
         layers = [L - 1] if m == "oracle" else list(range(L))
         n_probes = len(layers)
         for i, layer in enumerate(layers):

@@ -1051,26 +1051,6 @@ def measure_speedup(
     return {"full_s": f, "reduced_s": r, "speedup": f / r, "items": n_items}
 
 
-def machine_signature() -> str:
-    """The CPU model, the number of cores torch may use and the GPU (if any): what a timing depends on.
-
-    ``timed_speedup`` takes it as an argument so that a timing read back from a ``memo.ResultCache``
-    was measured on a machine of the same kind.
-    """
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; {gpu}"
-
-
 def timed_speedup(
     model: str,
     task: Any,
@@ -1103,7 +1083,7 @@ def timed_speedup(
     recipe : finetune.Recipe, optional
         The fine-tune's recipe for ``"<base>+ft"`` (default ``finetune.recipe_for(base)``).
     machine : str, optional
-        Not used by the computation: it enters a cache key (``machine_signature()``), so that a
+        Not used by the computation: it enters a cache key (``machine.machine_signature()``), so that a
         timing is never read back on another kind of machine.
 
     Returns
@@ -1115,11 +1095,7 @@ def timed_speedup(
     from .activations import _cached_model
 
     if finetune.is_finetuned_name(model):
-        base = model[: -len(finetune.FT_SUFFIX)]
-        recipe = recipe if recipe is not None else finetune.recipe_for(base)
-        encoder = finetune.finetune(
-            base, finetune.whole_train(task, seed=seed), recipe=recipe, seed=seed, progress=False
-        ).encoder()
+        encoder = finetune.finetuned_for(model, task, seed=seed, recipe=recipe, progress=False).encoder()
     else:
         encoder = _cached_model(model, None)
     texts = task.test.texts[:n_sentences]

@@ -577,7 +577,6 @@ def fit_bank(
     cfg: FitConfig,
     device: torch.device,
     X_std: torch.Tensor | None = None,
-    X_dev_std: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Train every probe of ``bank`` on X -> Y with ``cfg.solver``.
 
@@ -591,12 +590,14 @@ def fit_bank(
     Y : ndarray of shape (n, T)
         Encoded targets: class indices, or float values for regression.
     X_dev, Y_dev : optional
-        Dev split for Adam's early stopping (``Y_dev`` of shape (n_dev, T)).
+        Dev split for Adam's early stopping (``Y_dev`` of shape (n_dev, T)). Raw features: they are
+        standardised chunk by chunk at every evaluation, never held whole (``predict_bank``), so a
+        worker holds one standardised copy (train's), not two.
     class_weight : ndarray of shape (T, C), optional
     cfg : FitConfig
     device : torch.device
-    X_std, X_dev_std : torch.Tensor, optional
-        The same rows already standardised (``prepare`` / ``standardized``), for Adam.
+    X_std : torch.Tensor, optional
+        The train rows already standardised (``prepare`` / ``standardized``), for Adam.
 
     Returns
     -------
@@ -617,7 +618,7 @@ def fit_bank(
         if cfg.solver == "lbfgs":
             return fit_lbfgs(bank, X, Yp, cw, cfg, device)
         Ydp = _expand_targets(Y_dev, bank, device, cfg.task) if Y_dev is not None else None
-        return fit_adam(bank, X, Yp, cw, cfg, device, X_dev=X_dev, Y_dev=Ydp, X_std=X_std, X_dev_std=X_dev_std)
+        return fit_adam(bank, X, Yp, cw, cfg, device, X_dev=X_dev, Y_dev=Ydp, X_std=X_std)
 
 
 def fit_lbfgs(
@@ -690,12 +691,12 @@ def fit_adam(
     X_dev: Any,
     Y_dev: torch.Tensor | None,
     X_std: torch.Tensor | None,
-    X_dev_std: torch.Tensor | None,
 ) -> dict[str, Any]:
     """Minibatch Adam with seeded shuffling and per-probe early stopping on dev (the best dev epoch is kept).
 
     ``Yp`` / ``Y_dev``: targets expanded to every probe, shapes (n, P) / (n_dev, P); ``cw``: (P, C) or
-    None. The step size is ``cfg.lr`` or ``auto_lr`` of each probe's feature count. Without a dev split,
+    None. ``X_dev`` stays raw: each evaluation standardises it chunk by chunk (``predict_bank``). The step
+    size is ``cfg.lr`` or ``auto_lr`` of each probe's feature count. Without a dev split,
     all ``cfg.max_epochs`` epochs run. Returns ``lr``, ``n_epochs`` and (with dev) ``best_epoch``, ``history``,
     ``stop_epoch``.
     """
@@ -712,10 +713,6 @@ def fit_adam(
     Xt = X_std
     if Xt is None and X.size * itemsize <= _MATERIALISE_BYTES:
         Xt = standardized(bank, X, device, "X", check=False)
-    if X_dev_std is not None:
-        X_dev = X_dev_std
-    elif X_dev is not None and X_dev.size * itemsize <= _MATERIALISE_BYTES:
-        X_dev = standardized(bank, X_dev, device, "X_dev", check=True)
     P = bank.P
     history = []
     best = [p.detach().clone() for p in bank.params]

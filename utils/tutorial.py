@@ -46,6 +46,7 @@ from pathlib import Path
 
 import nbformat
 
+from .machine import machine_record
 from .paths import REPO_ROOT
 
 NOTEBOOKS: tuple[str, ...] = (
@@ -392,10 +393,6 @@ def provenance_record(
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    try:
-        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        mem_gib = None
     params_path = Path(params_file).resolve()
     return {
         "commit": _git("rev-parse", "HEAD"),
@@ -407,12 +404,7 @@ def provenance_record(
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "versions": versions,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-            "memory_gib": None if mem_gib is None else round(mem_gib, 1),
-        },
+        "machine": machine_record(),
         "notebooks": [
             {
                 "name": r.name,
