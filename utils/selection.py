@@ -431,15 +431,13 @@ def run_transfer(
         Ad, yd, info["dropped_dev"] = restrict_to_classes(Ad, yd, np.unique(y))
     total = L * h
 
-    # oracle and incremental layer probes (dev only)
-    oracle_table, oracle_probes = fit_layer_probes(
-        A, y, activations_dev=Ad, y_dev=yd, mode="oracle", probe_params=params, return_probes=True
+    # oracle and incremental layer probes (dev only), from one read and standardisation of the train rows
+    table, probes = fit_layer_probes(
+        A, y, activations_dev=Ad, y_dev=yd, mode=["oracle", "incremental"], probe_params=params, return_probes=True
     )
-    oracle_dev = float(oracle_table["score"].iloc[0])
-    inc_table, inc_probes = fit_layer_probes(
-        A, y, activations_dev=Ad, y_dev=yd, mode="incremental", probe_params=params, return_probes=True
-    )
-    inc_scores = inc_table["score"].to_numpy()
+    oracle_probes, inc_probes = probes[:1], probes[1:]
+    oracle_dev = float(table["score"].iloc[0])
+    inc_scores = table["score"].to_numpy()[1:]
 
     grid = [(d_layer, d_neuron, t) for d_layer, d_neuron, t in grid]
     layer_of = {cfg: layer_selector(inc_scores, oracle_dev, cfg[0]) for cfg in grid}
