@@ -273,19 +273,19 @@ def test_several_modes_in_one_call_equal_separate_calls():
     assert np.array_equal(oracle.coef_, probes[0].coef_)
 
 
-def test_layer_probes_hold_one_standardised_copy_and_score_dev_chunk_by_chunk(monkeypatch):
-    # memory: train is standardised once (shared by every mode); dev stays raw and is standardised per chunk
-    # at each evaluation, so its scores equal those of the returned probes on the raw dev rows
+def _layer_probes_recording_copies(monkeypatch, dev_limit):
+    """fit_layer_probes (oracle + incremental) with dev materialised up to ``dev_limit`` bytes; the copies made."""
     from utils import training
 
-    A, y, words = layered_problem(h=60)
+    A, y, _ = layered_problem(h=60)
     made = []
     real_prepare, real_standardized = training.prepare, training.standardized
+    monkeypatch.setattr(training, "_DEV_MATERIALISE_BYTES", dev_limit)
     monkeypatch.setattr(training, "prepare", lambda X, **kw: made.append(("prepare", X.shape)) or real_prepare(X, **kw))
     monkeypatch.setattr(
         training,
         "standardized",
-        lambda bank, X, *a, **kw: made.append(("dev?", X.shape)) or real_standardized(bank, X, *a, **kw),
+        lambda bank, X, *a, **kw: made.append(("dev", X.shape)) or real_standardized(bank, X, *a, **kw),
     )
     monkeypatch.setattr(training, "row_chunks", lambda n, width: (range(0, n, 37), 37))  # dev in several chunks
     table, probes = fit_layer_probes(
@@ -297,10 +297,45 @@ def test_layer_probes_hold_one_standardised_copy_and_score_dev_chunk_by_chunk(mo
         probe_params=dict(max_epochs=3, batch_size=50),
         return_probes=True,
     )
+    return A, y, table, probes, made
+
+
+def test_layer_probes_hold_one_standardised_copy_of_a_large_dev_split_and_score_it_chunk_by_chunk(monkeypatch):
+    # memory: train is standardised once (shared by every mode); a dev split above the limit stays raw and is
+    # standardised per chunk at each evaluation, so its scores equal those of the returned probes on raw dev rows
+    A, y, table, probes, made = _layer_probes_recording_copies(monkeypatch, dev_limit=0)
     assert made == [("prepare", (500, 3, 60))]  # no standardised copy of dev, one of train
     for row, probe in zip(table.itertuples(), probes):
         layers = A[500:, : row.layer + 1].reshape(len(A) - 500, -1)
         assert row.score == probe.score(layers, y[500:])
+
+
+def test_a_small_dev_split_is_standardised_once_for_every_mode_with_the_same_results(monkeypatch):
+    # speed: below the limit dev is standardised once and shared by both modes; the outputs are the same bits
+    A, y, big, big_probes, _ = _layer_probes_recording_copies(monkeypatch, dev_limit=0)
+    monkeypatch.undo()
+    _, _, small, small_probes, made = _layer_probes_recording_copies(monkeypatch, dev_limit=2**30)
+    assert made == [("prepare", (500, 3, 60)), ("dev", (len(A) - 500, 180))]  # once, by the first mode (oracle)
+    pd.testing.assert_frame_equal(small, big)
+    for a, b in zip(small_probes, big_probes):
+        np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_incremental_probes_of_the_first_layers_equal_those_of_a_full_run():
+    A, y, _ = layered_problem(h=40)
+    kw = dict(
+        activations_dev=A[500:], y_dev=y[500:], probe_params=dict(max_epochs=4, batch_size=50), return_probes=True
+    )
+    full, full_probes = fit_layer_probes(A[:500], y[:500], mode=["oracle", "incremental"], **kw)
+    part, part_probes = fit_layer_probes(A[:500], y[:500], mode=["oracle", "incremental"], incremental_layers=2, **kw)
+    assert part["mode"].tolist() == ["oracle", "incremental", "incremental"]
+    pd.testing.assert_frame_equal(part, full.iloc[:3])
+    # the oracle and layers 0, 1: the same weights up to float32 rounding (a narrower matrix product)
+    for a, b in zip(part_probes, full_probes):
+        np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.intercept_, b.intercept_, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="incremental_layers must lie in"):
+        fit_layer_probes(A[:500], y[:500], mode="incremental", incremental_layers=4, **kw)
 
 
 def test_auto_lr_scales_with_the_number_of_features():

@@ -19,6 +19,7 @@ from utils.selection import (
     load_predictions,
     measure_speedup,
     run_transfer,
+    run_transfer_seeds,
     save_predictions,
     timed_speedup,
     transfer_over_seeds,
@@ -215,6 +216,57 @@ def _seed_results(splits, seeds=(0, 1, 2)):
         run_transfer(train, dev, test, grid=[(3, 1, None)], probe_params={**adam, "random_state": s}, progress=False)
         for s in seeds
     ]
+
+
+def test_transfer_seeds_equal_separate_runs_and_cluster_each_layer_once(splits, monkeypatch):
+    from utils import selection
+
+    train, dev, test = splits
+    adam = {"solver": "adam", "max_epochs": 4}
+    grid = [(3, 1, None), (3, 1, 0.3), (1, 1, 0.3), (1, 1, 0.6)]
+    alone = [
+        run_transfer(
+            train, dev, test, grid=grid, probe_params={**adam, "random_state": s}, info={"seed": s}, progress=False
+        )
+        for s in (0, 1)
+    ]
+    layers = []
+    real = selection.correlation_linkage
+    monkeypatch.setattr(selection, "correlation_linkage", lambda A, **kw: layers.append(A.shape[1]) or real(A, **kw))
+    shared = run_transfer_seeds(train, dev, test, seeds=[0, 1], grid=grid, probe_params=adam, progress=False)
+    # one correlation + linkage per distinct selected layer, not per run (both thresholds from one tree)
+    clustered = {int(r.selected_layer) for a in alone for r in a.grid.itertuples() if pd.notna(r.threshold)}
+    assert sorted(layers) == sorted(layer + 1 for layer in clustered)  # each layer once, not once per run
+    for a, b in zip(alone, shared):
+        assert b.info == a.info
+        pd.testing.assert_frame_equal(b.grid, a.grid)
+        pd.testing.assert_frame_equal(b.steps, a.steps)
+        np.testing.assert_array_equal(b.neurons, a.neurons)
+        np.testing.assert_array_equal(b.test_predictions, a.test_predictions)
+    with pytest.raises(ValueError, match="at least one seed"):
+        run_transfer_seeds(train, dev, test, seeds=[])
+
+
+@pytest.mark.parametrize("first, trained", [(0.6, 3), (0.25, N_LAYERS)])
+def test_incremental_probes_of_later_layers_are_trained_only_when_the_selector_needs_them(
+    splits, monkeypatch, first, trained
+):
+    # the signal sits in layer 2: with the first 3 layers trained the selector finds it there and stops;
+    # with the first 2 (ceil(5 / 4)) no layer reaches the target and all 5 are trained. Either way the
+    # result is that of training every incremental probe (FIRST_LAYERS = 1)
+    from utils import selection
+
+    train, dev, test = splits
+    adam = {"solver": "adam", "max_epochs": 4}
+    monkeypatch.setattr(selection, "FIRST_LAYERS", 1.0)
+    every = run_transfer(train, dev, test, probe_params=adam, progress=False)
+    monkeypatch.setattr(selection, "FIRST_LAYERS", first)
+    fast = run_transfer(train, dev, test, probe_params=adam, progress=False)
+    assert every.info["incremental_layers"] == N_LAYERS and fast.info["incremental_layers"] == trained
+    assert fast.selected_layer == SIGNAL_LAYER
+    pd.testing.assert_frame_equal(fast.grid, every.grid)
+    pd.testing.assert_frame_equal(fast.steps, every.steps)
+    np.testing.assert_array_equal(fast.test_predictions, every.test_predictions)
 
 
 def test_transfer_over_seeds_pools_seeds_on_shared_resamples(splits):

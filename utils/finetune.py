@@ -60,7 +60,7 @@ from . import heap
 from .data import Split, Task
 from .models import OFFLINE_MODELS, LoadedModel, _kind_of, default_device, load_model
 from .paths import cache_dir, locked
-from .precision import PRECISIONS, autocast, check_precision, resolve_precision
+from .precision import PRECISIONS, autocast, resolve_precision
 from .resources import RESOURCES, fetch, sha256_file
 
 log = logging.getLogger(__name__)
@@ -407,7 +407,7 @@ def predict(
     was_training = model.training
     model.eval()
     out = []
-    with torch.inference_mode(), autocast(check_precision(precision), device):
+    with torch.inference_mode(), autocast(precision, device):
         for start in range(0, len(texts), batch_size):
             idx = np.arange(start, min(start + batch_size, len(texts)))
             out.append(model(**_collate(enc, idx, pad_id, device)).logits.float().cpu().numpy())

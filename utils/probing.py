@@ -496,6 +496,7 @@ def fit_layer_probes(
     probe_params: dict | None = None,
     control_random_state: int = 0,
     return_probes: bool = False,
+    incremental_layers: int | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, list[_BaseProbe]]:
     """Train one probe per layer (or the oracle) in one batched model and score it on dev.
 
@@ -527,6 +528,11 @@ def fit_layer_probes(
         Seed of the control task.
     return_probes : bool
         Also return the fitted task probes (one per row of the table).
+    incremental_layers : int, optional
+        Train the incremental probes of layers ``0 .. incremental_layers - 1`` only (the others
+        are not trained and get no row); default all. Each is the probe a full run trains (probes do
+        not interact; up to float32 rounding, the matrix products being narrower), for a fraction of the cost: probe l reads l + 1 layers, so the first quarter of
+        the layers costs a sixteenth of the whole (``selection.run_transfer`` asks for it first).
 
     Returns
     -------
@@ -578,7 +584,10 @@ def fit_layer_probes(
         Y, Yd = Y[:, None], Yd[:, None]
     T = Y.shape[1]
     modes = [mode] if isinstance(mode, str) else list(mode)
-    per_probe_features = {"independent": h * L, "incremental": h * L * (L + 1) // 2, "oracle": h * L}
+    L_inc = L if incremental_layers is None else int(incremental_layers)
+    if not 1 <= L_inc <= L:
+        raise ValueError(f"incremental_layers must lie in [1, {L}] (the number of layers), got {incremental_layers}")
+    per_probe_features = {"independent": h * L, "incremental": h * L_inc * (L_inc + 1) // 2, "oracle": h * L}
     cfgs = {m: template._config(float(n) * per_probe_features[m] * T, True) for m in modes}
     dev = template._device()
     # one read of the train activations for every mode: statistics and (Adam) standardised copy
@@ -588,20 +597,29 @@ def fit_layer_probes(
     n_out = 1 if regression else len(classes)
     cw = None if regression else class_weights(template.class_weight, Y, n_out, classes)
     rows, probes = [], []
+    Adt = None  # dev as the evaluations read it (training.dev_features), shared by every mode
     for m in modes:
         cfg = cfgs[m]
+        Lm = L_inc if m == "incremental" else L  # layers this mode's probes read
         if m == "oracle":
             Xf, Xdf = A.reshape(n, L * h), Ad.reshape(Ad.shape[0], L * h)
             bank = Bank("flat", (L * h,), T, n_out, mean.reshape(-1), scale.reshape(-1), dev, **bank_dtypes(cfg))
         else:
-            Xf, Xdf = A, Ad
-            bank = Bank(m, (L, h), T, n_out, mean, scale, dev, **bank_dtypes(cfg))
-        X_std = At.view(Xf.shape) if cfg.solver == "adam" and At is not None else None
-        # dev stays raw: standardised chunk by chunk at each evaluation, so a worker holds one copy (train's)
-        info = fit_bank(bank, Xf, Y, X_dev=Xdf, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std)
+            Xf, Xdf = A[:, :Lm], Ad[:, :Lm]
+            bank = Bank(m, (Lm, h), T, n_out, mean[:Lm], scale[:Lm], dev, **bank_dtypes(cfg))
+        if Adt is None:  # small dev standardised once, all layers, for every mode; large dev (word tasks) stays raw
+            flat = (
+                bank
+                if m == "oracle"
+                else Bank("flat", (L * h,), T, n_out, mean.reshape(-1), scale.reshape(-1), dev, **bank_dtypes(cfg))
+            )
+            Adt = training.dev_features(flat, Ad.reshape(Ad.shape[0], L * h), dev, "activations_dev")
+        X_std = At.view(n, L, h)[:, :Lm].reshape(Xf.shape) if cfg.solver == "adam" and At is not None else None
+        Xd = Adt.view(Ad.shape)[:, :Lm].reshape(Xdf.shape) if isinstance(Adt, torch.Tensor) else Xdf
+        info = fit_bank(bank, Xf, Y, X_dev=Xd, Y_dev=Yd, class_weight=cw, cfg=cfg, device=dev, X_std=X_std)
         # final dev predictions of every probe
-        out = training.predict_bank(bank, Xdf, dev, "activations_dev").cpu().numpy()
-        layers = [L - 1] if m == "oracle" else list(range(L))
+        out = training.predict_bank(bank, Xd, dev, "activations_dev").cpu().numpy()
+        layers = [L - 1] if m == "oracle" else list(range(Lm))
         n_probes = len(layers)
         for i, layer in enumerate(layers):
             if regression:

@@ -4,7 +4,10 @@ Start at ``run_transfer``. For word- and sentence-level tasks alike it takes tra
 activations of shape (n_items, n_layers, hidden) and labels, and follows Dalvi et al. (2020, §6):
 
 1. **LayerSelector**: the smallest layer ``l`` whose incremental probe (layers 0..l) reaches
-   ``oracle_dev * (1 - delta_layer / 100)`` on dev (``oracle`` = the probe on all layers).
+   ``oracle_dev * (1 - delta_layer / 100)`` on dev (``oracle`` = the probe on all layers). The
+   incremental probes of the first quarter of the layers are trained first (``FIRST_LAYERS``); the
+   others only when none of those reaches the grid's highest target, so a task decoded early (POS)
+   does not pay for the 31 probes of a 31-layer model.
 2. **Correlation clustering** of the neurons of layers 0..l at distance threshold ``t`` (or none):
    average linkage on ``1 - |r|``, one deterministic representative per cluster; a *base* probe is
    retrained on the representatives.
@@ -17,6 +20,8 @@ oracle's dev score, the one with the fewest neurons wins (ties: higher dev score
 read once, at the end, after every choice is fixed. The result (``TransferResult``) saves and
 reloads, and carries a ``ReducedProbe`` that applies the kept neurons to new activations or text,
 with the per-item test predictions of the reduced probe and of the oracle.
+
+``run_transfer_seeds`` runs it once per probe seed on the same data, clustering each selected layer once.
 
 Also here, because they compose clustering and probing:
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +64,10 @@ PAPER_GRID: tuple[tuple[float, float, float | None], ...] = (
 )
 """(delta_layer, delta_neuron, threshold) of the paper's search; ``None`` = no clustering."""
 
+FIRST_LAYERS = 0.25
+"""``run_transfer`` first trains the incremental probes of this fraction of the layers (a sixteenth of the
+cost of all of them); only when none reaches the grid's highest target does it train the rest."""
+
 
 def layer_selector(incremental_scores: Sequence[float], oracle_score: float, delta: float) -> int:
     """Smallest layer whose incremental dev score reaches ``oracle_score * (1 - delta / 100)``.
@@ -81,8 +91,13 @@ def layer_selector(incremental_scores: Sequence[float], oracle_score: float, del
         raise ValueError(f"incremental_scores must be a non-empty 1D sequence, got shape {scores.shape}")
     if delta < 0:
         raise ValueError(f"delta is a percentage loss and must be >= 0, got {delta}")
-    hits = np.flatnonzero(scores >= oracle_score * (1 - delta / 100))
+    hits = np.flatnonzero(reaches(scores, oracle_score, delta))
     return int(hits[0]) if len(hits) else len(scores) - 1
+
+
+def reaches(scores: Any, oracle_score: float, delta: float) -> np.ndarray:
+    """Which ``scores`` reach ``oracle_score * (1 - delta / 100)`` (the LayerSelector's test), as bools."""
+    return np.asarray(scores, dtype=float) >= oracle_score * (1 - delta / 100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +395,7 @@ def run_transfer(
     pct_grid: Sequence[float] = PCT_GRID,
     progress: bool = True,
     info: dict | None = None,
+    clusters: dict | None = None,
 ) -> TransferResult:
     """Run LayerSelector -> correlation clustering -> LCA minimal set, choose on dev, test once.
 
@@ -409,6 +425,11 @@ def run_transfer(
     progress : bool
     info : dict, optional
         Stored on the result (model and task names, ...).
+    clusters : dict, optional
+        Cluster representatives by ``(layer, threshold)``, filled here on first need and read back by
+        later calls given the same dict. They depend on the train activations only, so runs over the
+        same train rows that differ in the probes' seed can share them (``run_transfer_seeds``): the
+        correlation and linkage, most of a run's time, are then computed once per selected layer.
 
     Returns
     -------
@@ -431,15 +452,30 @@ def run_transfer(
         Ad, yd, info["dropped_dev"] = restrict_to_classes(Ad, yd, np.unique(y))
     total = L * h
 
-    # oracle and incremental layer probes (dev only), from one read and standardisation of the train rows
+    grid = [(d_layer, d_neuron, t) for d_layer, d_neuron, t in grid]
+    # the oracle and the incremental probes of the first quarter of the layers (dev only), from one read
+    # and standardisation of the train rows; the selector reads no later layer when one of these already
+    # reaches the grid's highest target, else the incremental probes of every layer are trained
+    first = min(L, max(1, math.ceil(L * FIRST_LAYERS)))
     table, probes = fit_layer_probes(
-        A, y, activations_dev=Ad, y_dev=yd, mode=["oracle", "incremental"], probe_params=params, return_probes=True
+        A,
+        y,
+        activations_dev=Ad,
+        y_dev=yd,
+        mode=["oracle", "incremental"],
+        probe_params=params,
+        return_probes=True,
+        incremental_layers=first,
     )
     oracle_probes, inc_probes = probes[:1], probes[1:]
     oracle_dev = float(table["score"].iloc[0])
     inc_scores = table["score"].to_numpy()[1:]
-
-    grid = [(d_layer, d_neuron, t) for d_layer, d_neuron, t in grid]
+    if first < L and not reaches(inc_scores, oracle_dev, min(c[0] for c in grid)).any():
+        table, inc_probes = fit_layer_probes(
+            A, y, activations_dev=Ad, y_dev=yd, mode="incremental", probe_params=params, return_probes=True
+        )
+        inc_scores = table["score"].to_numpy()
+    info["incremental_layers"] = len(inc_scores)
     layer_of = {cfg: layer_selector(inc_scores, oracle_dev, cfg[0]) for cfg in grid}
     searches: dict[tuple[int, float | None], _Search] = {}
     bar = tqdm(
@@ -447,15 +483,19 @@ def run_transfer(
     )
     for layer in dict.fromkeys(layer_of.values()):
         thresholds = list(dict.fromkeys(c[2] for c in grid if layer_of[c] == layer))
-        abs_corr = tree = None
-        if any(t is not None for t in thresholds):  # before the flat copies, while the linkage holds two n² arrays
+        clusters = {} if clusters is None else clusters
+        missing = [t for t in thresholds if t is not None and (layer, t) not in clusters]
+        if missing:  # before the flat copies, while the linkage holds two n² arrays
             abs_corr, tree = correlation_linkage(A[:, : layer + 1], progress=False)
+            for t in missing:
+                clusters[layer, t] = cluster_neurons(abs_corr, t, linkage=tree).representatives
+            del abs_corr, tree
         X, Xd = _flat(A, layer + 1), _flat(Ad, layer + 1)  # once per selected layer
         for t in thresholds:
             if t is None:
                 cand, Xs, Xsd = np.arange(X.shape[1]), X, Xd
             else:
-                cand = cluster_neurons(abs_corr, t, linkage=tree).representatives
+                cand = clusters[layer, t]
                 Xs, Xsd = X[:, cand], Xd[:, cand]
             base = make_probe(y, **params).fit(Xs, y, X_dev=Xsd, y_dev=yd)
             base_dev = float(base.score(Xsd, yd))
@@ -475,7 +515,7 @@ def run_transfer(
                 )
                 bar.update(1)
             searches[layer, t] = _Search(cand, base, base_dev, sets)
-        del X, Xd, abs_corr, tree
+        del X, Xd
     bar.close()
 
     rows = []
@@ -569,6 +609,56 @@ def run_transfer(
         test_labels=yt,
         test_items=test_items,
     )
+
+
+def run_transfer_seeds(
+    train: tuple[Any, Any],
+    dev: tuple[Any, Any],
+    test: tuple[Any, Any] | Callable[[], tuple[Any, Any]],
+    *,
+    seeds: Sequence[int],
+    probe_params: dict | None = None,
+    info: dict | None = None,
+    **kwargs: Any,
+) -> list[TransferResult]:
+    """``run_transfer`` once per probe seed on the same data, clustering each selected layer once.
+
+    Equal, run for run, to ``[run_transfer(train, dev, test, probe_params={**probe_params,
+    "random_state": s}, info={**info, "seed": s}) for s in seeds]``: the seed moves the probes'
+    minibatches only, so the cluster representatives of a (layer, threshold) are the same in every run
+    and are computed by the first run that needs them (``run_transfer``'s ``clusters``).
+
+    Parameters
+    ----------
+    train, dev, test
+        As in ``run_transfer`` (a callable ``test`` is called once per run).
+    seeds : sequence of int
+        The probes' ``random_state`` of each run.
+    probe_params, info : dict, optional
+        As in ``run_transfer``; each run adds its seed (``random_state``, ``info["seed"]``).
+    **kwargs
+        Passed to every ``run_transfer`` (``grid``, ``keep_pct``, ``pct_grid``, ``progress``).
+
+    Returns
+    -------
+    results : list of TransferResult
+        One per seed, in the order of ``seeds``.
+    """
+    if len(seeds) == 0:
+        raise ValueError("run_transfer_seeds needs at least one seed, e.g. seeds=[0, 1, 2]")
+    clusters: dict = {}
+    return [
+        run_transfer(
+            train,
+            dev,
+            test,
+            probe_params={**(probe_params or {}), "random_state": int(s)},
+            info={**(info or {}), "seed": int(s)},
+            clusters=clusters,
+            **kwargs,
+        )
+        for s in seeds
+    ]
 
 
 def _choose(grid_table: pd.DataFrame, keep_pct: float) -> int:

@@ -50,6 +50,7 @@ AUTO_LR_SCALE = 3.0
 """``lr="auto"`` gives a probe on d standardised features the Adam step ``min(1e-2, AUTO_LR_SCALE / d)``."""
 
 _MATERIALISE_BYTES = 4 * 2**30  # Adam keeps standardised train features in memory up to this size
+_DEV_MATERIALISE_BYTES = 256 * 2**20  # dev features standardised once up to this size, else at each evaluation
 _LBFGS_CACHE_BYTES = 2 * 2**30  # L-BFGS keeps its standardised float64 chunks in memory up to this size
 _SINGLE_THREAD_WORK = 2**26  # multiply-adds per step below which torch runs on one thread
 
@@ -435,6 +436,23 @@ def standardized(bank: Bank, X: np.ndarray, device: torch.device, name: str, *, 
     return out
 
 
+def dev_features(bank: Bank, X_dev: Any, device: torch.device, name: str = "X_dev") -> Any:
+    """Dev rows as Adam's evaluations read them: standardised once when small, else left raw.
+
+    Dev is scored after every epoch. Up to ``_DEV_MATERIALISE_BYTES`` (sentence tasks) the rows are
+    standardised once into a tensor of ``bank.matmul_dtype`` (checked for NaN / infinity); larger dev
+    splits (word tasks) stay raw and ``predict_bank`` standardises them chunk by chunk at each
+    evaluation, so a worker holds one large standardised copy (train's), not two. Both give the same
+    outputs bit for bit (the same chunks, the same arithmetic). A tensor or None is returned as it is.
+    """
+    if X_dev is None or isinstance(X_dev, torch.Tensor):
+        return X_dev
+    itemsize = torch.finfo(bank.matmul_dtype).bits // 8
+    if X_dev.size * itemsize > _DEV_MATERIALISE_BYTES:
+        return X_dev
+    return standardized(bank, X_dev, device, name, check=True)
+
+
 def prepare(
     X: np.ndarray, *, standardize: bool, matmul_dtype: torch.dtype, device: torch.device, materialise: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
@@ -695,7 +713,8 @@ def fit_adam(
     """Minibatch Adam with seeded shuffling and per-probe early stopping on dev (the best dev epoch is kept).
 
     ``Yp`` / ``Y_dev``: targets expanded to every probe, shapes (n, P) / (n_dev, P); ``cw``: (P, C) or
-    None. ``X_dev`` stays raw: each evaluation standardises it chunk by chunk (``predict_bank``). The step
+    None. ``X_dev``: raw rows or a tensor from ``dev_features`` (small dev splits are standardised once,
+    large ones chunk by chunk at each evaluation). The step
     size is ``cfg.lr`` or ``auto_lr`` of each probe's feature count. Without a dev split,
     all ``cfg.max_epochs`` epochs run. Returns ``lr``, ``n_epochs`` and (with dev) ``best_epoch``, ``history``,
     ``stop_epoch``.
@@ -713,6 +732,7 @@ def fit_adam(
     Xt = X_std
     if Xt is None and X.size * itemsize <= _MATERIALISE_BYTES:
         Xt = standardized(bank, X, device, "X", check=False)
+    X_dev = dev_features(bank, X_dev, device)
     P = bank.P
     history = []
     best = [p.detach().clone() for p in bank.params]
