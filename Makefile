@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_clustering_memory.py --tiled
 	$(PY) benchmarks/bench_probing.py
 	$(PY) benchmarks/bench_probe_training.py --repeats 1
+	$(PY) benchmarks/bench_transfer.py
 	$(PY) benchmarks/bench_tiled_clustering.py --sizes 10k 30k
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_finetune.py --task uncertainty --epochs 1 --heap
