@@ -49,6 +49,18 @@ def test_a_result_is_computed_once_and_read_back(tmp_path, calls):
     assert _calls(calls) == 3
 
 
+def test_a_timed_result_is_read_back_with_the_seconds_of_the_call_that_computed_it(tmp_path, calls):
+    cache = memo.ResultCache(tmp_path / "results")
+    x = np.arange(6.0)
+    result, seconds = cache(memo.timed, _count_and_sum, x, folder=calls, machine="m1")
+    assert result == 15.0 and seconds > 0 and _calls(calls) == 1
+    again = cache(memo.timed, _count_and_sum, x, folder=calls, machine="m1")
+    assert again == (15.0, seconds) and _calls(calls) == 1  # read back: the first call's time, not a new one
+    other = cache(memo.timed, _count_and_sum, x, folder=calls, machine="m2")  # another machine: measured anew
+    assert other[0] == 15.0 and _calls(calls) == 2
+    assert memo.timed(_count_and_sum, x, folder=calls, scale=2.0)[0] == 30.0  # kwargs reach fn, machine does not
+
+
 def test_keys_of_memory_maps_follow_the_file_and_the_view(tmp_path):
     path = tmp_path / "a.npy"
     np.save(path, np.arange(40, dtype=np.float32).reshape(20, 2))

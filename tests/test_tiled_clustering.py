@@ -20,6 +20,7 @@ from utils.tiled_clustering import (
     cluster_neurons_tiled,
     clusters_across_blocks,
     column_moments,
+    compare_with_dense,
     dense_block_bytes,
     residual_stream_activations,
     thresholded_correlation,
@@ -292,6 +293,39 @@ def test_column_concat_reads_like_numpy_and_clusters_across_blocks(acts):
     assert origin["layer"].tolist()[90:100] == [1] * 6 + [0] * 4 and origin["depth"].iloc[95] == 1.0
     with pytest.raises(ValueError, match="same rows"):
         ColumnConcat([a, b[:10]])
+
+
+def test_compare_with_dense_counts_the_dense_clusters_and_refuses_another_partition(acts, dense_planted):
+    row = compare_with_dense(acts, THRESHOLDS, label="planted")
+    dense = dense_planted[1]
+    assert row["data"] == "planted" and row["neurons"] == acts.shape[1] * acts.shape[2]
+    assert row["identical at every t"] is True
+    assert [row[f"kept t={t:g}"] for t in THRESHOLDS] == [c.n_clusters for c in dense]
+    same = cluster_neurons_tiled(acts, THRESHOLDS, progress=False)
+    assert compare_with_dense(acts, THRESHOLDS, tiled=same) == {**row, "data": ""}
+    other = cluster_neurons_tiled(planted(seed=1), THRESHOLDS, progress=False)  # another data set's partition
+    with pytest.raises(AssertionError, match="differ at t = 0.05"):
+        compare_with_dense(acts, THRESHOLDS, tiled=other, label="planted")
+
+
+def test_column_concat_is_keyed_by_its_parts_not_by_reading_its_columns(acts, tmp_path, monkeypatch):
+    from utils import memo
+
+    paths = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    np.save(paths[0], acts[:, :2])
+    np.save(paths[1], acts[:, 2:])
+
+    def cat(names=("a", "b")):
+        return ColumnConcat([np.load(p, mmap_mode="r") for p in paths], names=list(names))
+
+    monkeypatch.setattr(ColumnConcat, "__getitem__", lambda *a: pytest.fail("the key read the columns"))
+    key = memo.fingerprint(cat())
+    assert memo.fingerprint(cat()) == key  # the same files opened again
+    assert memo.fingerprint(cat(("x", "b"))) != key  # another name
+    swapped = ColumnConcat([np.load(p, mmap_mode="r") for p in paths[::-1]], names=["a", "b"])
+    assert memo.fingerprint(swapped) != key  # other parts in that place
+    np.save(paths[1], acts[:, 2:] + 1)  # a part rewritten
+    assert memo.fingerprint(cat()) != key
 
 
 def test_residual_stream_activations_structure():

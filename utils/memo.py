@@ -15,7 +15,12 @@ The key of a call is a sha256 over:
 - the arguments, by value (``fingerprint``): an ``ActivationStore`` by the sha256 of its metadata (which
   holds the sha256 of every file), a memory map by its file (path, size, modification time) and the
   place and shape of the view, any other array by its bytes, containers and dataclasses field by field,
-  anything else by its pickle (``joblib.hash``).
+  an object with a ``cache_identity()`` method by what that returns (``tiled_clustering.ColumnConcat``:
+  its stores, not gigabytes of columns), anything else by its pickle (``joblib.hash``).
+
+A measured time can be kept too: ``cache(memo.timed, fn, *args, machine=signature)`` returns
+``(result, seconds)``, the seconds being those of the call that computed it, on a machine of that
+signature (``machine.machine_signature()``), even when the pair is read back.
 
 An entry is one file, ``<cache_dir>/results/<module.function>/<key>.pkl``: a line with the sha256 of
 the pickled record, then the record (key, function, seconds it took, result). It is written to a
@@ -88,6 +93,8 @@ def _feed(h: Any, value: Any, seen: dict | None = None) -> None:
         h.update(repr(value).encode() if not isinstance(value, bytes) else value)
     elif isinstance(value, ActivationStore):
         h.update(value.meta["meta_sha256"].encode())
+    elif callable(getattr(value, "cache_identity", None)) and not isinstance(value, type):
+        _feed(h, value.cache_identity(), seen)
     elif isinstance(value, np.ndarray):
         identity = _memmap_identity(value) if isinstance(value, np.memmap) else None
         if identity is not None:
@@ -151,6 +158,31 @@ def _name(fn: Callable) -> str:
     fn = fn.func if isinstance(fn, functools.partial) else fn
     name = f"{getattr(fn, '__module__', '') or ''}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._") or "function"
+
+
+def timed(fn: Callable, /, *args: Any, machine: str | None = None, **kwargs: Any) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the wall-clock seconds it took, as one value a ``ResultCache`` can keep.
+
+    Parameters
+    ----------
+    fn : callable
+    *args, **kwargs
+        Passed to ``fn``.
+    machine : str, optional
+        Not passed on: it enters the cache key (``machine.machine_signature()``), so that a time measured
+        on one kind of machine is never read back on another.
+
+    Returns
+    -------
+    result : any
+        What ``fn`` returned.
+    seconds : float
+        ``time.perf_counter()`` around the call.
+    """
+    del machine  # only part of the key
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - started
 
 
 class ResultCache:

@@ -481,9 +481,9 @@ def run_transfer(
     bar = tqdm(
         total=len(set((layer_of[c], c[2], c[1]) for c in grid)), desc="transfer grid", disable=not progress, leave=False
     )
+    clusters = {} if clusters is None else clusters
     for layer in dict.fromkeys(layer_of.values()):
         thresholds = list(dict.fromkeys(c[2] for c in grid if layer_of[c] == layer))
-        clusters = {} if clusters is None else clusters
         missing = [t for t in thresholds if t is not None and (layer, t) not in clusters]
         if missing:  # before the flat copies, while the linkage holds two n² arrays
             abs_corr, tree = correlation_linkage(A[:, : layer + 1], progress=False)

@@ -101,6 +101,7 @@ class ColumnConcat:
     """
 
     def __init__(self, parts: Sequence[Any], names: Sequence[str] | None = None) -> None:
+        self.sources = list(parts)
         flats, sizes = [], []
         for p in parts:
             flat, layer_sizes = _as_matrix(p)
@@ -134,6 +135,11 @@ class ColumnConcat:
             if a < b:
                 pieces.append(np.asarray(part[rows, a - self.offsets[k] : b - self.offsets[k]]))
         return np.concatenate(pieces, axis=1)
+
+    def cache_identity(self) -> tuple:
+        """What identifies these columns to ``memo.ResultCache``: the names and the parts as given (stores
+        by their checksums, memory maps by their files), not the bytes of every column."""
+        return ("ColumnConcat", tuple(self.names), tuple(self.sources))
 
     def origin(self) -> pd.DataFrame:
         """Where every column comes from: ``part, layer, unit`` and ``depth`` (layer / (n_layers - 1)).
@@ -1172,6 +1178,60 @@ def cluster_neurons_tiled(
         client=client,
         progress=progress,
     )
+
+
+def compare_with_dense(
+    activations: Any,
+    thresholds: Sequence[float],
+    *,
+    tiled: TiledClusters | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    label: str = "",
+) -> dict[str, Any]:
+    """Check the tiled path against the dense one (``clustering.neuron_correlation`` + ``cluster_sweep``).
+
+    Parameters
+    ----------
+    activations : array-like of shape (n_rows, n_features) or (n_rows, n_layers, hidden)
+        Small enough for the dense n x n matrix.
+    thresholds : sequence of float
+    tiled : TiledClusters, optional
+        The tiled result to check, at ``thresholds``; default ``cluster_neurons_tiled(activations,
+        thresholds, memory_budget=memory_budget)``.
+    memory_budget : int
+    label : str
+        Names the data in the returned row and in the error.
+
+    Returns
+    -------
+    row : dict
+        ``data``, ``neurons``, ``identical at every t`` (True) and ``kept t=<t>``, the number of
+        clusters at each threshold.
+
+    Raises
+    ------
+    AssertionError
+        When the labels or representatives differ at any threshold.
+    """
+    from .clustering import cluster_sweep, neuron_correlation
+
+    dense = cluster_sweep(neuron_correlation(activations, progress=False), thresholds)
+    if tiled is None:
+        tiled = cluster_neurons_tiled(activations, thresholds, memory_budget=memory_budget, progress=False)
+    for a, b in zip(dense, tiled.clusterings, strict=True):
+        same = np.array_equal(a.labels, b.labels) and np.array_equal(a.representatives, b.representatives)
+        if not same:
+            raise AssertionError(
+                f"dense and tiled clusterings of {label or 'the data'} differ at t = {a.threshold:g}: "
+                f"{a.n_clusters} vs {b.n_clusters} clusters. The tiled path must give the dense partition; "
+                f"report this with the data's shape ({dense[0].n_features} neurons)."
+            )
+    return {
+        "data": label,
+        "neurons": dense[0].n_features,
+        "identical at every t": True,
+        **{f"kept t={c.threshold:g}": c.n_clusters for c in dense},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
