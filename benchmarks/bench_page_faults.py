@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench_transfer import BUDGETS  # the full configuration's budgets (notebooks/params/full.yaml)
+
 ROOT = Path(__file__).resolve().parent.parent
-# the full configuration's budgets (notebooks/params/full.yaml)
-BUDGETS = dict(token_budget=10000, sentence_budget=1500, eval_budget=1000, task_budgets={"pos": 20000, "tweets": 6000})
 POLICIES = {
     "default": {},
     "torch-thp": {"THP_MEM_ALLOC_ENABLE": "1"},
