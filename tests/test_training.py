@@ -161,3 +161,43 @@ def test_analytic_penalty_gradient_equals_autograd_of_the_exact_penalty(kind, n_
     bank.add_penalty_grad_(l1, l2, l2_squared=l2_squared)
     for w, s, g in zip(bank.weights, seed, want):
         torch.testing.assert_close(w.grad - s, g, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["flat", "incremental"])
+def test_chunked_dev_outputs_reuse_one_buffer_and_equal_a_fresh_copy_per_chunk(kind, tmp_path, monkeypatch):
+    """``predict_bank`` on a raw memory map (several chunks, the last one short) gives exactly the outputs of
+    standardising a fresh copy of every chunk, as it did before the buffer was reused; ``standardized``
+    gives exactly ``Bank.standardize`` of all rows."""
+    from utils import moments, training
+
+    monkeypatch.setattr(moments, "CHUNK_ELEMENTS", 256 * 24)  # 256 rows a chunk: 3 chunks of 700 rows
+    rng = np.random.default_rng(0)
+    shape = (700, 24) if kind == "flat" else (700, 3, 8)
+    path = tmp_path / "x.npy"
+    np.save(path, (rng.normal(size=shape) * 3 + 1).astype(np.float32))
+    X = np.load(path, mmap_mode="r")  # read-only: every chunk must be copied
+    feat = shape[1:]
+    bank = Bank(kind, feat, 1, 4, rng.normal(size=feat), rng.uniform(0.5, 2, size=feat), torch.device("cpu"))
+    with torch.no_grad():
+        for w in bank.weights:
+            w.copy_(torch.as_tensor(rng.normal(size=w.shape), dtype=w.dtype))
+    dev = torch.device("cpu")
+    got = training.predict_bank(bank, X, dev, "X")
+    step = 256
+    expected = torch.cat(
+        [bank.logits(bank.standardize(torch.from_numpy(np.array(X[s : s + step])))) for s in range(0, 700, step)]
+    )
+    assert got.shape == (700, bank.P, 4)
+    assert torch.equal(got, expected)
+    full = bank.standardize(torch.from_numpy(np.array(X)))
+    assert torch.equal(training.standardized(bank, X, dev, "X", check=True), full)
+    # the chunks really share one buffer (what saves the page faults), and each holds its own rows when yielded
+    seen = []
+    for s, xb in training.chunk_tensors(X, dev, "X"):
+        assert torch.equal(xb, torch.from_numpy(np.array(X[s : s + step])))
+        seen.append(xb.data_ptr())
+    assert len(seen) == 3 and len(set(seen)) == 1
+    bad = np.array(X)
+    bad[650, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        training.predict_bank(bank, bad, dev, "activations_dev")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,14 @@ class Bank:
         if not hasattr(self, "_inv_scale"):
             self._inv_scale = 1.0 / self.scale
         return (x.to(self.dtype) - self.mean).mul_(self._inv_scale).to(self.matmul_dtype)
+
+    def standardize_(self, x: torch.Tensor) -> torch.Tensor:
+        """``standardize`` computed in the memory of ``x`` (overwritten) when it is of ``dtype``: the same values."""
+        if x.dtype != self.dtype:
+            return self.standardize(x)
+        if not hasattr(self, "_inv_scale"):
+            self._inv_scale = 1.0 / self.scale
+        return x.sub_(self.mean).mul_(self._inv_scale).to(self.matmul_dtype)
 
     def logits(self, xs: torch.Tensor) -> torch.Tensor:
         """Outputs of every probe for standardised inputs ``xs`` (see ``standardize``), shape (batch, P, n_out)."""
@@ -407,6 +415,16 @@ def _as_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.f
     return t.to(device)
 
 
+def _require_finite(xb: torch.Tensor, name: str) -> None:
+    """ValueError unless every value of ``xb`` is finite (checked with a one-byte-per-value mask: a float64
+    sum would first make a float64 copy of the chunk, 128 MiB at every evaluation of a word task's dev)."""
+    if not bool(torch.isfinite(xb).all()):
+        raise ValueError(
+            f"{name} contains NaN or infinity. Remove or impute them before probing "
+            f"(e.g. np.nan_to_num, or drop those items)."
+        )
+
+
 def rows(
     X: np.ndarray,
     idx: np.ndarray | slice,
@@ -418,21 +436,46 @@ def rows(
 ) -> torch.Tensor:
     """Tensor of some rows of ``X`` (memmap-friendly); ValueError on NaN / infinity unless ``check`` is off."""
     xb = _as_tensor(np.asarray(X[idx]), device, dtype)
-    if check and not torch.isfinite(xb.sum(dtype=torch.float64)):
-        raise ValueError(
-            f"{name} contains NaN or infinity. Remove or impute them before probing "
-            f"(e.g. np.nan_to_num, or drop those items)."
-        )
+    if check:
+        _require_finite(xb, name)
     return xb
+
+
+def chunk_tensors(
+    X: np.ndarray, device: torch.device, name: str, dtype: torch.dtype = torch.float32, *, check: bool = True
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, rows)`` for the consecutive row chunks of X (``row_chunks``), each as a tensor of ``dtype``.
+
+    For a pass that is done with each chunk before it asks for the next. On the CPU every chunk is
+    copied into one buffer, reused from chunk to chunk: a fresh 64 MiB array per chunk is mapped by
+    the C allocator (above its 32 MiB threshold) and faulted in page by page, every time, which cost
+    notebook 03's layer-probe jobs ten times more page faults than all their other work
+    (``benchmarks/bench_page_faults.py``). The values equal ``rows(X, slice(start, start + len))``'s;
+    the tensor yielded is the caller's to change (e.g. standardise in place) until it asks for the
+    next chunk, which overwrites it.
+    """
+    starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
+    if device.type != "cpu":
+        for s in starts:
+            yield s, rows(X, slice(s, s + step), device, name, dtype, check=check)
+        return
+    buf = torch.empty((min(step, X.shape[0]), *X.shape[1:]), dtype=dtype)
+    buf_np = buf.numpy()
+    for s in starts:
+        a = np.asarray(X[s : s + step])
+        np.copyto(buf_np[: len(a)], a, casting="unsafe")  # the cast np.array(a, dtype=...) makes
+        xb = buf[: len(a)]
+        if check:
+            _require_finite(xb, name)
+        yield s, xb
 
 
 def standardized(bank: Bank, X: np.ndarray, device: torch.device, name: str, *, check: bool) -> torch.Tensor:
     """All rows of X standardised into one tensor of ``bank.matmul_dtype``, built chunk by chunk."""
-    starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
     out = torch.empty(X.shape, dtype=bank.matmul_dtype, device=device)
     with torch.no_grad():
-        for s in starts:
-            out[s : s + step] = bank.standardize(rows(X, slice(s, s + step), device, name, check=check))
+        for s, xb in chunk_tensors(X, device, name, check=check):
+            out[s : s + len(xb)] = bank.standardize_(xb)
     return out
 
 
@@ -543,13 +586,11 @@ def _standardize_in_place(
 
 def predict_bank(bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
     """Outputs of every probe for all rows of X (raw array, or a tensor from ``standardized``); (n, P, C)."""
-    starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
     with torch.no_grad():
         if isinstance(X, torch.Tensor):
+            starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
             return torch.cat([bank.logits(X[s : s + step]) for s in starts])
-        return torch.cat(
-            [bank.logits(bank.standardize(rows(X, slice(s, s + step), device, name, bank.dtype))) for s in starts]
-        )
+        return torch.cat([bank.logits(bank.standardize_(xb)) for _, xb in chunk_tensors(X, device, name, bank.dtype)])
 
 
 def _bank_scores(
