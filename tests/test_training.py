@@ -189,6 +189,11 @@ def test_chunked_dev_outputs_reuse_one_buffer_and_equal_a_fresh_copy_per_chunk(k
     )
     assert got.shape == (700, bank.P, 4)
     assert torch.equal(got, expected)
+    # dev accuracy counted chunk by chunk: exactly the mean over all rows' outputs, as it was computed
+    Y = torch.as_tensor(rng.integers(0, 4, size=(700, bank.P)))
+    assert torch.equal(
+        training._bank_scores(bank, X, Y, "classification", dev, "X"), (got.argmax(2) == Y).double().mean(0)
+    )
     full = bank.standardize(torch.from_numpy(np.array(X)))
     assert torch.equal(training.standardized(bank, X, dev, "X", check=True), full)
     # the chunks really share one buffer (what saves the page faults), and each holds its own rows when yielded

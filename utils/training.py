@@ -416,9 +416,15 @@ def _as_tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype = torch.f
 
 
 def _require_finite(xb: torch.Tensor, name: str) -> None:
-    """ValueError unless every value of ``xb`` is finite (checked with a one-byte-per-value mask: a float64
-    sum would first make a float64 copy of the chunk, 128 MiB at every evaluation of a word task's dev)."""
-    if not bool(torch.isfinite(xb).all()):
+    """ValueError unless every value of ``xb`` is finite: its float64 sum is (NaN and infinity survive a sum;
+    float32 values cannot overflow one). On the CPU numpy sums in place; torch's ``sum(dtype=float64)``
+    first makes a float64 copy of the chunk (128 MiB at every evaluation of a word task's dev), and
+    ``torch.isfinite(x).all()`` takes six times numpy's time."""
+    if xb.device.type == "cpu":
+        finite = bool(np.isfinite(xb.numpy().sum(dtype=np.float64)))
+    else:
+        finite = bool(torch.isfinite(xb.sum(dtype=torch.float64)))
+    if not finite:
         raise ValueError(
             f"{name} contains NaN or infinity. Remove or impute them before probing "
             f"(e.g. np.nan_to_num, or drop those items)."
@@ -584,22 +590,39 @@ def _standardize_in_place(
 # outputs, scores, losses
 
 
-def predict_bank(bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
-    """Outputs of every probe for all rows of X (raw array, or a tensor from ``standardized``); (n, P, C)."""
+def _chunk_logits(
+    bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, outputs)`` of every probe for consecutive row chunks of X (raw, or standardised by ``standardized``)."""
     with torch.no_grad():
         if isinstance(X, torch.Tensor):
             starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
-            return torch.cat([bank.logits(X[s : s + step]) for s in starts])
-        return torch.cat([bank.logits(bank.standardize_(xb)) for _, xb in chunk_tensors(X, device, name, bank.dtype)])
+            for s in starts:
+                yield s, bank.logits(X[s : s + step])
+        else:
+            for s, xb in chunk_tensors(X, device, name, bank.dtype):
+                yield s, bank.logits(bank.standardize_(xb))
+
+
+def predict_bank(bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """Outputs of every probe for all rows of X (raw array, or a tensor from ``standardized``); (n, P, C)."""
+    return torch.cat([out for _, out in _chunk_logits(bank, X, device, name)])
 
 
 def _bank_scores(
     bank: Bank, X: np.ndarray | torch.Tensor, Y: torch.Tensor, task: str, device: torch.device, name: str
 ) -> torch.Tensor:
-    """Dev score of every probe (accuracy, or minus MSE for regression), shape (P,)."""
-    out = predict_bank(bank, X, device, name)
+    """Dev score of every probe (accuracy, or minus MSE for regression), shape (P,).
+
+    Accuracy is counted chunk by chunk (the counts are exact, so the value is that of the mean over
+    all rows), without holding every row's outputs (35 MiB at an evaluation of MPNet's POS dev).
+    """
     if task == "classification":
-        return (out.argmax(dim=2) == Y).double().mean(dim=0)
+        correct = torch.zeros(bank.P, dtype=torch.int64, device=Y.device)
+        for s, out in _chunk_logits(bank, X, device, name):
+            correct += (out.argmax(dim=2) == Y[s : s + len(out)]).sum(dim=0)
+        return correct.double() / len(Y)
+    out = predict_bank(bank, X, device, name)
     return -((out[..., 0].double() - Y.double()) ** 2).mean(dim=0)
 
 
