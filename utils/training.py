@@ -454,9 +454,10 @@ def chunk_tensors(
 
     For a pass that is done with each chunk before it asks for the next. On the CPU every chunk is
     copied into one buffer, reused from chunk to chunk: a fresh 64 MiB array per chunk is mapped by
-    the C allocator (above its 32 MiB threshold) and faulted in page by page, every time, which cost
-    notebook 03's layer-probe jobs ten times more page faults than all their other work
-    (``benchmarks/bench_page_faults.py``). The values equal ``rows(X, slice(start, start + len))``'s;
+    the C allocator (above its 32 MiB threshold) and faulted in page by page, every time. With the
+    other copies made around it, that was about three quarters of the page faults of notebook 03's
+    MPNet POS layer-probe job (``benchmarks/bench_page_faults.py``). The values equal
+    ``rows(X, slice(start, start + len))``'s;
     the tensor yielded is the caller's to change (e.g. standardise in place) until it asks for the
     next chunk, which overwrites it.
     """
