@@ -191,9 +191,17 @@ def test_chunked_dev_outputs_reuse_one_buffer_and_equal_a_fresh_copy_per_chunk(k
     assert torch.equal(got, expected)
     # dev accuracy counted chunk by chunk: exactly the mean over all rows' outputs, as it was computed
     Y = torch.as_tensor(rng.integers(0, 4, size=(700, bank.P)))
-    assert torch.equal(
-        training._bank_scores(bank, X, Y, "classification", dev, "X"), (got.argmax(2) == Y).double().mean(0)
-    )
+    accuracy = (got.argmax(2) == Y).double().mean(0)
+    assert torch.equal(training._bank_scores(bank, X, Y, "classification", dev, "X"), accuracy)
+    # Adam lends one buffer to all its evaluations: the same scores, read through that memory
+    lent = training.chunk_buffer(X)
+    assert lent.shape == (256, *feat)
+    for _ in range(2):
+        assert torch.equal(training._bank_scores(bank, X, Y, "classification", dev, "X", lent), accuracy)
+    assert torch.equal(lent[: 700 - 512], bank.standardize(torch.from_numpy(np.array(X[512:]))))  # the last chunk
+    Yr = torch.as_tensor(rng.normal(size=(700, bank.P)))
+    mse = -((got[..., 0].double() - Yr) ** 2).mean(0)
+    assert torch.equal(training._bank_scores(bank, X, Yr, "regression", dev, "X", lent), mse)
     full = bank.standardize(torch.from_numpy(np.array(X)))
     assert torch.equal(training.standardized(bank, X, dev, "X", check=True), full)
     # the chunks really share one buffer (what saves the page faults), and each holds its own rows when yielded

@@ -448,7 +448,13 @@ def rows(
 
 
 def chunk_tensors(
-    X: np.ndarray, device: torch.device, name: str, dtype: torch.dtype = torch.float32, *, check: bool = True
+    X: np.ndarray,
+    device: torch.device,
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    check: bool = True,
+    buffer: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start, rows)`` for the consecutive row chunks of X (``row_chunks``), each as a tensor of ``dtype``.
 
@@ -459,14 +465,15 @@ def chunk_tensors(
     MPNet POS layer-probe job (``benchmarks/bench_page_faults.py``). The values equal
     ``rows(X, slice(start, start + len))``'s;
     the tensor yielded is the caller's to change (e.g. standardise in place) until it asks for the
-    next chunk, which overwrites it.
+    next chunk, which overwrites it. ``buffer`` (from ``chunk_buffer``) lends the memory, so that a
+    loop over many passes, such as Adam's evaluations, maps it once.
     """
     starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
     if device.type != "cpu":
         for s in starts:
             yield s, rows(X, slice(s, s + step), device, name, dtype, check=check)
         return
-    buf = torch.empty((min(step, X.shape[0]), *X.shape[1:]), dtype=dtype)
+    buf = chunk_buffer(X, dtype) if buffer is None else buffer
     buf_np = buf.numpy()
     for s in starts:
         a = np.asarray(X[s : s + step])
@@ -475,6 +482,12 @@ def chunk_tensors(
         if check:
             _require_finite(xb, name)
         yield s, xb
+
+
+def chunk_buffer(X: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Memory for one row chunk of X (``chunk_tensors``), shape (min(chunk rows, n), *X.shape[1:])."""
+    _, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
+    return torch.empty((min(step, X.shape[0]), *X.shape[1:]), dtype=dtype)
 
 
 def standardized(bank: Bank, X: np.ndarray, device: torch.device, name: str, *, check: bool) -> torch.Tensor:
@@ -592,16 +605,17 @@ def _standardize_in_place(
 
 
 def _chunk_logits(
-    bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str
+    bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str, buffer: torch.Tensor | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, outputs)`` of every probe for consecutive row chunks of X (raw, or standardised by ``standardized``)."""
+    """``(start, outputs)`` of every probe for consecutive row chunks of X (raw, or standardised by ``standardized``);
+    ``buffer``: memory for a raw chunk (``chunk_buffer``)."""
     with torch.no_grad():
         if isinstance(X, torch.Tensor):
             starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
             for s in starts:
                 yield s, bank.logits(X[s : s + step])
         else:
-            for s, xb in chunk_tensors(X, device, name, bank.dtype):
+            for s, xb in chunk_tensors(X, device, name, bank.dtype, buffer=buffer):
                 yield s, bank.logits(bank.standardize_(xb))
 
 
@@ -611,19 +625,26 @@ def predict_bank(bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device,
 
 
 def _bank_scores(
-    bank: Bank, X: np.ndarray | torch.Tensor, Y: torch.Tensor, task: str, device: torch.device, name: str
+    bank: Bank,
+    X: np.ndarray | torch.Tensor,
+    Y: torch.Tensor,
+    task: str,
+    device: torch.device,
+    name: str,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dev score of every probe (accuracy, or minus MSE for regression), shape (P,).
 
     Accuracy is counted chunk by chunk (the counts are exact, so the value is that of the mean over
     all rows), without holding every row's outputs (35 MiB at an evaluation of MPNet's POS dev).
+    ``buffer``: memory for a raw chunk (``chunk_buffer``), lent by the caller across evaluations.
     """
     if task == "classification":
         correct = torch.zeros(bank.P, dtype=torch.int64, device=Y.device)
-        for s, out in _chunk_logits(bank, X, device, name):
+        for s, out in _chunk_logits(bank, X, device, name, buffer):
             correct += (out.argmax(dim=2) == Y[s : s + len(out)]).sum(dim=0)
         return correct.double() / len(Y)
-    out = predict_bank(bank, X, device, name)
+    out = torch.cat([o for _, o in _chunk_logits(bank, X, device, name, buffer)])
     return -((out[..., 0].double() - Y.double()) ** 2).mean(dim=0)
 
 
@@ -798,6 +819,9 @@ def fit_adam(
     if Xt is None and X.size * itemsize <= _MATERIALISE_BYTES:
         Xt = standardized(bank, X, device, "X", check=False)
     X_dev = dev_features(bank, X_dev, device)
+    # raw dev rows (word tasks) are read chunk by chunk at every evaluation, into memory mapped once here
+    raw_dev = X_dev is not None and not isinstance(X_dev, torch.Tensor)
+    dev_buffer = chunk_buffer(X_dev, bank.dtype) if raw_dev and device.type == "cpu" else None
     P = bank.P
     history = []
     best = [p.detach().clone() for p in bank.params]
@@ -832,7 +856,7 @@ def fit_adam(
         epochs = epoch + 1
         if X_dev is None:
             continue
-        score = _bank_scores(bank, X_dev, Y_dev, cfg.task, device, "X_dev").cpu()
+        score = _bank_scores(bank, X_dev, Y_dev, cfg.task, device, "X_dev", dev_buffer).cpu()
         history.append(score.numpy())
         improved = active & (score > best_score)
         if improved.any():
