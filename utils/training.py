@@ -94,6 +94,7 @@ class Bank:
         z = dict(dtype=dtype, device=device)
         self.mean = torch.as_tensor(mean, **z)
         self.scale = torch.as_tensor(scale, **z)
+        self._inv_scale = 1.0 / self.scale
         if kind == "flat":
             (d,) = feat_shape
             self.L = 1
@@ -135,16 +136,12 @@ class Bank:
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Raw features (any float dtype) -> standardised features in ``matmul_dtype``."""
-        if not hasattr(self, "_inv_scale"):
-            self._inv_scale = 1.0 / self.scale
         return (x.to(self.dtype) - self.mean).mul_(self._inv_scale).to(self.matmul_dtype)
 
     def standardize_(self, x: torch.Tensor) -> torch.Tensor:
         """``standardize`` computed in the memory of ``x`` (overwritten) when it is of ``dtype``: the same values."""
         if x.dtype != self.dtype:
             return self.standardize(x)
-        if not hasattr(self, "_inv_scale"):
-            self._inv_scale = 1.0 / self.scale
         return x.sub_(self.mean).mul_(self._inv_scale).to(self.matmul_dtype)
 
     def logits(self, xs: torch.Tensor) -> torch.Tensor:
@@ -463,9 +460,8 @@ def chunk_tensors(
     the C allocator (above its 32 MiB threshold) and faulted in page by page, every time. With the
     other copies made around it, that was about three quarters of the page faults of notebook 03's
     MPNet POS layer-probe job (``benchmarks/bench_page_faults.py``). The values equal
-    ``rows(X, slice(start, start + len))``'s;
-    the tensor yielded is the caller's to change (e.g. standardise in place) until it asks for the
-    next chunk, which overwrites it. ``buffer`` (from ``chunk_buffer``) lends the memory, so that a
+    ``rows(X, slice(start, start + len))``'s; the tensor yielded is the caller's to change (e.g.
+    standardise in place) until it asks for the next chunk, which overwrites it. ``buffer`` (from ``chunk_buffer``) lends the memory, so that a
     loop over many passes, such as Adam's evaluations, maps it once.
     """
     starts, step = row_chunks(X.shape[0], int(np.prod(X.shape[1:])))
@@ -619,9 +615,12 @@ def _chunk_logits(
                 yield s, bank.logits(bank.standardize_(xb))
 
 
-def predict_bank(bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
-    """Outputs of every probe for all rows of X (raw array, or a tensor from ``standardized``); (n, P, C)."""
-    return torch.cat([out for _, out in _chunk_logits(bank, X, device, name)])
+def predict_bank(
+    bank: Bank, X: np.ndarray | torch.Tensor, device: torch.device, name: str, buffer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Outputs of every probe for all rows of X (raw array, or a tensor from ``standardized``); (n, P, C).
+    ``buffer``: memory for a raw chunk (``chunk_buffer``)."""
+    return torch.cat([out for _, out in _chunk_logits(bank, X, device, name, buffer)])
 
 
 def _bank_scores(
@@ -644,7 +643,7 @@ def _bank_scores(
         for s, out in _chunk_logits(bank, X, device, name, buffer):
             correct += (out.argmax(dim=2) == Y[s : s + len(out)]).sum(dim=0)
         return correct.double() / len(Y)
-    out = torch.cat([o for _, o in _chunk_logits(bank, X, device, name, buffer)])
+    out = predict_bank(bank, X, device, name, buffer)
     return -((out[..., 0].double() - Y.double()) ** 2).mean(dim=0)
 
 
