@@ -746,8 +746,38 @@ def tutorial_problems(*, root: Path = REPO_ROOT, names: Sequence[str] = NOTEBOOK
     return problems
 
 
+def comparison_report(a: str | Path, b: str | Path) -> str:
+    """What ``python -m utils.tutorial compare`` prints: the tables of run ``b`` against those of run ``a``.
+
+    A count per status, the tables that differ (largest relative change first) and every verdict cell
+    that changed (``run_comparison``); the last line says whether any verdict changed.
+    """
+    import pandas as pd
+
+    from .run_comparison import compare_runs, verdict_changes
+
+    table = compare_runs(a, b)
+    counts = table["status"].value_counts()
+    lines = [f"{len(table)} tables: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
+    differing = table[table["status"] != "identical"].sort_values("max_rel", ascending=False, na_position="first")
+    names = differing["columns"].str.split(", ")
+    differing = differing.assign(
+        columns=[", ".join(c[:4]) + (f" (+{len(c) - 4})" if len(c) > 4 else "") for c in names]
+    )
+    if len(differing):
+        with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", None):
+            lines.append(differing.to_string(index=False))
+    changes = verdict_changes(a, b)
+    if len(changes):
+        with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", None):
+            lines.append(changes.to_string(index=False))
+    lines.append(f"{len(changes)} verdict cell(s) changed" if len(changes) else "no verdict changed")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m utils.tutorial run|check``: run the notebooks and record provenance, or check the tree."""
+    """``python -m utils.tutorial run|check|compare``: run the notebooks and record provenance, check the tree,
+    or compare another run's tables with the committed ones."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute notebooks with papermill and write the provenance record")
@@ -758,7 +788,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--extra", nargs="*", default=[], help="notebook stems run after --notebooks")
     run.add_argument("--jobs", type=int, default=1, help="notebooks run at once, each after those it reads (NEEDS)")
     sub.add_parser("check", help="print what is wrong with the committed tutorial; exit 1 if anything")
+    compare = sub.add_parser("compare", help="how another run's CSV tables differ from these (run_comparison)")
+    compare.add_argument("other", help="the other run's figures folder")
+    compare.add_argument("--against", default=str(REPO_ROOT / "figures"), help="figures folder to compare with")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        print(comparison_report(args.against, args.other))
+        return
     if args.command == "run":
         run_notebooks(
             [*args.notebooks, *args.extra],
