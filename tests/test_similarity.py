@@ -364,3 +364,22 @@ def test_layer_cka_variants_match_cka_of_each_layer_pair(layered):
             assert got.standardized[i, j] == pytest.approx(linear_cka(z[:, i], z[:, j]), abs=1e-6)
     # the mean comes from the streamed moments
     np.testing.assert_allclose(acc.mean(), layered.reshape(len(layered), -1).mean(0), atol=1e-12)
+
+
+def test_gram_strips_equal_a_plain_float32_accumulation(rng):
+    """The strips are Σ (x - shift)ᵀ(x - shift) over chunks, each strip's product float32 and added in
+    float64, bit for bit (chunks of 37 rows; the first chunk's column means are the shift)."""
+    n_layers, hidden = 3, 160
+    X = (rng.standard_normal((300, n_layers * hidden)) + 5).astype(np.float32)
+    acc = GramAccumulator(block_sizes=[hidden] * n_layers)
+    chunk = 37
+    for s in range(0, len(X), chunk):
+        acc.add(X[s : s + chunk])
+    shift = X[:chunk].mean(axis=0, dtype=np.float64).astype(np.float32)
+    starts = np.concatenate([[0], np.cumsum([hidden] * n_layers)])
+    for strip, a, b in zip(acc._strips, starts[:-1], starts[1:]):
+        expected = np.zeros(strip.shape)
+        for s in range(0, len(X), chunk):
+            z = X[s : s + chunk] - shift
+            expected += (z[:, a:b].T @ z[:, a:]).astype(np.float64)
+        np.testing.assert_array_equal(strip, expected)
