@@ -1,0 +1,160 @@
+"""Benchmark: Adam probe recipes (batch size, patience, epochs) on the full run's stores, on dev only.
+
+For each store (model × task at the full run's budgets) and each recipe, one ``layer_probe_table`` call
+(the independent and incremental layer probes and the oracle, as notebook 03 trains them, without the
+control task) is timed, and every probe's dev predictions are compared with those of the reference recipe
+(the first one, ``LinearProbe``'s defaults: batch 128, patience 2, at most 10 epochs) on the same dev items:
+the paired 95% bootstrap interval of the accuracy difference (``intervals.paired_interval``; whole sentences
+resampled for word tasks). It is how a change of the probes' default would be chosen: on dev, every store
+the full run probes, with intervals.
+
+Prints one row per store and recipe: seconds (wall and CPU), the mean dev accuracy over the probes, the
+mean difference to the reference, and how many probes' intervals lie wholly above or below 0.
+
+Usage::
+
+    .venv/bin/python benchmarks/probe_recipe.py                       # the default stores and recipes
+    .venv/bin/python benchmarks/probe_recipe.py --stores mpnet:pos --recipes 128:2:10 1024:1:5
+    .venv/bin/python benchmarks/probe_recipe.py --out build/probe_recipe.csv
+
+A recipe is ``batch:patience:max_epochs``; ``auto`` as the batch takes ``auto_batch`` of the train size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.activations import get_activations  # noqa: E402
+from utils.intervals import paired_interval  # noqa: E402
+from utils.probing import ProbeSplits, fit_layer_probes  # noqa: E402
+
+# the full run's train budgets (notebooks/params/full.yaml): task_budgets, token_budget, sentence_budget
+BUDGETS = {"pos": 20000, "ner": 10000, "tweets": 6000}
+SENTENCE_BUDGET, EVAL_BUDGET = 1500, 1000
+WORD_TASKS = ("pos", "ner")
+STORES = ["mpnet:pos", "smollm2:pos", "mpnet:ner", "gemma3:ner", "mpnet:sentiment", "smollm2:uncertainty"]
+RECIPES = ["128:2:10", "512:2:10", "1024:1:5", "auto:1:5"]
+
+
+def auto_batch(n: int) -> int:
+    """A batch size for n train items: the power of two nearest n / 64, within [128, 1024]."""
+    return int(min(1024, max(128, 2 ** round(np.log2(max(n, 1) / 64)))))
+
+
+def load(store: str) -> tuple[ProbeSplits, np.ndarray | None]:
+    """Train and dev of ``model:task`` at the full run's budgets, and the dev items' sentences (word tasks)."""
+    model, task = store.split(":")
+    word = task in WORD_TASKS
+    budget = BUDGETS.get(task, None if word else SENTENCE_BUDGET)
+    eval_budget = None if word else EVAL_BUDGET
+    train = get_activations(model, task, "train", budget=budget, seed=0)
+    dev = get_activations(model, task, "dev", budget=budget, eval_budget=eval_budget, seed=0)
+    splits = ProbeSplits.from_stores(train, dev)
+    return splits, (splits.sentences_dev if word else None)
+
+
+def parse_recipe(text: str, n: int) -> dict:
+    """``batch:patience:max_epochs`` -> LinearProbe parameters for n train items."""
+    batch, patience, epochs = text.split(":")
+    return {
+        "batch_size": auto_batch(n) if batch == "auto" else int(batch),
+        "patience": int(patience),
+        "max_epochs": int(epochs),
+    }
+
+
+def run(store: str, recipes: list[str], seed: int) -> list[dict]:
+    """Every recipe on one store: seconds, dev predictions, paired intervals against the first recipe."""
+    splits, groups = load(store)
+    n = len(splits.labels)
+    preds, rows = {}, []
+    for recipe in recipes:
+        params = {"random_state": seed, **parse_recipe(recipe, n)}
+        t, c = time.perf_counter(), time.process_time()
+        table, probes = fit_layer_probes(
+            splits.activations,
+            splits.labels,
+            activations_dev=splits.activations_dev,
+            y_dev=splits.labels_dev,
+            mode=["independent", "incremental", "oracle"],
+            probe_params=params,
+            return_probes=True,
+        )
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        L = splits.n_layers
+        Xd = np.asarray(splits.activations_dev)
+        out = []
+        for (_, row), probe in zip(table.iterrows(), probes):
+            layers = L if row["mode"] == "oracle" else (row.layer + 1 if row["mode"] == "incremental" else None)
+            X = Xd[:, row.layer] if layers is None else Xd[:, :layers].reshape(len(Xd), -1)
+            out.append(probe.predict(X))
+        preds[recipe] = out
+        epochs = [p.n_iter_ for p in probes]
+        rows.append(
+            {
+                "store": store,
+                "n_train": n,
+                "recipe": recipe,
+                "batch": params["batch_size"],
+                "seconds": wall,
+                "cpu_seconds": cpu,
+                "n_probes": len(probes),
+                "mean_epochs": float(np.mean(epochs)),
+                "dev_mean": float(table.score.mean()),
+                "oracle_dev": float(table.score.iloc[-1]),
+            }
+        )
+        print(f"{store} {recipe}: {wall:.1f}s, dev mean {table.score.mean():.4f}, oracle {table.score.iloc[-1]:.4f}")
+    ref = recipes[0]
+    y = np.asarray(splits.labels_dev)
+    for r in rows:
+        diffs = [
+            paired_interval(y, a, b, groups=groups, random_state=seed) for a, b in zip(preds[r["recipe"]], preds[ref])
+        ]
+        r["diff_mean"] = float(np.mean([d.estimate for d in diffs]))
+        r["diff_min"] = float(np.min([d.estimate for d in diffs]))
+        r["n_better"] = int(sum(d.low > 0 for d in diffs))
+        r["n_worse"] = int(sum(d.high < 0 for d in diffs))
+        r["oracle_diff"] = f"{diffs[-1].estimate:+.4f} [{diffs[-1].low:+.4f}, {diffs[-1].high:+.4f}]"
+        r["x_reference"] = rows[0]["seconds"] / r["seconds"]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stores", nargs="+", default=STORES, help="model:task pairs")
+    ap.add_argument(
+        "--recipes", nargs="+", default=RECIPES, help="batch:patience:max_epochs; the first is the reference"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for store in args.stores:
+        rows += run(store, args.recipes, args.seed)
+        table = pd.DataFrame(rows)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(args.out, index=False)
+    cols = ["store", "n_train", "recipe", "batch", "seconds", "x_reference", "mean_epochs", "dev_mean", "diff_mean"]
+    cols += ["diff_min", "n_better", "n_worse", "n_probes", "oracle_dev", "oracle_diff"]
+    print()
+    with pd.option_context("display.width", 250, "display.max_columns", None):
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"))
+    print(f"load average now {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
