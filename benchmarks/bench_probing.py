@@ -10,8 +10,10 @@ on the dev split. Three ways to train them:
   layer probe trained separately. Implemented here (``authors_recipe``) so it runs on the same
   arrays; the only change is a seed for the initialisation.
 - ``ours``: ``utils.probing.fit_layer_probes`` (the oracle, then the 13 layer probes as one batched
-  model) with standardised features, shuffled minibatches of 512, Adam with ``lr="auto"``, at most
-  10 epochs with early stopping on dev (patience 2), in float32 and with bfloat16 matrix products.
+  model) with standardised features, shuffled minibatches of ``LinearProbe``'s default size (128, what
+  the notebooks train; ``--batch-size`` to try another; until 2026-12-08 this script took 512), Adam with
+  ``lr="auto"``, at most 10 epochs with early stopping on dev (patience 2), in float32 and with bfloat16
+  matrix products.
 - ``sklearn``: ``LogisticRegression`` (lbfgs) on standardised features, one fit per probe.
 
 Prints one table: seconds and dev accuracy for the oracle and the layer probes, and the speed-up
@@ -164,7 +166,7 @@ def run_ours(A, y, Ad, yd, args, precision: str) -> list[dict]:
     lr = args.lr if args.lr == "auto" else float(args.lr)
     params = dict(
         solver="adam",
-        batch_size=args.batch_size,
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}),
         lr=lr,
         max_epochs=args.max_epochs,
         patience=args.patience,
@@ -246,7 +248,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--epochs", type=int, default=10, help="authors' recipe epochs")
-    ap.add_argument("--batch-size", type=int, default=512, help="ours")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="ours (default: LinearProbe's, as the notebooks train)"
+    )
     ap.add_argument("--lr", default="auto", help="ours: 'auto' or a number")
     ap.add_argument("--max-epochs", type=int, default=10, help="ours")
     ap.add_argument("--patience", type=int, default=2, help="ours")

@@ -17,7 +17,8 @@ Usage::
     .venv/bin/python benchmarks/probe_recipe.py --stores mpnet:pos --recipes 128:2:10 1024:1:5
     .venv/bin/python benchmarks/probe_recipe.py --out build/probe_recipe.csv
 
-A recipe is ``batch:patience:max_epochs``; ``auto`` as the batch takes ``auto_batch`` of the train size.
+A recipe is ``batch:patience:max_epochs``; a batch ``n/K`` is the power of two nearest (train items) / K,
+within [128, 1024] (``auto_batch``); ``auto`` is ``n/64``.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ STORES = ["mpnet:pos", "smollm2:pos", "mpnet:ner", "gemma3:ner", "mpnet:sentimen
 RECIPES = ["128:2:10", "512:2:10", "1024:1:5", "auto:1:5"]
 
 
-def auto_batch(n: int) -> int:
-    """A batch size for n train items: the power of two nearest n / 64, within [128, 1024]."""
-    return int(min(1024, max(128, 2 ** round(np.log2(max(n, 1) / 64)))))
+def auto_batch(n: int, per: int = 64) -> int:
+    """A batch size for n train items: the power of two nearest n / per, within [128, 1024]."""
+    return int(min(1024, max(128, 2 ** round(np.log2(max(n, 1) / per)))))
 
 
 def load(store: str) -> tuple[ProbeSplits, np.ndarray | None]:
@@ -66,8 +67,10 @@ def load(store: str) -> tuple[ProbeSplits, np.ndarray | None]:
 def parse_recipe(text: str, n: int) -> dict:
     """``batch:patience:max_epochs`` -> LinearProbe parameters for n train items."""
     batch, patience, epochs = text.split(":")
+    if batch == "auto":
+        batch = "n/64"
     return {
-        "batch_size": auto_batch(n) if batch == "auto" else int(batch),
+        "batch_size": auto_batch(n, int(batch[2:])) if batch.startswith("n/") else int(batch),
         "patience": int(patience),
         "max_epochs": int(epochs),
     }
