@@ -1,8 +1,8 @@
 """Benchmark: Adam probe recipes (batch size, patience, epochs) on the full run's stores, on dev only.
 
 For each store (model × task at the full run's budgets) and each recipe, one ``layer_probe_table`` call
-(the independent and incremental layer probes and the oracle, as notebook 03 trains them, without the
-control task) is timed, and every probe's dev predictions are compared with those of the reference recipe
+(the independent and incremental layer probes and the oracle, as notebook 03 trains them; with ``--control``
+its control task too, in the same batched model) is timed, and every probe's dev predictions are compared with those of the reference recipe
 (the first one, ``LinearProbe``'s defaults: batch 128, patience 2, at most 10 epochs) on the same dev items:
 the paired 95% bootstrap interval of the accuracy difference (``intervals.paired_interval``; whole sentences
 resampled for word tasks). It is how a change of the probes' default would be chosen: on dev, every store
@@ -76,8 +76,9 @@ def parse_recipe(text: str, n: int) -> dict:
     }
 
 
-def run(store: str, recipes: list[str], seed: int) -> list[dict]:
-    """Every recipe on one store: seconds, dev predictions, paired intervals against the first recipe."""
+def run(store: str, recipes: list[str], seed: int, control: bool = False) -> list[dict]:
+    """Every recipe on one store: seconds, dev predictions, paired intervals against the first recipe.
+    ``control``: train the control task alongside, in the same batched model, as notebook 03 does."""
     splits, groups = load(store)
     n = len(splits.labels)
     preds, rows = {}, []
@@ -92,6 +93,7 @@ def run(store: str, recipes: list[str], seed: int) -> list[dict]:
             mode=["independent", "incremental", "oracle"],
             probe_params=params,
             return_probes=True,
+            **({"words": splits.words, "words_dev": splits.words_dev} if control else {}),
         )
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         L = splits.n_layers
@@ -115,6 +117,7 @@ def run(store: str, recipes: list[str], seed: int) -> list[dict]:
                 "mean_epochs": float(np.mean(epochs)),
                 "dev_mean": float(table.score.mean()),
                 "oracle_dev": float(table.score.iloc[-1]),
+                "control": control,
             }
         )
         print(f"{store} {recipe}: {wall:.1f}s, dev mean {table.score.mean():.4f}, oracle {table.score.iloc[-1]:.4f}")
@@ -140,13 +143,14 @@ def main() -> None:
         "--recipes", nargs="+", default=RECIPES, help="batch:patience:max_epochs; the first is the reference"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--control", action="store_true", help="train the control task too (notebook 03's layer probes)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for store in args.stores:
-        rows += run(store, args.recipes, args.seed)
+        rows += run(store, args.recipes, args.seed, args.control)
         table = pd.DataFrame(rows)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
