@@ -1,12 +1,13 @@
 """Benchmark: Adam probe recipes (batch size, patience, epochs) on the full run's stores, on dev only.
 
-For each store (model × task at the full run's budgets) and each recipe, one ``layer_probe_table`` call
-(the independent and incremental layer probes and the oracle, as notebook 03 trains them; with ``--control``
-its control task too, in the same batched model) is timed, and every probe's dev predictions are compared with those of the reference recipe
-(the first one, ``LinearProbe``'s defaults: batch 128, patience 2, at most 10 epochs) on the same dev items:
-the paired 95% bootstrap interval of the accuracy difference (``intervals.paired_interval``; whole sentences
-resampled for word tasks). It is how a change of the probes' default would be chosen: on dev, every store
-the full run probes, with intervals.
+For each store (model × task at the full run's budgets) and each recipe, one ``fit_layer_probes`` call with
+the modes of ``layer_probe_table`` (the independent and incremental layer probes and the oracle, as notebook
+03 trains them; with ``--control`` its control task too, in the same batched model) is timed, and every
+probe's dev predictions are compared with those of the reference recipe (the first one, by default
+``LinearProbe``'s batch 128, patience 2, at most 10 epochs) on the same dev items: the paired 95% bootstrap
+interval of the accuracy difference (``intervals.paired_interval``; whole sentences resampled for word
+tasks). It is how a change of the probes' default would be chosen: on dev, every store the full run probes,
+with intervals.
 
 Prints one row per store and recipe: seconds (wall and CPU), the mean dev accuracy over the probes, the
 mean difference to the reference, and how many probes' intervals lie wholly above or below 0.
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.activations import get_activations  # noqa: E402
 from utils.intervals import paired_interval  # noqa: E402
-from utils.probing import ProbeSplits, fit_layer_probes  # noqa: E402
+from utils.probing import ProbeSplits, fit_layer_probes, layer_probe_inputs  # noqa: E402
 
 # the full run's train budgets (notebooks/params/full.yaml): task_budgets, token_budget, sentence_budget
 BUDGETS = {"pos": 20000, "ner": 10000, "tweets": 6000}
@@ -81,6 +82,7 @@ def run(store: str, recipes: list[str], seed: int, control: bool = False) -> lis
     ``control``: train the control task alongside, in the same batched model, as notebook 03 does."""
     splits, groups = load(store)
     n = len(splits.labels)
+    Xd = np.asarray(splits.activations_dev)  # read once; every recipe's probes predict on it
     preds, rows = {}, []
     for recipe in recipes:
         params = {"random_state": seed, **parse_recipe(recipe, n)}
@@ -96,14 +98,9 @@ def run(store: str, recipes: list[str], seed: int, control: bool = False) -> lis
             **({"words": splits.words, "words_dev": splits.words_dev} if control else {}),
         )
         wall, cpu = time.perf_counter() - t, time.process_time() - c
-        L = splits.n_layers
-        Xd = np.asarray(splits.activations_dev)
-        out = []
-        for (_, row), probe in zip(table.iterrows(), probes):
-            layers = L if row["mode"] == "oracle" else (row.layer + 1 if row["mode"] == "incremental" else None)
-            X = Xd[:, row.layer] if layers is None else Xd[:, :layers].reshape(len(Xd), -1)
-            out.append(probe.predict(X))
-        preds[recipe] = out
+        preds[recipe] = [
+            probe.predict(layer_probe_inputs(Xd, row.mode, row.layer)) for row, probe in zip(table.itertuples(), probes)
+        ]
         epochs = [p.n_iter_ for p in probes]
         rows.append(
             {
